@@ -1,0 +1,41 @@
+# megatron-ixt developer commands. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-all bench bench-preprocess bench-dataset bench-annotate bench-train clean
+
+$(STAMP): requirements-cpu.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-cpu.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: an end-to-end run on the bundled example corpus.
+demo: $(STAMP)
+	$(PY) examples/demo/run_demo.py --output demo_out
+
+## The default test suite (what CI runs). Slow multi-process tests are included unless -m says otherwise.
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: bench-preprocess bench-dataset bench-annotate bench-train
+
+bench-preprocess: $(STAMP)
+	$(PY) benchmarks/bench_preprocess.py
+
+bench-dataset: $(STAMP)
+	$(PY) benchmarks/bench_dataset.py
+
+bench-annotate: $(STAMP)
+	$(PY) benchmarks/bench_annotate.py
+
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) demo_out bench_out *.egg-info
