@@ -1,0 +1,477 @@
+"""The annotation loop: shards in, annotated records out, bounded concurrency, resumable.
+
+One producer walks this task's shards in order and starts a task per document not yet
+annotated whenever one of ``concurrency`` request slots is free; the task builds the prompt
+(rubric first, document last, head+tail truncated), calls the backend, parses the verdict
+(re-asking after a ``length`` / unparseable answer up to ``max_parse_retries`` times) and
+appends the record to its shard's writer. A shard is committed once its last document is
+written, while the next shard's documents already keep the servers busy.
+
+``ixt`` blocks written here (docs/CONTRACTS.md section 1, plus bookkeeping fields)::
+
+    ok:     {"status": "ok", "quality", "scores", "critique", "reasoning", "annotator",
+             "truncation": null | {"unit", "original", "kept_head", "kept_tail"},
+             "usage": {"prompt_tokens", "completion_tokens", "cached_tokens", "requests"}}
+    failed: {"status": "failed:<http|length|parse|unverifiable>", "error": str,
+             "annotator", "truncation", "usage"}
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from annotate.backends import BackendError, Request
+from annotate.parse import ParseError, parse_output
+from annotate.store import (ShardPaths, ShardStats, ShardWriter, count_lines, encode_record, fsync_dir,
+                            iter_lines, write_json_atomic)
+from megatron_ixt.data.record import STATUS_OK, parse_record
+
+log = logging.getLogger("annotate")
+MAX_LOGGED_REJECTS = 20
+
+
+@dataclass
+class RunConfig:
+    output_dir: str
+    concurrency: int = 256
+    max_doc_tokens: int = 16384  # 0: never truncate
+    max_parse_retries: int = 2
+    fsync_interval: float = 5.0
+    log_interval: float | None = None  # None: 1 s on a terminal, 30 s otherwise
+
+
+def document_id(obj: dict, text: str) -> str | None:
+    """The record's stable id: its ``id`` field (str or int), else a hash of its text.
+    None when ``id`` is present but unusable."""
+    if "id" not in obj:
+        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    value = obj["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        return None
+    return str(value)
+
+
+class _Job:
+    """One shard's work. Subclasses define which documents to do and how to finish."""
+
+    kind = ""
+
+    def __init__(self, paths: ShardPaths, fsync_interval: float):
+        self.paths = paths
+        self.stats = ShardStats()
+        self.writer: ShardWriter | None = None
+        self.done_ids: set = set()
+        self.total = 0  # documents this job will hold when finished (estimate before the scan)
+        self.pending = 0
+        self.scanned = False
+        self.finished = False
+        self.fsync_interval = fsync_interval
+        self.annotator_seen = None
+
+    def _on_recovered(self, rec_id, ixt) -> None:
+        self.stats.add(ixt)
+        if self.annotator_seen is None:
+            self.annotator_seen = ixt.get("annotator")
+
+    def check_annotator(self, annotator: dict) -> None:
+        """Refuse to mix prompt versions / models in one shard."""
+        seen = self.annotator_seen
+        if seen is None:
+            return
+        for key in ("backend", "model", "prompt_version"):
+            if seen.get(key) != annotator.get(key):
+                raise RuntimeError(f"{self.writer.path}: already holds records annotated with {key}="
+                                   f"{seen.get(key)!r}, this run uses {annotator.get(key)!r}; "
+                                   "use a new --output directory (or the same settings) to continue")
+
+    def write(self, record: dict) -> None:
+        self.writer.append(record)
+        self.stats.add(record["ixt"])
+        self.pending -= 1
+        if self.scanned and self.pending == 0:
+            self.finish()
+
+    def prepare(self) -> bool:
+        """Open the output for appending (recovering a crash); False when there is nothing to do."""
+        raise NotImplementedError
+
+    def documents(self):
+        """Yield ``(id, record_dict, text)`` of the documents still to annotate."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Publish the shard's output once every document is written."""
+        raise NotImplementedError
+
+
+class RunJob(_Job):
+    """Annotate input shard ``input_path`` into ``<stem>.jsonl``."""
+
+    kind = "run"
+
+    def __init__(self, input_path: str, paths: ShardPaths, fsync_interval: float):
+        super().__init__(paths, fsync_interval)
+        self.input_path = input_path
+        self.rejected: dict[str, int] = {}
+        self.valid = 0
+        self.input_lines = 0
+        self.started = time.monotonic()
+        self.previous_elapsed = 0.0  # annotation time spent on this shard by earlier (killed) runs
+
+    def prepare(self) -> bool:
+        """Recover the partial output; False when the shard is already committed."""
+        if os.path.exists(self.paths.final):
+            return False
+        self.total = count_lines(self.input_path)
+        try:
+            with open(self.paths.stats, encoding="utf-8") as f:
+                self.previous_elapsed = float(json.load(f).get("elapsed_s", 0.0))
+        except (OSError, ValueError, TypeError):
+            self.previous_elapsed = 0.0
+        self.writer = ShardWriter(self.paths.partial, self.fsync_interval)
+        self.done_ids = self.writer.open(self._on_recovered)
+        return True
+
+    def documents(self):
+        """Yield ``(id, record_dict, text)`` of the valid documents not yet annotated."""
+        seen, rejects = set(), []
+        self.started = time.monotonic()
+        for lineno, raw in iter_lines(self.input_path):
+            self.input_lines += 1
+            try:
+                obj = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                obj, problem = None, ("invalid_json", f"invalid JSON: {e}")
+            if obj is not None:
+                rec = parse_record(obj)
+                problem = (rec.problems[0].reason, rec.problems[0].message) if rec.text is None else None
+            if problem is None:
+                doc_id = document_id(obj, rec.text)
+                if doc_id is None:
+                    problem = ("bad_id", f"'id' is {obj['id']!r}, expected a non-empty string or an integer")
+                elif doc_id in seen:
+                    problem = ("duplicate_id", f"id {doc_id!r} already used in this shard")
+            if problem is not None:
+                self._reject(rejects, lineno, raw, *problem)
+                continue
+            seen.add(doc_id)
+            self.valid += 1
+            if doc_id not in self.done_ids:
+                yield doc_id, obj, rec.text
+        unknown = self.done_ids - seen
+        if unknown:
+            raise RuntimeError(f"{self.paths.partial} holds {len(unknown)} id(s) that are not in {self.input_path} "
+                               f"(e.g. {sorted(unknown)[0]!r}): the input changed since the run started; "
+                               "restore it or use a new --output directory")
+        self.total = self.valid
+        with open(self.paths.rejected + ".tmp", "wb") as f:
+            for r in rejects:
+                f.write(encode_record(r))
+        os.replace(self.paths.rejected + ".tmp", self.paths.rejected)
+
+    def _reject(self, rejects, lineno, raw, reason, message) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        n = sum(self.rejected.values())
+        if n <= MAX_LOGGED_REJECTS:
+            log.warning("%s:%d: skipped (%s): %s", self.input_path, lineno, reason, message)
+        elif n == MAX_LOGGED_REJECTS + 1:
+            log.warning("%s: more bad lines; all are listed in %s", self.input_path, self.paths.rejected)
+        rejects.append({"file": self.input_path, "line": lineno, "reason": reason, "message": message,
+                        "raw": raw.decode("utf-8", "replace")})
+
+    def finish(self) -> None:
+        self.writer.close()
+        if self.stats.done != self.valid:
+            raise RuntimeError(f"{self.paths.partial}: {self.stats.done} records for {self.valid} valid input "
+                               "documents; not committing")
+        self.paths.commit()
+        self.finished = True
+        write_json_atomic(self.paths.stats, self.stats_dict("committed"))
+        log.info("committed %s (%d ok, %d failed)", self.paths.final, self.stats.ok, self.stats.done - self.stats.ok)
+
+    def stats_dict(self, state: str) -> dict:
+        return {"shard": self.paths.stem, "input": os.path.abspath(self.input_path), "state": state,
+                "input_lines": self.input_lines if self.scanned else None,
+                "documents": self.valid if self.scanned else self.total,
+                "rejected": dict(sorted(self.rejected.items())), **self.stats.to_dict(),
+                "elapsed_s": round(self.previous_elapsed + time.monotonic() - self.started, 3),
+                "annotator": self.annotator_seen, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+class RetryJob(_Job):
+    """Re-annotate the failed records of a committed shard and merge the results atomically."""
+
+    kind = "retry"
+
+    def __init__(self, paths: ShardPaths, fsync_interval: float, statuses: set | None):
+        super().__init__(paths, fsync_interval)
+        self.statuses = statuses  # None: every failure status
+
+    def _wanted(self, ixt) -> bool:
+        status = ixt.get("status") if isinstance(ixt, dict) else None
+        return status != STATUS_OK and (self.statuses is None or status in self.statuses)
+
+    def prepare(self) -> bool:
+        if not os.path.exists(self.paths.final):
+            return False
+        with open(self.paths.final, "rb") as f:
+            self.total = sum(1 for raw in f if self._wanted(json.loads(raw).get("ixt")))
+        if self.total == 0 and not os.path.exists(self.paths.retry):
+            return False
+        self.writer = ShardWriter(self.paths.retry, self.fsync_interval)
+        self.done_ids = self.writer.open(self._on_recovered)
+        return True
+
+    def documents(self):
+        with open(self.paths.final, "rb") as f:
+            for raw in f:
+                rec = json.loads(raw)
+                if self._wanted(rec.get("ixt")) and rec["id"] not in self.done_ids:
+                    obj = {k: v for k, v in rec.items() if k != "ixt"}
+                    yield rec["id"], obj, obj["text"]
+
+    def finish(self) -> None:
+        self.writer.close()
+        new = {}
+        with open(self.paths.retry, "rb") as f:
+            for raw in f:
+                rec = json.loads(raw)
+                new[rec["id"]] = raw
+        tmp, merged = self.paths.final + ".merge", ShardStats()
+        with open(self.paths.final, "rb") as src, open(tmp, "wb") as dst:
+            for raw in src:
+                rec = json.loads(raw)
+                if rec["id"] in new and rec["ixt"]["status"] != STATUS_OK:
+                    raw = new[rec["id"]]
+                    rec = json.loads(raw)
+                merged.add(rec["ixt"])
+                dst.write(raw)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, self.paths.final)
+        fsync_dir(self.paths.dir)
+        os.remove(self.paths.retry)
+        self.finished = True
+        try:
+            with open(self.paths.stats, encoding="utf-8") as f:
+                stats = json.load(f)
+        except (OSError, ValueError):
+            stats = {"shard": self.paths.stem}
+        stats.update(merged.to_dict(), state="committed", retried=stats.get("retried", 0) + len(new),
+                     updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        write_json_atomic(self.paths.stats, stats)
+        log.info("merged %d retried record(s) into %s (%d still failed)", len(new), self.paths.final,
+                 merged.done - merged.ok)
+
+
+class Progress:
+    """Progress lines with docs/s, tokens/s and ETA: redrawn in place on a terminal, one
+    timestamped line per ``interval`` otherwise (Slurm logs)."""
+
+    def __init__(self, total: int, already: int, stream=None, interval: float | None = None):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.interval = interval if interval is not None else (1.0 if self.tty else 30.0)
+        self.total, self.already = total, already
+        self.docs = self.ok = self.tokens_in = self.tokens_out = self.cached = 0
+        self.start = time.monotonic()
+
+    def add(self, ixt: dict) -> None:
+        usage = ixt["usage"]
+        self.docs += 1
+        self.ok += ixt["status"] == STATUS_OK
+        self.tokens_in += usage["prompt_tokens"]
+        self.tokens_out += usage["completion_tokens"]
+        self.cached += usage["cached_tokens"]
+
+    def line(self) -> str:
+        dt = max(time.monotonic() - self.start, 1e-9)
+        rate = self.docs / dt
+        done = self.already + self.docs
+        left = max(self.total - done, 0)
+        eta = _fmt_duration(left / rate) if rate > 0 else "?"
+        pct = 100.0 * done / self.total if self.total else 100.0
+        cached = f" cached {100.0 * self.cached / self.tokens_in:.0f}%" if self.tokens_in else ""
+        return (f"{done}/{self.total} docs ({pct:.1f}%) | {rate:.1f} docs/s | in {self.tokens_in / dt:.0f} tok/s, "
+                f"out {self.tokens_out / dt:.0f} tok/s{cached} | ok {self.ok} failed {self.docs - self.ok} "
+                f"| elapsed {_fmt_duration(dt)} | ETA {eta}")
+
+    def show(self, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r" + self.line() + ("\n" if final else "\x1b[K"))
+        else:
+            self.stream.write(time.strftime("%Y-%m-%d %H:%M:%S ") + "[annotate] " + self.line() + "\n")
+        self.stream.flush()
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Runner:
+    """Drives ``jobs`` (RunJob / RetryJob) through ``backend``."""
+
+    def __init__(self, cfg: RunConfig, backend, template, counter, jobs: list, progress_stream=None):
+        self.cfg = cfg
+        self.backend = backend
+        self.template = template
+        self.counter = counter
+        self.jobs = jobs
+        self.progress_stream = progress_stream
+        self.annotator: dict = {}
+        self.progress: Progress | None = None
+        self.stopped_by: int | None = None  # the signal that interrupted run()
+        self._slots: asyncio.Semaphore | None = None  # request slots (concurrency)
+        self._tasks: set = set()  # document tasks alive
+        self._fatal: asyncio.Future | None = None  # the first exception of a document task
+
+    async def annotate(self, doc_id: str, text: str, slot_held: bool = False) -> dict:
+        """The ``ixt`` block for one document (never raises for a per-document failure).
+
+        Each request holds one of the ``concurrency`` slots only while it is in flight; once
+        the answer is in, the slot is freed and the task yields, so the next document's request
+        goes out before this one is parsed and written (no idle slot during post-processing)."""
+        document, truncation = self.counter.truncate(text, self.cfg.max_doc_tokens)
+        request = Request(doc_id=doc_id, prompt=self.template.render(document), document=document)
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "requests": 0}
+        failure = ("parse", "no attempt made")
+        for _ in range(self.cfg.max_parse_retries + 1):
+            if not slot_held:
+                await self._slots.acquire()
+            slot_held = False
+            try:
+                c = await self.backend.complete(request)
+            except BackendError as e:
+                usage["requests"] += e.attempts
+                failure = (e.reason, str(e))
+                break
+            finally:
+                self._slots.release()
+            await asyncio.sleep(0)
+            usage["requests"] += 1
+            usage["prompt_tokens"] += c.prompt_tokens
+            usage["completion_tokens"] += c.completion_tokens
+            usage["cached_tokens"] += c.cached_tokens
+            try:
+                j = parse_output(c.text, c.reasoning)
+            except ParseError as e:
+                reason = "length" if c.finish_reason == "length" else e.reason
+                failure = (reason, f"{e} (finish_reason={c.finish_reason})")
+                continue
+            return {"status": STATUS_OK, "quality": j.quality, "scores": j.scores, "critique": j.critique,
+                    "reasoning": j.reasoning, "annotator": self.annotator, "truncation": truncation, "usage": usage}
+        return {"status": f"failed:{failure[0]}", "error": failure[1], "annotator": self.annotator,
+                "truncation": truncation, "usage": usage}
+
+    async def _process(self, job: _Job, doc_id: str, obj: dict, text: str) -> None:
+        ixt = await self.annotate(doc_id, text, slot_held=True)
+        obj["id"] = doc_id
+        obj["ixt"] = ixt
+        job.write(obj)
+        self.progress.add(ixt)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._fatal.done():
+            self._fatal.set_exception(task.exception())
+
+    async def _produce(self) -> None:
+        """Start one task per document, each when a request slot is free; wait for all."""
+        for job in self.jobs:
+            for doc_id, obj, text in job.documents():
+                await self._slots.acquire()
+                job.pending += 1
+                task = asyncio.create_task(self._process(job, doc_id, obj, text))
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+            job.scanned = True
+            if job.pending == 0:
+                job.finish()
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self.progress.interval)
+            self.progress.total = sum(j.total for j in self.jobs)
+            self.progress.show()
+            self._write_stats("running")
+
+    def _write_stats(self, state: str) -> None:
+        for job in self.jobs:
+            if job.kind == "run" and job.writer is not None and not job.finished:
+                write_json_atomic(job.paths.stats, job.stats_dict(state))
+
+    async def run(self) -> dict:
+        """Run all jobs; returns a summary. Raises AllServersDown (after saving) when the
+        servers stay down, and CancelledError on SIGINT/SIGTERM (after saving)."""
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+
+        def on_signal(signum):
+            self.stopped_by = signum
+            me.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        self.jobs = [job for job in self.jobs if job.prepare()]
+        if not self.jobs:
+            log.info("nothing to do: every shard of this task is committed")
+            return {"documents": 0, "ok": 0, "failed": 0, "shards_committed": 0, "errors": {}}
+        state = "interrupted"
+        tasks, reporter = [], None
+        try:
+            await self.backend.start()
+            self.annotator = {**self.backend.info(), "prompt_version": self.template.version,
+                              "prompt_sha256": self.template.sha256}
+            for job in self.jobs:
+                job.check_annotator(self.annotator)
+                job.annotator_seen = job.annotator_seen or self.annotator
+            total = sum(j.total for j in self.jobs)
+            already = sum(len(j.done_ids) for j in self.jobs)
+            self.progress = Progress(total, already, self.progress_stream, self.cfg.log_interval)
+            self._slots = asyncio.Semaphore(self.cfg.concurrency)
+            self._fatal = loop.create_future()
+            producer = asyncio.create_task(self._produce())
+            tasks = [producer]
+            reporter = asyncio.create_task(self._report())
+            await asyncio.wait([producer, self._fatal], return_when=asyncio.FIRST_COMPLETED)
+            if self._fatal.done():
+                self._fatal.result()  # re-raise the first failure of a document task
+            producer.result()
+            state = "done"
+        finally:
+            others = [t for t in [*tasks, *self._tasks, reporter] if t is not None]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            for job in self.jobs:
+                if job.writer is not None:
+                    job.writer.close()
+            self._write_stats(state)
+            if self.progress is not None:
+                self.progress.total = sum(j.total for j in self.jobs)
+                self.progress.show(final=True)
+            await self.backend.close()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+        return {"documents": self.progress.docs, "ok": self.progress.ok,
+                "failed": self.progress.docs - self.progress.ok,
+                "shards_committed": sum(j.finished for j in self.jobs),
+                "errors": dict(getattr(self.backend, "errors", {}))}

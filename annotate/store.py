@@ -1,0 +1,223 @@
+"""Resumable, exactly-once output of one shard, and its statistics.
+
+Files in the output directory for an input shard ``<stem>`` (``data/foo.jsonl.zst`` -> ``foo``)::
+
+    <stem>.jsonl            the committed output: one annotated record per valid input document
+    <stem>.jsonl.partial    the output while the shard is in progress (append-only)
+    <stem>.jsonl.retry      the records produced by ``retry-failed`` before they are merged
+    <stem>.rejected.jsonl   bad input lines: {"file", "line", "reason", "message", "raw"}
+    <stem>.stats.json       statistics (rewritten atomically while running and at commit)
+
+Crash safety: each record is appended as one whole line with an unbuffered write (so a killed
+process loses no written record) and the file is fsynced every ``fsync_interval`` seconds
+(against power loss); :meth:`ShardWriter.open` drops a torn last line left by a kill, and
+returns the ids already written so they are not redone. A finished shard is fsynced and
+renamed to ``<stem>.jsonl`` (atomic), so a committed file is always complete; a shard with a
+committed file is never touched again by ``run``.
+"""
+from __future__ import annotations
+
+import fcntl
+import gzip
+import io
+import json
+import logging
+import os
+import time
+
+from megatron_ixt.data.record import SCORE_AXES, STATUS_OK
+
+log = logging.getLogger("annotate")
+COMPRESSED = (".gz", ".zst")
+
+
+def shard_stem(path: str) -> str:
+    """``data/foo.jsonl.zst`` -> ``foo``."""
+    name = os.path.basename(path)
+    for suffix in COMPRESSED:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for suffix in (".jsonl", ".json", ".ndjson"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def open_binary(path: str) -> io.BufferedIOBase:
+    """Open a (possibly .gz / .zst compressed) file for binary reading."""
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def iter_lines(path: str):
+    """Yield ``(line_number, bytes_without_newline)`` for the non-blank lines of ``path``."""
+    with open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            raw = raw.rstrip(b"\r\n")
+            if raw.strip():
+                yield lineno, raw
+
+
+def count_lines(path: str) -> int:
+    """Number of non-blank lines (for progress/ETA)."""
+    return sum(1 for _ in iter_lines(path))
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_record(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+class ShardStats:
+    """Counters of one shard; ``add`` takes each output record's ``ixt`` block."""
+
+    def __init__(self):
+        self.ok = 0
+        self.failed: dict[str, int] = {}
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        self.truncated = 0
+        self.requests = 0
+        self.quality = {str(q): 0 for q in range(1, 6)}
+        self.score_sums = {a: 0 for a in SCORE_AXES}
+
+    @property
+    def done(self) -> int:
+        return self.ok + sum(self.failed.values())
+
+    def add(self, ixt: dict) -> None:
+        usage = ixt.get("usage") or {}
+        self.prompt_tokens += usage.get("prompt_tokens", 0)
+        self.completion_tokens += usage.get("completion_tokens", 0)
+        self.cached_tokens += usage.get("cached_tokens", 0)
+        self.requests += usage.get("requests", 0)
+        if ixt.get("truncation"):
+            self.truncated += 1
+        status = ixt["status"]
+        if status == STATUS_OK:
+            self.ok += 1
+            self.quality[str(ixt["quality"])] += 1
+            for a in SCORE_AXES:
+                self.score_sums[a] += ixt["scores"][a]
+        else:
+            self.failed[status] = self.failed.get(status, 0) + 1
+
+    def to_dict(self) -> dict:
+        return {
+            "done": self.done, "ok": self.ok, "failed": dict(sorted(self.failed.items())),
+            "requests": self.requests,
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
+                       "cached": self.cached_tokens,
+                       "cached_share": round(self.cached_tokens / self.prompt_tokens, 4) if self.prompt_tokens else 0.0},
+            "truncated": self.truncated,
+            "quality_histogram": dict(self.quality),
+            "score_means": {a: round(v / self.ok, 4) if self.ok else None for a, v in self.score_sums.items()},
+        }
+
+
+class ShardWriter:
+    """Append-only writer of ``path`` (a ``.partial`` or ``.retry`` file) with periodic fsync."""
+
+    def __init__(self, path: str, fsync_interval: float = 5.0):
+        self.path = path
+        self.fsync_interval = fsync_interval
+        self._f = None
+        self._last_sync = 0.0
+        self._dirty = False
+
+    def open(self, on_record=None) -> set:
+        """Recover after a crash and open for appending. Returns the ids of the records already
+        there, calling ``on_record(id, ixt)`` for each; a torn last line is cut off. Takes an
+        exclusive lock on the file (released when the process ends, even by kill -9), so two
+        tasks given the same shard by mistake cannot both write it."""
+        self._f = open(self.path, "ab", buffering=0)  # each record reaches the OS at once: a kill loses none
+        try:
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            self._f = None
+            raise RuntimeError(f"{self.path} is being written by another process (same shard in two tasks?)") from None
+        except OSError as e:  # file systems without flock support: go on unlocked
+            log.warning("%s: cannot lock (%s); make sure no other task writes this shard", self.path, e)
+        done, good_end = set(), 0
+        if os.path.getsize(self.path):
+            with open(self.path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    try:
+                        if not raw.endswith(b"\n"):
+                            raise ValueError("no newline")
+                        rec = json.loads(raw)
+                        rec_id, ixt = rec["id"], rec["ixt"]
+                    except (ValueError, KeyError, TypeError):
+                        if f.read(1):  # not the last line: real corruption, not a torn write
+                            self.close()
+                            raise RuntimeError(f"{self.path}:{lineno}: corrupt record in the middle of the file; "
+                                               "move the file away to redo this shard") from None
+                        break
+                    done.add(rec_id)
+                    if on_record is not None:
+                        on_record(rec_id, ixt)
+                    good_end += len(raw)
+            if good_end != os.path.getsize(self.path):
+                log.warning("%s: dropped a torn last line (%d bytes) left by an interrupted run",
+                            self.path, os.path.getsize(self.path) - good_end)
+                self._f.truncate(good_end)
+        self._last_sync = time.monotonic()
+        return done
+
+    def append(self, record: dict) -> None:
+        data = memoryview(encode_record(record))
+        while data:
+            data = data[self._f.write(data):]
+        self._dirty = True
+        if time.monotonic() - self._last_sync >= self.fsync_interval:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._f is not None and self._dirty:
+            os.fsync(self._f.fileno())
+            self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self.sync()
+            self._f.close()
+            self._f = None
+
+
+class ShardPaths:
+    def __init__(self, output_dir: str, stem: str):
+        base = os.path.join(output_dir, stem)
+        self.dir = output_dir
+        self.stem = stem
+        self.final = base + ".jsonl"
+        self.partial = base + ".jsonl.partial"
+        self.retry = base + ".jsonl.retry"
+        self.rejected = base + ".rejected.jsonl"
+        self.stats = base + ".stats.json"
+
+    def commit(self) -> None:
+        """Atomically publish the finished partial file as the final file."""
+        os.replace(self.partial, self.final)
+        fsync_dir(self.dir)

@@ -1,0 +1,60 @@
+"""Fixtures for the annotate tests: the SGLang stand-in server and synthetic corpora."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from sglang_standin import StandinConfig, StandinServer  # noqa: E402
+
+from annotate.synthetic import SynthConfig, generate  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def standin():
+    """Factory: ``standin(**StandinConfig fields)`` -> a started StandinServer (stopped after the test)."""
+    servers = []
+
+    def make(port: int = 0, **kwargs) -> StandinServer:
+        server = StandinServer(StandinConfig(**kwargs), port=port)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def write_jsonl(path, records) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write((rec if isinstance(rec, str) else json.dumps(rec)) + "\n")
+    return str(path)
+
+
+def read_jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def arith_docs():
+    """Factory: ``arith_docs(n, **SynthConfig fields)`` -> list of synthetic records."""
+
+    def make(n: int, **kwargs) -> list[dict]:
+        return list(generate(SynthConfig(num_docs=n, **kwargs)))
+
+    return make
+
+
+def subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env

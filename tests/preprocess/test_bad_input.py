@@ -1,0 +1,142 @@
+"""Bad input: every reason counted and logged as file:line, nothing lost, --strict, atomic output."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from megatron_ixt.data import shards
+from megatron_ixt.data.record import ANNOTATION_REASONS, DOCUMENT_REASONS, SCORE_AXES
+from tools.preprocess_ixt import main
+
+OK = {"status": "ok", "quality": 3, "scores": dict.fromkeys(SCORE_AXES, 3), "critique": "Plain but fine.",
+      "reasoning": None, "annotator": {"backend": "test"}}
+# (raw line, reason or None, whether the text survives)
+CASES = [
+    (json.dumps({"text": "A good document.", "ixt": OK}), None, True),
+    (b'{"text": "truncated', "invalid_json", False),
+    (b'{"text": "bad utf8 \xff\xfe"}', "invalid_json", False),
+    (b"[1, 2, 3]", "not_an_object", False),
+    (json.dumps({"id": "no-text", "ixt": OK}), "missing_text", False),
+    (json.dumps({"text": 42}), "text_not_string", False),
+    (json.dumps({"text": "  \n "}), "empty_text", False),
+    (json.dumps({"text": "Kept one.", "ixt": "excellent"}), "ixt_not_object", True),
+    (json.dumps({"text": "Kept two.", "ixt": {**OK, "status": "done"}}), "ixt_bad_status", True),
+    (json.dumps({"text": "Kept three.", "ixt": {**OK, "quality": 6}}), "ixt_bad_quality", True),
+    (json.dumps({"text": "Kept four.", "ixt": {**OK, "quality": True}}), "ixt_bad_quality", True),
+    (json.dumps({"text": "Kept five.", "ixt": {**OK, "scores": {"expertise": 3}}}), "ixt_bad_scores", True),
+    (json.dumps({"text": "Kept six.", "ixt": {**OK, "scores": {**OK["scores"], "efficiency": 0}}}), "ixt_bad_scores", True),
+    (json.dumps({"text": "Kept seven.", "ixt": {k: v for k, v in OK.items() if k != "critique"}}), "ixt_bad_critique", True),
+    (json.dumps({"text": "Kept eight.", "ixt": {**OK, "reasoning": 5}}), "ixt_bad_reasoning", True),
+    (json.dumps({"text": "Kept nine.", "ixt": {**OK, "annotator": "me"}}), "ixt_bad_annotator", True),
+    (json.dumps({"text": "Failed annotation.", "ixt": {"status": "failed:parse"}}), None, True),
+    (b"   ", None, False),  # blank line: counted, not a problem
+    (json.dumps({"text": "Last good one.", "ixt": OK}), None, True),
+]
+
+
+def write_cases(path):
+    with open(path, "wb") as f:
+        for line, _, _ in CASES:
+            f.write((line.encode() if isinstance(line, str) else line) + b"\n")
+
+
+def run(path, prefix, model, *extra):
+    return main(["--input", str(path), "--output-prefix", str(prefix), "--tokenizer-type",
+                 "SentencePieceTokenizer", "--tokenizer-model", model, "--append-eod", *map(str, extra)])
+
+
+def test_every_reason_counted_and_logged(tmp_path, sp_model, sp_tokenizer, capsys):
+    write_cases(tmp_path / "bad.jsonl")
+    assert run(tmp_path / "bad.jsonl", tmp_path / "o", sp_model, "--workers", 2) == 0
+    err = capsys.readouterr().err
+    meta = shards.read_metadata(str(tmp_path / "o"))
+    expected = {}
+    for line_number, (_, reason, _) in enumerate(CASES, 1):
+        if reason:
+            expected[reason] = expected.get(reason, 0) + 1
+            assert f"{tmp_path / 'bad.jsonl'}:{line_number}: {reason}: " in err
+    assert set(expected) == set(DOCUMENT_REASONS) | set(ANNOTATION_REASONS)  # the cases cover every reason
+    assert {r: n for r, n in meta["skipped"].items() if n} == expected
+    kept = [(i + 1, line) for i, (line, _, survives) in enumerate(CASES) if survives]
+    reader = shards.ShardSet(str(tmp_path / "o"))
+    assert len(reader) == len(kept)
+    for i, (line_number, line) in enumerate(kept):
+        text = json.loads(line)["text"]
+        assert reader[i]["text"].tolist() == sp_tokenizer.tokenize(text) + [sp_tokenizer.eod]
+        assert int(reader.docs["line"][i]) == line_number
+    annotated = [i for i in range(len(reader)) if len(reader[i]["critique"])]
+    assert annotated == [0, len(kept) - 1]  # degraded and failed annotations have no prefix
+    counts = meta["counts"]
+    assert counts["records"] == len(CASES) - 1 and counts["blank_lines"] == 1
+    assert counts["dropped"] == 6 and counts["degraded"] == 9 and counts["annotated"] == 2
+    assert meta["annotation_status"]["failed:parse"] == 1 and meta["annotation_status"]["malformed"] == 1
+
+
+def test_first_examples_only(tmp_path, sp_model, capsys):
+    (tmp_path / "in.jsonl").write_text("not json\n" * 12 + '{"text": "ok"}\n')
+    assert run(tmp_path / "in.jsonl", tmp_path / "o", sp_model) == 0
+    err = capsys.readouterr().err
+    assert err.count(": invalid_json: ") == 5
+    assert "invalid_json: 12" in err  # the summary counts all of them
+    assert shards.read_metadata(str(tmp_path / "o"))["skipped"]["invalid_json"] == 12
+
+
+@pytest.mark.parametrize("index", [i for i, c in enumerate(CASES) if c[1]])
+def test_strict_fails_on_any_reason(tmp_path, sp_model, capsys, index):
+    with open(tmp_path / "in.jsonl", "wb") as f:
+        good, bad = CASES[0][0].encode(), CASES[index][0]
+        f.write(good + b"\n" + (bad.encode() if isinstance(bad, str) else bad) + b"\n" + good + b"\n")
+    assert run(tmp_path / "in.jsonl", tmp_path / "o", sp_model, "--strict") == 1
+    assert f"in.jsonl:2: {CASES[index][1]}: " in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["in.jsonl"]  # nothing written, no temporaries left
+    assert run(tmp_path / "in.jsonl", tmp_path / "o", sp_model) == 0  # without --strict it goes through
+
+
+def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch):
+    write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
+    calls = []
+
+    def failing_add(self, *args):
+        calls.append(1)
+        if len(calls) == 2:  # after the first chunk of documents was written
+            raise OSError("disk full")
+        return original(self, *args)
+
+    original = shards.ShardSetWriter.add_documents
+    monkeypatch.setattr(shards.ShardSetWriter, "add_documents", failing_add)
+    with pytest.raises(OSError, match="disk full"):
+        run(tmp_path / "in.jsonl", tmp_path / "o", sp_model)
+    assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
+@pytest.mark.slow
+def test_killed_mid_run_leaves_no_complete_looking_shard(tmp_path, sp_model, write_corpus):
+    """SIGKILL while writing: no file under a final name; an earlier shard set survives intact."""
+    write_corpus(tmp_path / "small.jsonl", n_docs=20, seed=2)
+    assert run(tmp_path / "small.jsonl", tmp_path / "o", sp_model) == 0
+    before = {f: open(f, "rb").read() for f in glob.glob(str(tmp_path / "o_*"))}
+    write_corpus(tmp_path / "big.jsonl", n_docs=20000, seed=3, words=(20, 60))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tools.preprocess_ixt", "--input", str(tmp_path / "big.jsonl"), "--output-prefix",
+         str(tmp_path / "o"), "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model,
+         "--log-interval", "512", "--workers", "1"], stderr=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), start_new_session=True)
+    try:
+        for line in proc.stderr:  # wait until it is writing
+            if line.startswith("Processed"):
+                break
+        temporaries = glob.glob(str(tmp_path / "o_*.tmp*"))
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert temporaries, "the run should have been writing temporaries"
+    assert proc.returncode == -signal.SIGKILL
+    after = {f: open(f, "rb").read() for f in glob.glob(str(tmp_path / "o_*")) if ".tmp" not in f}
+    assert after == before
+    assert len(shards.ShardSet(str(tmp_path / "o"))) == 20

@@ -1,0 +1,196 @@
+"""tools/preprocess_ixt.py end to end on real files, real tokenizers and megatron-core readers."""
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+import re
+
+import numpy
+import pytest
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from megatron_ixt.data import shards
+from megatron_ixt.data.record import SCORE_AXES, parse_annotation
+from megatron_ixt.data.templates import load_template, steering_annotation
+from megatron_ixt.tokenizer import build_tokenizer, tokenizer_identity
+from tools.preprocess_ixt import CHUNK_LINES, main
+
+
+def run(inputs, prefix, model, *extra, tokenizer_type="SentencePieceTokenizer"):
+    argv = ["--input", *map(str, inputs), "--output-prefix", str(prefix), "--tokenizer-type", tokenizer_type]
+    argv += ["--tokenizer-model", str(model)] if model else []
+    return main(argv + [str(e) for e in extra])
+
+
+def expected_documents(records, tokenizer, append_eod=True):
+    """What the stores must hold for valid records: (text, critique, quality) token lists."""
+    templates = {kind: load_template(kind) for kind in shards.PREFIX_KINDS}
+    eod = [tokenizer.eod] if append_eod else []
+    out = []
+    for r in records:
+        annotation = parse_annotation(r["ixt"])[0] if "ixt" in r else None
+        prefixes = [tokenizer.tokenize(templates[k].render(annotation)) if annotation else [] for k in shards.PREFIX_KINDS]
+        out.append((tokenizer.tokenize(r["text"]) + eod, *prefixes))
+    return out
+
+
+def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer, capsys):
+    records = write_corpus(tmp_path / "in.jsonl", n_docs=300, seed=3, words=(20, 80))
+    assert run([tmp_path / "in.jsonl"], tmp_path / "out" / "c", sp_model, "--append-eod", "--workers", 2,
+               "--log-interval", 100) == 0
+    progress = re.findall(r"^Processed (\d+) documents \([\d.]+ docs/s, [\d.]+ MB/s, \d+ tokens/s\)",
+                          capsys.readouterr().err, re.M)
+    assert [int(n) for n in progress] == [256, 300]  # checked after each chunk of 256 lines
+    prefix = str(tmp_path / "out" / "c")
+    stores = {name: IndexedDataset(shards.store_path(prefix, name)) for name in shards.STORE_NAMES}
+    expected = expected_documents(records, sp_tokenizer)
+    for name, store in stores.items():  # aligned: one sequence and one document per record
+        assert len(store) == len(records)
+        assert store.document_indices.tolist() == list(range(len(records) + 1))
+    for i, want in enumerate(expected):
+        for name, tokens in zip(shards.STORE_NAMES, want):
+            assert stores[name][i].tolist() == tokens, (i, name)
+    annotated = [i for i, r in enumerate(records) if r.get("ixt", {}).get("status") == "ok"]
+    assert 0 < len(annotated) < len(records)
+    for kind in shards.PREFIX_KINDS:
+        lengths = stores[kind].sequence_lengths
+        assert sorted(numpy.flatnonzero(lengths).tolist()) == annotated
+    assert stores["text"].index.dtype == numpy.uint16  # vocab 1024 < 65500
+
+    meta = shards.read_metadata(prefix)
+    assert meta["tokenizer"] == tokenizer_identity(tokenizer_type="SentencePieceTokenizer", tokenizer_model=sp_model)
+    counts = meta["counts"]
+    assert counts["documents"] == len(records) and counts["annotated"] == len(annotated)
+    assert counts["unannotated"] == len(records) - len(annotated) and counts["dropped"] == 0
+    assert counts["text_tokens"] == sum(len(e[0]) for e in expected)
+    assert counts["critique_prefix_tokens"] == sum(len(e[1]) for e in expected)
+    assert counts["input_bytes"] == os.path.getsize(tmp_path / "in.jsonl") - len(records)  # minus newlines
+    qualities = [records[i]["ixt"]["quality"] for i in annotated]
+    assert meta["quality_histogram"] == {str(q): qualities.count(q) for q in range(1, 6)}
+    for axis in SCORE_AXES:
+        assert meta["score_means"][axis] == pytest.approx(
+            numpy.mean([records[i]["ixt"]["scores"][axis] for i in annotated]), abs=1e-4)
+    statuses = [r["ixt"]["status"] if "ixt" in r else "missing" for r in records]
+    assert meta["annotation_status"] == {s: statuses.count(s) for s in set(statuses)}
+    for kind in shards.PREFIX_KINDS:
+        steering = load_template(kind).render(steering_annotation())
+        assert meta["steering"][kind] == {"text": steering, "tokens": sp_tokenizer.tokenize(steering)}
+        assert meta["templates"][kind] == load_template(kind).identity()
+
+    reader = shards.ShardSet(prefix)
+    assert reader.docs["line"].tolist() == list(range(1, len(records) + 1))
+    assert reader.docs["quality"].tolist() == [r["ixt"]["quality"] if i in annotated else 0
+                                               for i, r in enumerate(records)]
+    assert reader.docs["scores"][annotated[0]].tolist() == [records[annotated[0]]["ixt"]["scores"][a] for a in SCORE_AXES]
+
+
+def _files(prefix):
+    return sorted(glob.glob(str(prefix) + "_*"))
+
+
+def test_deterministic_across_worker_counts(tmp_path, write_corpus, sp_model):
+    write_corpus(tmp_path / "in.jsonl", n_docs=2 * CHUNK_LINES + 37, seed=5, words=(10, 40))
+    outputs = {}
+    for workers in (1, 2, 3):
+        prefix = tmp_path / f"w{workers}" / "c"
+        assert run([tmp_path / "in.jsonl"], prefix, sp_model, "--append-eod", "--workers", workers) == 0
+        outputs[workers] = {os.path.basename(f): open(f, "rb").read() for f in _files(prefix)}
+    assert len(outputs[1]) == 8  # 3 stores x (bin, idx) + docs table + metadata
+    assert outputs[1] == outputs[2] == outputs[3]
+
+
+def test_no_append_eod_and_compressed_globbed_inputs(tmp_path, write_corpus, sp_model, sp_tokenizer):
+    import zstandard
+
+    a = write_corpus(tmp_path / "a.jsonl", n_docs=15, seed=11)
+    b = write_corpus(tmp_path / "b.jsonl", n_docs=12, seed=12)
+    c = write_corpus(tmp_path / "c.jsonl", n_docs=9, seed=13)
+    (tmp_path / "parts").mkdir()
+    with gzip.open(tmp_path / "parts" / "x1.jsonl.gz", "wb") as g:
+        g.write((tmp_path / "a.jsonl").read_bytes())
+    (tmp_path / "parts" / "x2.jsonl.zst").write_bytes(
+        zstandard.ZstdCompressor().compress((tmp_path / "b.jsonl").read_bytes()))
+    prefix = tmp_path / "out"
+    assert run([tmp_path / "parts" / "x*.jsonl.*", tmp_path / "c.jsonl"], prefix, sp_model) == 0
+    text = IndexedDataset(shards.text_store_path(str(prefix)))
+    expected = expected_documents(a + b + c, sp_tokenizer, append_eod=False)
+    assert [text[i].tolist() for i in range(len(text))] == [e[0] for e in expected]
+    meta = shards.read_metadata(str(prefix))
+    assert [os.path.basename(i["path"]) for i in meta["inputs"]] == ["x1.jsonl.gz", "x2.jsonl.zst", "c.jsonl"]
+    assert meta["append_eod"] is False
+    docs = shards.ShardSet(str(prefix)).docs
+    assert docs["file"].tolist() == [0] * 15 + [1] * 12 + [2] * 9
+
+
+def test_text_only_is_the_same_text_store(tmp_path, write_corpus, sp_model):
+    write_corpus(tmp_path / "in.jsonl", n_docs=40, seed=2)
+    assert run([tmp_path / "in.jsonl"], tmp_path / "full", sp_model, "--append-eod") == 0
+    assert run([tmp_path / "in.jsonl"], tmp_path / "full", sp_model, "--append-eod") == 0
+    assert run([tmp_path / "in.jsonl"], tmp_path / "plain", sp_model, "--append-eod", "--text-only") == 0
+    assert [os.path.basename(f) for f in _files(tmp_path / "plain")] == ["plain_text_document.bin",
+                                                                       "plain_text_document.idx"]
+    for ext in (".bin", ".idx"):
+        assert open(f"{tmp_path}/plain_text_document{ext}", "rb").read() == \
+            open(f"{tmp_path}/full_text_document{ext}", "rb").read()
+    # --text-only over an existing IXT shard set leaves no stale prefix stores or metadata behind
+    assert run([tmp_path / "in.jsonl"], tmp_path / "full", sp_model, "--append-eod", "--text-only") == 0
+    assert [os.path.basename(f) for f in _files(tmp_path / "full")] == ["full_text_document.bin",
+                                                                      "full_text_document.idx"]
+
+
+def test_huggingface_tokenizer(tmp_path, write_corpus, hf_tokenizer_dir):
+    records = write_corpus(tmp_path / "in.jsonl", n_docs=30, seed=4)
+    prefix = tmp_path / "hf"
+    assert run([tmp_path / "in.jsonl"], prefix, hf_tokenizer_dir, "--append-eod", "--workers", 2,
+               tokenizer_type="HuggingFaceTokenizer") == 0
+    tokenizer = build_tokenizer(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=hf_tokenizer_dir)
+    assert tokenizer.eod == 2  # "</s>"
+    expected = expected_documents(records, tokenizer)
+    reader = shards.ShardSet(str(prefix))
+    for i, want in enumerate(expected):
+        assert [reader[i][name].tolist() for name in shards.STORE_NAMES] == list(want)
+    assert tokenizer.detokenize(reader[0]["text"][:-1].tolist()) == records[0]["text"]
+    meta = reader.metadata
+    assert meta["tokenizer"]["type"] == "HuggingFaceTokenizer" and meta["tokenizer"]["eod"] == 2
+
+
+def test_null_tokenizer_with_numeric_templates(tmp_path):
+    (tmp_path / "q.txt").write_text("{quality}\n")
+    (tmp_path / "c.txt").write_text("{quality} {writing_style} {expertise} {critique}\n")
+    ok = {"status": "ok", "quality": 4, "scores": dict.fromkeys(SCORE_AXES, 3), "critique": "17"}
+    lines = [{"text": "5 6 7"}, {"text": "1 2", "ixt": ok}, {"text": "9", "ixt": {**ok, "critique": "too wordy"}},
+             {"text": "3 x 4"}, {"text": "1 200"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    prefix = str(tmp_path / "null")
+    rc = run([tmp_path / "in.jsonl"], prefix, None, "--vocab-size", 100, "--append-eod", "--critique-template",
+             tmp_path / "c.txt", "--quality-template", tmp_path / "q.txt", "--steering-critique", "99",
+             tokenizer_type="NullTokenizer")
+    assert rc == 0
+    reader = shards.ShardSet(prefix)
+    assert [reader[i]["text"].tolist() for i in range(len(reader))] == [[5, 6, 7, 100], [1, 2, 100], [9, 100]]
+    assert reader[1]["critique"].tolist() == [4, 3, 3, 17] and reader[1]["quality"].tolist() == [4]
+    assert reader[2]["critique"].tolist() == [] and reader[2]["quality"].tolist() == []  # degraded, text kept
+    assert reader.metadata["skipped"]["prefix_untokenizable"] == 1
+    assert reader.metadata["skipped"]["text_untokenizable"] == 2  # "x" and id 200 >= vocab
+    assert reader.metadata["steering"]["quality"]["tokens"] == [5]
+    assert reader.metadata["steering"]["critique"]["tokens"] == [5, 5, 5, 99]
+
+
+def test_null_tokenizer_refuses_text_templates(tmp_path, capsys):
+    (tmp_path / "in.jsonl").write_text('{"text": "1 2"}\n')
+    rc = run([tmp_path / "in.jsonl"], tmp_path / "n", None, "--vocab-size", 10, tokenizer_type="NullTokenizer")
+    assert rc == 1
+    assert "cannot tokenize the critique template 'critique_v1'" in capsys.readouterr().err
+    assert _files(tmp_path / "n") == []
+
+
+def test_missing_input_and_bad_flags(tmp_path, sp_model, capsys):
+    assert run([tmp_path / "nope*.jsonl"], tmp_path / "o", sp_model) == 1
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "in.jsonl").write_text('{"text": "a"}\n')
+    assert run([tmp_path / "in.jsonl"], tmp_path / "o", sp_model, "--critique-template", "critique_v9") == 1
+    assert "no built-in template of that name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run([tmp_path / "in.jsonl"], tmp_path / "o", sp_model, "--json-keys", "text", "title")
