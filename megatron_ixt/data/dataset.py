@@ -1,0 +1,394 @@
+"""The IXT-aware GPT dataset: every document is preceded by its feedback prefix.
+
+``IXTGPTDataset`` is a megatron-core ``GPTDataset`` whose token stream is a shuffled sequence of
+*conditioned documents* ``prefix + document`` (the document keeps its EOD when the text store has
+one), packed into fixed-length samples by megatron-core's own C++ ``build_sample_idx``. The
+document, sample and shuffle indices are built over the conditioned lengths, so no token is lost
+and every document starts with its own prefix. It plugs into ``BlendedMegatronDatasetBuilder``
+exactly like ``GPTDataset`` (blends, weights, splits, per-split blends, index cache).
+
+Where prefixes come from (``docs/CONTRACTS.md`` section 2): a ``--data-path`` entry names a text
+store ``P_text_document``; the ``P_<kind>_prefix`` store next to it holds one prefix per document
+(length 0 = unannotated). A text store without a prefix store is a plain store: no prefixes.
+
+Samples (``docs/CONTRACTS.md`` section 3): ``GPTDataset``'s dict plus ``prefix_mask``, a float
+tensor shaped like ``loss_mask``, 1.0 where ``labels[i]`` is a prefix token.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+import typing
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import numpy
+import torch
+
+from megatron.core.datasets import helpers
+from megatron.core.datasets.gpt_dataset import (
+    GPTDataset,
+    GPTDatasetConfig,
+    _build_document_index,
+    _build_shuffle_index,
+)
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.utils import Split
+from megatron.core.utils import log_single_rank
+
+from megatron_ixt.data.shards import (
+    PREFIX_KINDS,
+    has_prefix_store,
+    metadata_path,
+    prefix_store_path,
+    shard_set_prefix,
+)
+
+logger = logging.getLogger(__name__)
+
+PREFIX_KIND_CHOICES = ("none",) + PREFIX_KINDS
+PREFIX_LOSS_CHOICES = ("train", "mask")
+
+# Salts that keep the per-document random decisions independent of each other.
+_SALT_ANNOTATED = 0xA11
+_SALT_DROPOUT = 0xD40
+
+# megatron-core 0.16 returns (tokens, document_ids) from _query_document_sample_shuffle_indices;
+# 0.17+ returns (tokens, document_ids, document_lengths). Follow whatever the installed one does.
+_QUERY_RETURNS_LENGTHS = (
+    len(typing.get_args(inspect.signature(GPTDataset._query_document_sample_shuffle_indices).return_annotation))
+    == 3
+)
+
+
+@dataclass
+class IXTGPTDatasetConfig(GPTDatasetConfig):
+    """``GPTDatasetConfig`` plus the IXT conditioning options (all part of the index cache key)."""
+
+    prefix_kind: str = "critique"
+    """Which prefix precedes each document: ``none`` (plain GPTDataset samples: the baseline arm),
+    ``quality`` (templated 5-level quality) or ``critique`` (natural-language critique)."""
+
+    prefix_loss: str = "train"
+    """``train``: prefix tokens stay in the loss; ``mask``: ``loss_mask`` is 0 on prefix labels."""
+
+    prefix_dropout: float = 0.0
+    """Probability that a document is shown without its prefix, decided deterministically per
+    document and epoch from ``random_seed``."""
+
+    annotated_fraction: float = 1.0
+    """Use the annotations of only this deterministic fraction of the annotated documents (chosen
+    per document from ``random_seed``; the subset for a smaller fraction is contained in the subset
+    for a larger one). The others are trained on without prefix."""
+
+    steering_prefix: Optional[Tuple[int, ...]] = None
+    """Evaluation: condition every document (annotated or not, in IXT and plain stores alike) on
+    these prefix tokens, e.g. ``steering.<kind>.tokens`` of ``P_ixt.json``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prefix_kind not in PREFIX_KIND_CHOICES:
+            raise ValueError(f"prefix_kind={self.prefix_kind!r}: expected one of {PREFIX_KIND_CHOICES}")
+        if self.prefix_loss not in PREFIX_LOSS_CHOICES:
+            raise ValueError(f"prefix_loss={self.prefix_loss!r}: expected one of {PREFIX_LOSS_CHOICES}")
+        if not 0.0 <= self.prefix_dropout <= 1.0:
+            raise ValueError(f"prefix_dropout={self.prefix_dropout}: expected a probability in [0, 1]")
+        if not 0.0 <= self.annotated_fraction <= 1.0:
+            raise ValueError(f"annotated_fraction={self.annotated_fraction}: expected a fraction in [0, 1]")
+        if self.steering_prefix is not None:
+            self.steering_prefix = tuple(int(t) for t in self.steering_prefix)
+            if self.prefix_kind == "none":
+                raise ValueError("steering_prefix needs prefix_kind 'quality' or 'critique' (the kind of the "
+                                 "steering tokens), not 'none'")
+            if self.prefix_dropout != 0.0 or self.annotated_fraction != 1.0:
+                raise ValueError("steering_prefix conditions every document on the same prefix: set "
+                                 "prefix_dropout=0.0 and annotated_fraction=1.0")
+        if self.defer_npy_index_mmap:
+            raise ValueError("IXTGPTDataset builds its indices eagerly; defer_npy_index_mmap is not supported")
+
+
+def _splitmix64(x: numpy.ndarray) -> numpy.ndarray:
+    """The splitmix64 finalizer on a uint64 array (wrapping arithmetic)."""
+    x = x ^ (x >> numpy.uint64(30))
+    x = x * numpy.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> numpy.uint64(27))
+    x = x * numpy.uint64(0x94D049BB133111EB)
+    return x ^ (x >> numpy.uint64(31))
+
+
+def document_draws(seed: int, salt: int, document_ids: numpy.ndarray, probability: float,
+                   epoch: int = 0) -> numpy.ndarray:
+    """Deterministic Bernoulli(``probability``) draws, one per ``(seed, salt, document id, epoch)``:
+    a splitmix64 hash of the four, compared as a 53-bit uniform."""
+    key = (seed * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03 + epoch * 0xA0761D6478BD642F) % 2**64
+    x = numpy.asarray(document_ids).astype(numpy.uint64) * numpy.uint64(0xE7037ED1A0B428DB) + numpy.uint64(key)
+    return (_splitmix64(x) >> numpy.uint64(11)) < numpy.uint64(round(probability * 2**53))
+
+
+def _open_prefix_store(dataset_path: Optional[str], text: IndexedDataset,
+                       config: IXTGPTDatasetConfig) -> Optional[IndexedDataset]:
+    """The ``config.prefix_kind`` prefix store aligned with ``text``, or None for a plain store."""
+    if config.prefix_kind == "none" or config.steering_prefix is not None or dataset_path is None:
+        return None
+    kind = config.prefix_kind
+    if not has_prefix_store(dataset_path, kind):
+        shard_set = shard_set_prefix(dataset_path)
+        if shard_set is not None and os.path.exists(metadata_path(shard_set)):
+            raise FileNotFoundError(
+                f"{dataset_path}: the shard set has {metadata_path(shard_set)} but no {kind} prefix store "
+                f"{prefix_store_path(shard_set, kind)}.{{bin,idx}}")
+        log_single_rank(logger, logging.INFO, f"{dataset_path}: plain text store, documents get no prefix")
+        return None
+    path = prefix_store_path(shard_set_prefix(dataset_path), kind)
+    store = IndexedDataset(path, multimodal=False, mmap=config.mmap_bin_files)
+    if store.sequence_lengths.shape[0] != text.sequence_lengths.shape[0]:
+        raise ValueError(f"{path}: {store.sequence_lengths.shape[0]} prefixes for "
+                         f"{text.sequence_lengths.shape[0]} documents in {dataset_path}; the stores are not aligned")
+    return store
+
+
+class IXTGPTDataset(GPTDataset):
+    """A ``GPTDataset`` over conditioned documents ``prefix + document``.
+
+    Besides GPTDataset's indices it keeps ``prefix_length``: for each position of
+    ``document_index``, the number of prefix tokens in front of that document occurrence (0 when
+    the document is unannotated, dropped for that epoch, or ``prefix_kind`` is ``none``).
+    The sample index counts offsets into the conditioned document (prefix first).
+    """
+
+    def __init__(self, indexed_dataset: IndexedDataset, dataset_path: Optional[str],
+                 indexed_indices: numpy.ndarray, num_samples: Optional[int], index_split: Split,
+                 config: IXTGPTDatasetConfig) -> None:
+        self.prefix_dataset = _open_prefix_store(dataset_path, indexed_dataset, config)
+        self.steering_tokens = (None if config.steering_prefix is None
+                                else numpy.asarray(config.steering_prefix, dtype=numpy.int64))
+        self.prefix_length: Optional[numpy.ndarray] = None  # set by _build_document_sample_shuffle_indices
+        self._last_prefix_flags: Optional[numpy.ndarray] = None
+        super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
+
+    @staticmethod
+    def _key_config_attributes():
+        return GPTDataset._key_config_attributes() + [
+            "prefix_kind", "prefix_loss", "prefix_dropout", "annotated_fraction", "steering_prefix",
+            "add_extra_token_to_sequence",
+        ]
+
+    # ---------------------------------------------------------------- prefixes per document
+
+    def document_prefix_lengths(self) -> numpy.ndarray:
+        """int32 [num documents in the store]: prefix length of each document before dropout."""
+        num_documents = self.dataset.sequence_lengths.shape[0]
+        if self.steering_tokens is not None:
+            return numpy.full(num_documents, len(self.steering_tokens), dtype=numpy.int32)
+        if self.prefix_dataset is None:
+            return numpy.zeros(num_documents, dtype=numpy.int32)
+        lengths = numpy.array(self.prefix_dataset.sequence_lengths, dtype=numpy.int32)
+        if self.config.annotated_fraction < 1.0:
+            used = document_draws(self.config.random_seed, _SALT_ANNOTATED, numpy.arange(num_documents),
+                                  self.config.annotated_fraction)
+            lengths[~used] = 0
+        return lengths
+
+    def _epoch_prefix_lengths(self, document_ids: numpy.ndarray, epoch: int,
+                              document_prefix_lengths: numpy.ndarray) -> numpy.ndarray:
+        """Prefix length of each document in epoch ``epoch``, after prefix dropout."""
+        lengths = document_prefix_lengths[document_ids]
+        if self.config.prefix_dropout > 0.0:
+            dropped = document_draws(self.config.random_seed, _SALT_DROPOUT, document_ids,
+                                     self.config.prefix_dropout, epoch)
+            lengths[dropped] = 0
+        return lengths
+
+    # ---------------------------------------------------------------- indices
+
+    def _build_document_sample_shuffle_indices(
+        self,
+    ) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """GPTDataset's document/sample/shuffle indices over conditioned document lengths.
+
+        Same RNG draws as GPTDataset (so ``prefix_kind='none'`` reproduces it exactly); the
+        ``build_sample_idx`` C++ helper runs over per-position sizes with an identity document
+        index, so ``sample_index`` keeps GPTDataset's meaning (position in ``document_index``,
+        token offset). Cached like GPTDataset's, plus a ``prefix_length`` array.
+        """
+        path_to_cache = self.config.path_to_cache
+        if path_to_cache is None and not self.config.mock:
+            path_to_cache = os.path.join(self.dataset.path_prefix, "cache", f"{type(self).__name__}_indices")
+
+        names = ("document_index", "prefix_length", "sample_index", "shuffle_index")
+        if path_to_cache:
+            base = os.path.join(path_to_cache,
+                                f"{self.unique_description_hash}-{type(self).__name__}-{self.index_split.name}")
+            path_to_description = f"{base}-description.txt"
+            paths = {name: f"{base}-{name}.npy" for name in names}
+            cache_hit = self.config.fast_cache_load or all(
+                map(os.path.isfile, [path_to_description, *paths.values()]))
+        else:
+            cache_hit = False
+
+        if path_to_cache and (cache_hit or (torch.distributed.is_initialized()
+                                            and torch.distributed.get_rank() != 0)):
+            log_single_rank(logger, logging.INFO,
+                            f"Load the {type(self).__name__} {self.index_split.name} indices from {base}-*")
+            # plain ndarray views of the memory maps: slicing a numpy.memmap per sample is slow
+            arrays = {name: numpy.asarray(numpy.load(path, mmap_mode="r"))
+                      for name, path in paths.items()}
+        else:
+            t_beg = time.time()
+            arrays = dict(zip(names, self._build_indices()))
+            if path_to_cache:
+                os.makedirs(path_to_cache, exist_ok=True)
+                for name, path in paths.items():
+                    numpy.save(path, arrays[name])
+                with open(path_to_description, "wt") as writer:  # last: marks the cache complete
+                    writer.write(self.unique_description)
+            log_single_rank(logger, logging.INFO,
+                            f"Built the {type(self).__name__} {self.index_split.name} indices in "
+                            f"{time.time() - t_beg:.2f} s")
+
+        log_single_rank(logger, logging.INFO,
+                        f"> total number of samples: {arrays['sample_index'].shape[0] - 1}")
+        self.prefix_length = arrays["prefix_length"]
+        if path_to_cache and cache_hit:
+            self._check_cached_prefix_lengths(arrays["document_index"], base)
+        return arrays["document_index"], arrays["sample_index"], arrays["shuffle_index"]
+
+    def _check_cached_prefix_lengths(self, document_index: numpy.ndarray, base: str) -> None:
+        """Refuse a cached index whose prefix lengths no longer match the prefix store (e.g. the
+        shard set was preprocessed again under the same name)."""
+        expected = self.document_prefix_lengths()[document_index]
+        if numpy.any((self.prefix_length != 0) & (self.prefix_length != expected)):
+            raise ValueError(f"{base}-*.npy: the cached index does not match the prefix store of "
+                             f"{self.dataset_path} (rebuilt shards?); delete these cache files")
+
+    def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+        """(document_index, prefix_length, sample_index, shuffle_index), freshly computed."""
+        sequence_length = self.config.sequence_length
+        extra = int(self.config.add_extra_token_to_sequence)
+        text_lengths = numpy.array(self.dataset.sequence_lengths)  # in memory: gathered at random below
+        document_prefix_lengths = self.document_prefix_lengths()
+        documents = numpy.asarray(self.indices)
+        text_tokens_per_epoch = int(numpy.sum(text_lengths[documents], dtype=numpy.int64))
+
+        # Epochs needed for num_samples (as GPTDataset._get_num_epochs, with per-epoch token counts).
+        epoch_prefix_lengths, tokens_per_epoch = [], []  # [epoch][i]: prefix length of documents[i]
+        requested = None if self.num_samples is None else self.num_samples * sequence_length + extra
+        total_tokens = 0
+        while not tokens_per_epoch or (requested is not None and total_tokens < requested):
+            if self.config.prefix_dropout == 0.0 and tokens_per_epoch:
+                lengths = epoch_prefix_lengths[0]
+            else:
+                lengths = self._epoch_prefix_lengths(documents, len(tokens_per_epoch), document_prefix_lengths)
+            epoch_tokens = text_tokens_per_epoch + int(numpy.sum(lengths, dtype=numpy.int64))
+            if epoch_tokens <= extra:
+                raise ValueError(f"{self.dataset_path}: the {self.index_split.name} split has no tokens")
+            epoch_prefix_lengths.append(lengths)
+            tokens_per_epoch.append(epoch_tokens)
+            total_tokens += epoch_tokens
+        num_epochs = len(tokens_per_epoch)
+
+        separate_final_epoch = False
+        if num_epochs > 1:
+            num_samples_sans_final_epoch = (total_tokens - tokens_per_epoch[-1] - extra) // sequence_length
+            num_samples_per_epoch = (tokens_per_epoch[-1] - extra) // sequence_length
+            separate_final_epoch = (self.num_samples - num_samples_sans_final_epoch) < int(
+                0.80 * num_samples_per_epoch)
+
+        numpy_random_state = numpy.random.RandomState(self.config.random_seed)
+        document_index = _build_document_index(documents, num_epochs, numpy_random_state, separate_final_epoch)
+
+        if self.config.prefix_dropout == 0.0:
+            prefix_length = document_prefix_lengths[document_index]
+        else:
+            # epoch_prefix_lengths is over `documents`; the epoch of an occurrence is its rank
+            # among the occurrences of the same document.
+            local = numpy.empty(len(text_lengths), dtype=numpy.int64)
+            local[documents] = numpy.arange(len(documents))
+            local = local[document_index]
+            if num_epochs > 1:
+                epochs = numpy.empty(len(document_index), dtype=numpy.int64)
+                epochs[numpy.argsort(document_index, kind="stable")] = numpy.arange(len(document_index)) % num_epochs
+                local += epochs * len(documents)
+            prefix_length = numpy.concatenate(epoch_prefix_lengths)[local]
+        conditioned_lengths = (text_lengths[document_index] + prefix_length).astype(numpy.int32)
+
+        drop_last = self.config.drop_last_partial_validation_sequence if self.index_split == Split.valid else True
+        sample_index = helpers.build_sample_idx(
+            conditioned_lengths,
+            numpy.arange(len(document_index), dtype=numpy.int32),
+            sequence_length,
+            1,
+            total_tokens,
+            drop_last,
+            self.config.add_extra_token_to_sequence,
+        )
+        num_samples = sample_index.shape[0] - 1
+        shuffle_index = _build_shuffle_index(
+            num_samples_sans_final_epoch if separate_final_epoch else num_samples, num_samples, numpy_random_state)
+        log_single_rank(logger, logging.INFO, f"> total number of epochs: {num_epochs}")
+        return document_index, prefix_length, sample_index, shuffle_index
+
+    # ---------------------------------------------------------------- samples
+
+    def _prefix_tokens(self, document_id: int, offset: int, length: int) -> numpy.ndarray:
+        if self.steering_tokens is not None:
+            return self.steering_tokens[offset:offset + length]
+        return self.prefix_dataset.get(document_id, offset=offset, length=length)
+
+    def _query_document_sample_shuffle_indices(self, idx: int):
+        """Tokens of sample ``idx`` (conditioned documents, padded), their document ids, and, on
+        megatron-core >= 0.17, the token count of each conditioned document part.
+
+        Also keeps the sample's per-token prefix flags for ``__getitem__`` (``_last_prefix_flags``).
+        """
+        extra = int(self.config.add_extra_token_to_sequence)
+        sample_length = self.config.sequence_length + extra
+        sample = self.shuffle_index[idx]
+        beg, beg_offset = self.sample_index[sample].tolist()
+        end, end_offset = self.sample_index[sample + 1].tolist()
+        document_ids = self.document_index[beg:end + 1]
+        prefix_lengths = self.prefix_length[beg:end + 1].tolist()
+
+        parts, document_lengths = [], []
+        flags = numpy.zeros(sample_length, dtype=bool)
+        cursor, last = 0, end - beg
+        for i, (document_id, prefix_len) in enumerate(zip(document_ids.tolist(), prefix_lengths)):
+            start = beg_offset if i == 0 else 0
+            stop = end_offset + extra if i == last else None  # None: to the end of the document
+            n = 0
+            if start < prefix_len:
+                prefix_stop = prefix_len if stop is None else min(stop, prefix_len)
+                parts.append(self._prefix_tokens(document_id, start, prefix_stop - start))
+                n = prefix_stop - start
+                flags[cursor:cursor + n] = True
+            if stop is None or stop > prefix_len:
+                text_offset = max(start - prefix_len, 0)
+                text = self.dataset.get(document_id, offset=text_offset,
+                                        length=None if stop is None else stop - prefix_len - text_offset)
+                parts.append(text)
+                n += len(text)
+            document_lengths.append(n)
+            cursor += n
+
+        if cursor < sample_length:
+            parts.append(numpy.full(sample_length - cursor, self._pad_token_id, dtype=numpy.int64))
+        self._last_prefix_flags = flags
+        tokens = numpy.concatenate(parts, dtype=numpy.int64)
+        document_ids = document_ids.astype(numpy.int64)
+        if _QUERY_RETURNS_LENGTHS:
+            return tokens, document_ids, document_lengths
+        return tokens, document_ids
+
+    def __getitem__(self, idx: Optional[int]) -> Dict[str, torch.Tensor]:
+        """GPTDataset's sample dict plus ``prefix_mask`` (float, shaped like ``loss_mask``: 1.0
+        where ``labels[i]`` is a prefix token). With ``prefix_loss='mask'`` the loss mask is 0 there."""
+        sample = super().__getitem__(idx)
+        flags = self._last_prefix_flags[1:]  # flags of the label tokens
+        if not self.config.add_extra_token_to_sequence:
+            flags = numpy.append(flags, False)  # the last label is padding
+        sample["prefix_mask"] = torch.from_numpy(flags.astype(numpy.float32))
+        if self.config.prefix_loss == "mask":  # not in place: GPTDataset may return its cached mask
+            sample["loss_mask"] = sample["loss_mask"].masked_fill(torch.from_numpy(flags), 0.0)
+        return sample

@@ -1,0 +1,176 @@
+"""Blends, splits and per-split paths -> IXT datasets through megatron-core's builder.
+
+- :func:`add_ixt_dataset_args` adds ``--ixt-prefix-kind --ixt-prefix-loss --ixt-prefix-dropout
+  --ixt-annotated-fraction`` to an argparse parser (also usable as Megatron-LM's
+  ``extra_args_provider``).
+- :func:`dataset_config_from_args` turns Megatron-LM-named args (``--data-path`` weighted blends
+  with ``--split``, or ``--train-data-path/--valid-data-path/--test-data-path``, ``--seq-length``,
+  ``--seed``, ``--data-cache-path``, ``--reset-position-ids``, ...) into an
+  :class:`IXTGPTDatasetConfig`.
+- :func:`build_train_valid_test_datasets` runs ``BlendedMegatronDatasetBuilder`` with
+  :class:`IXTGPTDataset`.
+- :func:`steering_prefix` and :func:`conditioning_configs`: the evaluation conditionings
+  (true prefix, no prefix, steering prefix).
+- :func:`train_valid_test_datasets_provider`: drop-in for Megatron-LM's ``pretrain_gpt.py``
+  (see docs/dataset.md).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.utils import get_blend_from_list
+
+from megatron_ixt.data.dataset import (
+    PREFIX_KIND_CHOICES,
+    PREFIX_LOSS_CHOICES,
+    IXTGPTDataset,
+    IXTGPTDatasetConfig,
+)
+from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_prefix
+
+# Megatron-LM's split when --data-path is given without --split.
+DEFAULT_SPLIT = "969,30,1"
+
+
+def add_ixt_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the IXT dataset flags to ``parser`` and return it."""
+    group = parser.add_argument_group("IXT dataset")
+    group.add_argument("--ixt-prefix-kind", choices=PREFIX_KIND_CHOICES, default="critique",
+                       help="prefix before each document; 'none' is the plain GPTDataset baseline")
+    group.add_argument("--ixt-prefix-loss", choices=PREFIX_LOSS_CHOICES, default="train",
+                       help="'train': prefix tokens stay in the loss; 'mask': no loss on prefix tokens")
+    group.add_argument("--ixt-prefix-dropout", type=float, default=0.0,
+                       help="probability a document is shown without its prefix (per document and epoch)")
+    group.add_argument("--ixt-annotated-fraction", type=float, default=1.0,
+                       help="use annotations of only this deterministic fraction of annotated documents")
+    return parser
+
+
+def blends_from_args(args) -> Tuple[Optional[Tuple[List[str], Optional[List[float]]]],
+                                    Optional[List[Optional[Tuple[List[str], Optional[List[float]]]]]]]:
+    """``(blend, blend_per_split)`` from ``--data-path`` or the per-split ``--*-data-path`` lists."""
+    data_path = getattr(args, "data_path", None)
+    per_split = [getattr(args, f"{split}_data_path", None) for split in ("train", "valid", "test")]
+    if data_path and any(per_split):
+        raise ValueError("--data-path and --train-data-path/--valid-data-path/--test-data-path are exclusive")
+    if data_path:
+        return get_blend_from_list(data_path), None
+    if any(per_split):
+        return None, [get_blend_from_list(paths) if paths else None for paths in per_split]
+    raise ValueError("no data: give --data-path or --train-data-path/--valid-data-path/--test-data-path")
+
+
+def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfig:
+    """An :class:`IXTGPTDatasetConfig` from Megatron-LM-named args; ``overrides`` win."""
+    blend, blend_per_split = blends_from_args(args)
+    values = dict(
+        random_seed=args.seed,
+        sequence_length=args.seq_length,
+        blend=blend,
+        blend_per_split=blend_per_split,
+        split=(getattr(args, "split", None) or DEFAULT_SPLIT) if blend is not None else None,
+        num_dataset_builder_threads=getattr(args, "num_dataset_builder_threads", 1),
+        path_to_cache=getattr(args, "data_cache_path", None),
+        mmap_bin_files=getattr(args, "mmap_bin_files", True),
+        tokenizer=tokenizer,
+        reset_position_ids=bool(getattr(args, "reset_position_ids", False)),
+        reset_attention_mask=bool(getattr(args, "reset_attention_mask", False)),
+        eod_mask_loss=bool(getattr(args, "eod_mask_loss", False)),
+        create_attention_mask=getattr(args, "create_attention_mask_in_dataloader", True),
+        mid_level_dataset_surplus=getattr(args, "mid_level_dataset_surplus", 0.005),
+        allow_ambiguous_pad_tokens=getattr(args, "allow_ambiguous_pad_tokens", False),
+        prefix_kind=getattr(args, "ixt_prefix_kind", "critique"),
+        prefix_loss=getattr(args, "ixt_prefix_loss", "train"),
+        prefix_dropout=getattr(args, "ixt_prefix_dropout", 0.0),
+        annotated_fraction=getattr(args, "ixt_annotated_fraction", 1.0),
+    )
+    values.update(overrides)
+    return IXTGPTDatasetConfig(**values)
+
+
+def build_train_valid_test_datasets(config: IXTGPTDatasetConfig, train_val_test_num_samples: Sequence[Optional[int]],
+                                    is_built_on_rank: Callable[[], bool] = lambda: True) -> list:
+    """``[train, valid, test]`` datasets (``IXTGPTDataset`` or megatron-core ``BlendedDataset`` of
+    them; None for a split that is not built). Call on every rank when torch.distributed is up."""
+    return BlendedMegatronDatasetBuilder(IXTGPTDataset, list(train_val_test_num_samples), is_built_on_rank,
+                                         config).build()
+
+
+def config_paths(config: IXTGPTDatasetConfig) -> List[str]:
+    """Every dataset path named by ``config.blend`` / ``config.blend_per_split``."""
+    blends = [config.blend] if config.blend is not None else list(config.blend_per_split or [])
+    return [path for blend in blends if blend is not None for path in blend[0]]
+
+
+def steering_prefix(paths: Sequence[str], kind: str) -> Tuple[int, ...]:
+    """``steering.<kind>.tokens`` of the IXT shard sets among ``paths`` (text-store paths).
+
+    Raises if none of the paths is an IXT shard set, or if their steering prefixes differ.
+    """
+    found = {}
+    for path in paths:
+        shard_set = shard_set_prefix(path)
+        if shard_set is None:
+            continue
+        try:
+            metadata = read_metadata(shard_set)
+        except FileNotFoundError:
+            continue
+        found[metadata_path(shard_set)] = tuple(int(t) for t in metadata["steering"][kind]["tokens"])
+    if not found:
+        raise ValueError(f"no IXT shard set (P_text_document with P_ixt.json) among {list(paths)}: "
+                         "cannot read a steering prefix")
+    if len(set(found.values())) > 1:
+        raise ValueError(f"the shard sets disagree on the {kind} steering prefix: {sorted(found)}")
+    return next(iter(found.values()))
+
+
+def conditioning_configs(config: IXTGPTDatasetConfig,
+                         steering_tokens: Optional[Sequence[int]] = None) -> Dict[str, IXTGPTDatasetConfig]:
+    """Evaluation variants of ``config``: ``prefix`` (each document with its true prefix, no
+    dropout, all annotations), ``none`` (no prefix: GPTDataset samples) and, when
+    ``steering_tokens`` are given, ``steering`` (every document under that one prefix).
+    For ``prefix_kind='none'`` only ``none`` is returned."""
+    plain = dataclasses.replace(config, prefix_kind="none", prefix_dropout=0.0, annotated_fraction=1.0,
+                                steering_prefix=None)
+    if config.prefix_kind == "none":
+        return {"none": plain}
+    variants = {
+        "prefix": dataclasses.replace(config, prefix_dropout=0.0, annotated_fraction=1.0, steering_prefix=None),
+        "none": plain,
+    }
+    if steering_tokens is not None:
+        variants["steering"] = dataclasses.replace(config, prefix_dropout=0.0, annotated_fraction=1.0,
+                                                   steering_prefix=tuple(steering_tokens))
+    return variants
+
+
+def _is_dataset_built_on_rank(vp_stage: Optional[int] = None) -> bool:
+    """Megatron-LM's rule: first or last pipeline stage, tensor-parallel rank 0."""
+    from megatron.core import parallel_state
+
+    first = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    last = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    return (first or last) and parallel_state.get_tensor_model_parallel_rank() == 0
+
+
+def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage: Optional[int] = None):
+    """Megatron-LM ``pretrain_gpt.py`` dataset provider building IXT datasets.
+
+    Reads ``megatron.training.get_args()`` and ``get_tokenizer()`` at call time; pass
+    :func:`add_ixt_dataset_args` as ``extra_args_provider`` to ``pretrain`` for the IXT flags.
+    """
+    from megatron.training import get_args, get_tokenizer, print_rank_0
+
+    config = dataset_config_from_args(get_args(), get_tokenizer())
+    print_rank_0(f"> building IXT train, validation, and test datasets (prefix_kind={config.prefix_kind}) ...")
+    datasets = build_train_valid_test_datasets(config, train_val_test_num_samples,
+                                               lambda: _is_dataset_built_on_rank(vp_stage))
+    print_rank_0("> finished creating IXT datasets ...")
+    return datasets
+
+
+train_valid_test_datasets_provider.is_distributed = True

@@ -1,0 +1,32 @@
+"""tools/inspect_samples.py prints real samples with prefix and document runs told apart."""
+import re
+
+from tools.inspect_samples import main
+
+
+def run(capsys, corpus, *extra):
+    main(["--data-path", corpus.path, "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000",
+          "--seq-length", "64", "--samples", "0", "1", "2", "--no-color", *extra])
+    return capsys.readouterr().out
+
+
+def test_prefix_and_document_runs(make_shard_set, capsys):
+    corpus = make_shard_set(num_documents=60, annotated=1.0)
+    out = run(capsys, corpus, "--ixt-prefix-kind", "critique")
+    prefixes = {" ".join(map(str, p)) for p in corpus.prefixes["critique"]}
+    shown = re.findall(r"\[P\| ([^\]]*) \]", out)
+    assert shown and "[D| " in out and "<EOD>" in out
+    # every complete prefix run (between an EOD and a document run) is some document's prefix
+    complete = re.findall(r"<EOD> \[P\| ([^\]]*) \] \[D\|", out)
+    assert complete and all(run_ in prefixes for run_ in complete)
+
+    masked = run(capsys, corpus, "--ixt-prefix-loss", "mask")
+    assert "[P~| " in masked and "[P| " not in masked
+
+    steered = re.findall(r"<EOD> \[P\| ([^\]]*) \] \[D\|", run(capsys, corpus, "--steering"))
+    assert steered and all(p == "740 741 742 743 744" for p in steered)
+
+
+def test_plain_store_shows_no_prefix(make_plain_store, capsys):
+    out = run(capsys, make_plain_store(num_documents=40))
+    assert "[D| " in out and "[P" not in out and "0 prefix /" in out
