@@ -1,0 +1,117 @@
+"""Benchmark: training throughput of the IXT arm vs the baseline arm, same model, CPU.
+
+Writes (once, reused) a random-token IXT shard set: ``--num-documents`` documents of ~``--mean-text-tokens``
+tokens, ``--annotated`` of them with a critique prefix of ~``--mean-prefix-tokens``. Then trains the same
+model on it with ``--ixt-prefix-kind critique`` (IXT) and ``--ixt-prefix-kind none`` (baseline, plain
+GPTDataset samples). One process, one model: train steps alternate between the IXT and the baseline
+micro-batch stream (order swapped every step), so both arms see the same machine load; the first
+``--warmup`` steps are dropped. Tokens/s counts all sequence tokens (prefix included: both arms
+process the same tensor shapes), in wall time and in process CPU time (this machine is shared).
+The data path should cost no measurable throughput (target ratio >= 0.97).
+
+    python benchmarks/bench_train.py        # ~2 minutes on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy
+import torch.distributed as dist
+from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+from megatron_ixt.data.shards import IXT_FORMAT, IXT_FORMAT_VERSION, prefix_store_path, text_store_path, write_metadata
+from megatron_ixt.training.config import parse_args
+from megatron_ixt.training.trainer import Trainer, build_datasets
+
+VOCAB = 4095  # NullTokenizer ids 0..4094, EOD 4095
+
+
+def make_shard_set(prefix: str, args, vocab: int = VOCAB) -> str:
+    """Random-token IXT shard set ``prefix`` (NullTokenizer ids ``1..vocab-1``, EOD ``vocab``), written
+    once and reused while ``args`` (num_documents, mean_*_tokens, annotated) stay the same."""
+    params = {k: getattr(args, k) for k in ("num_documents", "mean_text_tokens", "mean_prefix_tokens", "annotated")}
+    params["vocab"] = vocab
+    stamp = prefix + "_bench.json"
+    if os.path.exists(stamp) and json.load(open(stamp)) == params:
+        return text_store_path(prefix)
+    rng = numpy.random.default_rng(0)
+    dtype = DType.optimal_dtype(vocab + 1)
+    stores = {"text": text_store_path(prefix), "critique": prefix_store_path(prefix, "critique"),
+              "quality": prefix_store_path(prefix, "quality")}
+    builders = {k: IndexedDatasetBuilder(p + ".bin", dtype=dtype) for k, p in stores.items()}
+    steering = list(rng.integers(1, vocab, args.mean_prefix_tokens))
+    for _ in range(args.num_documents):
+        text = numpy.append(rng.integers(1, vocab, max(1, int(rng.exponential(args.mean_text_tokens)))), vocab)
+        annotated = rng.random() < args.annotated
+        critique = rng.integers(1, vocab, int(rng.integers(1, 2 * args.mean_prefix_tokens))) if annotated else []
+        quality = rng.integers(1, vocab, 3) if annotated else []
+        for kind, tokens in (("text", text), ("critique", critique), ("quality", quality)):
+            builders[kind].add_document(numpy.asarray(tokens, dtype=numpy.int64), [len(tokens)])
+    for kind, builder in builders.items():
+        builder.finalize(stores[kind] + ".idx")
+    write_metadata(prefix, {
+        "format": IXT_FORMAT, "version": IXT_FORMAT_VERSION,
+        "tokenizer": {"type": "NullTokenizer", "model_sha256": None, "vocab_size": vocab + 1, "eod": vocab},
+        "templates": {k: {"text": "random", "sha256": "0" * 64} for k in ("critique", "quality")},
+        "steering": {"critique": {"text": "random", "tokens": [int(t) for t in steering]},
+                     "quality": {"text": "random", "tokens": [1, 2, 3]}},
+        "counts": {}, "quality_histogram": {}, "score_means": {}, "skipped": {}})
+    json.dump(params, open(stamp, "w"))
+    return text_store_path(prefix)
+
+
+def measure(data_path: str, args) -> dict:
+    """Interleaved train steps of one model on the IXT and the baseline stream; seconds per step."""
+    cfg = parse_args(["--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB), "--data-path", data_path,
+                      "--split", "100,0,0", "--data-cache-path", os.path.join(args.output, "cache"),
+                      "--ixt-prefix-kind", "critique", "--num-layers", "2", "--hidden-size", "128",
+                      "--num-attention-heads", "4", "--num-query-groups", "2", "--seq-length", str(args.seq_length),
+                      "--micro-batch-size", "4", "--global-batch-size", "8", "--train-iters", str(args.iters),
+                      "--lr", "1e-3", "--eval-iters", "0"])
+    trainer = Trainer(cfg)
+    baseline_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, ixt_prefix_kind="none"))
+    streams = {"IXT": trainer._stream(trainer.train_ds, 0),
+               "baseline": trainer._stream(build_datasets(baseline_cfg, trainer.tokenizer)[0], 0)}
+    times = {arm: {"wall": [], "cpu": []} for arm in streams}
+    for step in range(args.iters):
+        for arm in (("IXT", "baseline") if step % 2 else ("baseline", "IXT")):
+            wall, cpu = time.perf_counter(), time.process_time()
+            trainer.train_step(streams[arm])
+            if step >= args.warmup:
+                times[arm]["wall"].append(time.perf_counter() - wall)
+                times[arm]["cpu"].append(time.process_time() - cpu)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default="bench_out/train")
+    parser.add_argument("--num-documents", type=int, default=4000)
+    parser.add_argument("--mean-text-tokens", type=int, default=400)
+    parser.add_argument("--mean-prefix-tokens", type=int, default=60)
+    parser.add_argument("--annotated", type=float, default=0.5)
+    parser.add_argument("--seq-length", type=int, default=256)
+    parser.add_argument("--iters", type=int, default=24)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    os.makedirs(args.output, exist_ok=True)
+    data_path = make_shard_set(os.path.join(args.output, "random"), args)
+    times = measure(data_path, args)
+    tokens = 8 * args.seq_length
+    print(f"\nsame model, {args.iters - args.warmup} interleaved steps per arm, {tokens} tokens per step "
+          f"(median step time):")
+    rate = {}
+    for arm, t in times.items():
+        rate[arm] = {k: tokens / float(numpy.median(v)) for k, v in t.items()}
+        print(f"  {arm:9s} {rate[arm]['wall']:9.0f} tokens/s wall   {rate[arm]['cpu']:9.0f} tokens per CPU-s")
+    print(f"  ratio IXT / baseline: {rate['IXT']['wall'] / rate['baseline']['wall']:.3f} wall, "
+          f"{rate['IXT']['cpu'] / rate['baseline']['cpu']:.3f} CPU   (target >= 0.97)")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Steered greedy generation from a training checkpoint: ``python -m megatron_ixt.generate``.
+
+IXT models learn p(document | feedback); steering conditions generation on the feedback you want.
+The prefix is, in order of precedence: ``--prefix-text`` (any critique you write, tokenized as is),
+or the shard set's steering prefix (``steering.<kind>.tokens`` of ``P_ixt.json``: the top quality
+level) for ``--steer critique|quality``, read from ``--shard-set`` or from the training data paths
+stored in the checkpoint; ``--steer none`` generates unconditioned. The model shape and tokenizer
+come from the checkpoint's stored config; the checkpoint may have been saved under any TP/PP layout
+(it is loaded into one process). Greedy decoding without a KV cache: for inspection, not serving.
+
+    python -m megatron_ixt.generate --load ckpt/ixt --prompt "Question: ..." --steer critique
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+import torch
+
+from megatron_ixt.training.checkpoint import CheckpointError, iteration_dir, read_config, read_latest_iteration
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m megatron_ixt.generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--load", required=True, help="checkpoint directory (as given to --save)")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    parser.add_argument("--steer", choices=("critique", "quality", "none"), default="critique")
+    parser.add_argument("--shard-set", default=None, help="IXT shard-set prefix P whose P_ixt.json holds the steering prefix")
+    parser.add_argument("--prefix-text", default=None, help="a feedback prefix of your own (overrides --steer)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--json", action="store_true", help="print one JSON object (tokens and text)")
+    return parser
+
+
+def steering_tokens(args, cfg, tokenizer) -> List[int]:
+    if args.prefix_text is not None:
+        return list(tokenizer.tokenize(args.prefix_text))
+    if args.steer == "none":
+        return []
+    from megatron_ixt.data.provider import steering_prefix
+    from megatron_ixt.data.shards import text_store_path
+
+    paths = [text_store_path(args.shard_set)] if args.shard_set else \
+        [p for p in cfg.data.data_path + cfg.data.train_data_path if not _is_number(p)]
+    return list(steering_prefix(paths, args.steer))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@torch.no_grad()
+def greedy(model, tokens: List[int], max_new_tokens: int, eod: Optional[int], max_length: int,
+           device) -> List[int]:
+    """Append up to ``max_new_tokens`` argmax tokens to ``tokens`` (stops at ``eod``); returns the new ones."""
+    out = list(tokens)
+    for _ in range(max_new_tokens):
+        window = out[-max_length:]
+        ids = torch.tensor([window], dtype=torch.long, device=device)
+        positions = torch.arange(len(window), device=device)[None]
+        logits = model(ids, positions, None)  # [1, s, vocab]
+        next_id = int(logits[0, -1].float().argmax())
+        out.append(next_id)
+        if next_id == eod:
+            break
+    return out[len(tokens):]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from megatron.core import dist_checkpointing
+    from megatron_ixt.model import build_gpt_model
+    from megatron_ixt.tokenizer import build_tokenizer
+    from megatron_ixt.training.config import config_from_dict
+    from megatron_ixt.training.trainer import init_distributed, padded_vocab_size, set_seed, transformer_config
+
+    try:
+        cfg = config_from_dict(read_config(args.load))
+        path = iteration_dir(args.load, read_latest_iteration(args.load))
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    p = cfg.parallel
+    p.tensor_model_parallel_size = p.pipeline_model_parallel_size = 1
+    p.sequence_parallel = p.use_distributed_optimizer = p.overlap_grad_reduce = False
+    p.distributed_backend = "nccl" if torch.cuda.is_available() else "gloo"
+    cfg.train.use_cpu_initialization = not torch.cuda.is_available()
+    cfg.train.bf16 = False  # fp32 parameters; a bf16 checkpoint's weights are upcast on load
+    if not torch.cuda.is_available():
+        cfg.model.transformer_impl = "local"
+    init_distributed(cfg)
+    set_seed(cfg.train.seed)
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    model = build_gpt_model(transformer_config(cfg),
+                            vocab_size=padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, 1),
+                            max_sequence_length=cfg.model.max_position_embeddings,
+                            transformer_impl=cfg.model.transformer_impl,
+                            position_embedding_type=cfg.model.position_embedding_type,
+                            rotary_base=cfg.model.rotary_base,
+                            untie_embeddings_and_output_weights=cfg.model.untie_embeddings_and_output_weights,
+                            qk_layernorm=cfg.model.qk_layernorm)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    try:
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
+    except Exception as e:
+        print(f"error: {path}: cannot load model weights ({type(e).__name__}: {e})", file=sys.stderr)
+        return 3
+    model.load_state_dict(state["model"], strict=True)
+    model.eval()
+
+    prefix = steering_tokens(args, cfg, tokenizer)
+    prompt = list(tokenizer.tokenize(args.prompt))
+    new = greedy(model, prefix + prompt, args.max_new_tokens, tokenizer.eod, cfg.model.seq_length, device)
+    text = tokenizer.detokenize([t for t in new if t != tokenizer.eod])
+    if args.json:
+        print(json.dumps({"prefix_tokens": prefix, "prompt_tokens": prompt, "generated_tokens": new, "text": text}))
+    else:
+        print(text)
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""GPT model provider: megatron-core ``GPTModel`` with a Transformer-Engine or local layer spec.
+
+``--transformer-impl transformer_engine`` uses megatron-core's TE spec (requires TE);
+``local`` uses megatron-core's local spec with :class:`SDPAttention` as the core attention,
+which runs on CPU and GPU. On GPU, ``torch.nn.functional.scaled_dot_product_attention``
+dispatches to the flash / memory-efficient kernels when no explicit mask is given (plain
+causal training); an explicit mask (e.g. ``--reset-attention-mask``) uses the masked kernel.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa=
+
+
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class SDPAttention(MegatronModule):
+    """Core attention over ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Drop-in for megatron-core's ``DotProductAttention`` in a layer spec. Inputs are
+    megatron's ``[s, b, heads, head_dim]`` query and ``[s, b, groups, head_dim]`` key/value
+    (GQA when groups < heads, per tensor-parallel partition); ``attention_mask`` is None (causal)
+    or a bool tensor broadcastable to ``[b, 1, s, s]`` with True = masked out (megatron's
+    convention). Returns ``[s, b, heads * head_dim]``.
+    """
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
+                 attention_type: str = "self", attention_dropout: Optional[float] = None,
+                 softmax_scale: Optional[float] = None, **kwargs):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("SDPAttention does not support context parallelism; use the TE spec")
+        tp = config.tensor_model_parallel_size
+        self.heads = config.num_attention_heads // tp
+        self.groups = (config.num_query_groups or config.num_attention_heads) // tp
+        self.attn_mask_type = attn_mask_type
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale or config.softmax_scale or 1.0 / math.sqrt(head_dim)
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None,
+                attention_bias=None, packed_seq_params=None, **kwargs):
+        if packed_seq_params is not None or attention_bias is not None:
+            raise NotImplementedError("SDPAttention: packed sequences / attention bias need the TE spec")
+        # [s, b, h, d] -> [b, h, s, d]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))
+        gqa = self.heads != self.groups
+        if gqa and not _SDPA_HAS_GQA:
+            k = k.repeat_interleave(self.heads // self.groups, dim=1)
+            v = v.repeat_interleave(self.heads // self.groups, dim=1)
+        mask_type = attn_mask_type or self.attn_mask_type
+        causal = attention_mask is None and mask_type == AttnMaskType.causal
+        mask = None if attention_mask is None else ~attention_mask
+        dropout = self.dropout if self.training else 0.0
+        extra = {"enable_gqa": True} if gqa and _SDPA_HAS_GQA else {}
+        if dropout > 0.0 and not self.config.sequence_parallel:
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                     is_causal=causal, scale=self.softmax_scale, **extra)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                 is_causal=causal, scale=self.softmax_scale, **extra)
+        # [b, h, s, d] -> [s, b, h*d]
+        b, h, s, d = out.shape
+        return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
+
+
+def layer_spec(transformer_impl: str, normalization: str = "RMSNorm", qk_layernorm: bool = False) -> ModuleSpec:
+    """Transformer-layer spec: megatron-core's TE spec, or its local spec with SDPA attention."""
+    if transformer_impl == "transformer_engine":
+        if not transformer_engine_available():
+            raise RuntimeError("--transformer-impl transformer_engine needs Transformer Engine "
+                               "(pip install transformer-engine[pytorch]); use --transformer-impl local")
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
+    if transformer_impl != "local":
+        raise ValueError(f"unknown --transformer-impl {transformer_impl!r}; use 'local' or 'transformer_engine'")
+    spec = get_gpt_layer_local_spec(normalization=normalization, qk_layernorm=qk_layernorm)
+    spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
+def build_gpt_model(config: TransformerConfig, *, vocab_size: int, max_sequence_length: int,
+                    transformer_impl: str = "local", position_embedding_type: str = "rope",
+                    rotary_base: int = 10000, untie_embeddings_and_output_weights: bool = True,
+                    qk_layernorm: bool = False, pre_process: Optional[bool] = None,
+                    post_process: Optional[bool] = None, vp_stage: Optional[int] = None) -> GPTModel:
+    """One pipeline stage of a GPT model (pre/post-process default to this rank's stage).
+
+    ``config.normalization`` selects LayerNorm/RMSNorm; ``vocab_size`` must already be padded
+    to a multiple of the tensor-parallel size.
+    """
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    kwargs = dict(
+        config=config,
+        transformer_layer_spec=layer_spec(transformer_impl, config.normalization, qk_layernorm),
+        vocab_size=vocab_size,
+        max_sequence_length=max_sequence_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=not untie_embeddings_and_output_weights,
+        position_embedding_type=position_embedding_type,
+        rotary_base=rotary_base,
+    )
+    if vp_stage is not None and "vp_stage" in inspect.signature(GPTModel.__init__).parameters:
+        kwargs["vp_stage"] = vp_stage
+    return GPTModel(**kwargs)

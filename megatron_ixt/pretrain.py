@@ -1,0 +1,54 @@
+"""Pretrain a GPT model with Introspective Training: ``python -m megatron_ixt.pretrain [flags]``.
+
+Launch one process per GPU with ``torchrun`` (``--nproc-per-node N``) or one Slurm task per GPU
+(``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` set); on a machine without
+CUDA the same command runs on CPU with gloo. Flags: ``--help`` and docs/training.md.
+
+Exit status: 0 finished (or stopped at ``--exit-interval``); 75 stopped early by SIGTERM
+(``--exit-signal-handler``) or ``--exit-duration-in-mins`` after saving a checkpoint, so a
+requeued job resumes with ``--load``; 2 bad flags; 3 unusable ``--load`` checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional
+
+import torch
+
+EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --load
+
+from megatron_ixt.training.config import ConfigError, check_data_paths, parse_args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        cfg = parse_args(argv, world_size=world_size, cuda=torch.cuda.is_available())
+        check_data_paths(cfg)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from megatron_ixt.training.checkpoint import CheckpointError
+    from megatron_ixt.training.trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg)
+        reason = trainer.train()
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    finally:
+        _shutdown()
+    return EXIT_RESUMABLE if reason and not reason.startswith("--exit-interval") else 0
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: config (flags), trainer (loop), checkpoint, flops, metrics."""

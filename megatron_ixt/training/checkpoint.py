@@ -1,0 +1,197 @@
+"""Checkpoints with ``megatron.core.dist_checkpointing`` in Megatron-LM's directory layout.
+
+Layout under ``--save DIR``::
+
+    DIR/latest_checkpointed_iteration.txt   the last complete iteration, e.g. "200"
+    DIR/iter_0000200/                       one dist_checkpointing checkpoint
+    DIR/metrics.jsonl                       (written by the trainer)
+
+A checkpoint holds the model (sharded, so it loads under any TP/PP layout), the optimizer,
+the LR scheduler, per-rank RNG states, the iteration and the number of consumed samples.
+The tracker file is written (atomically, by rank 0) only after every rank finished saving,
+so a crash mid-save leaves the previous checkpoint as the latest one.
+
+Loading a directory without a tracker file, an unreadable tracker, a missing iteration
+directory or an unreadable checkpoint raises :class:`CheckpointError`: ``--load`` never
+silently starts from scratch.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded; the message names the path."""
+
+
+def iteration_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def read_latest_iteration(root: str) -> int:
+    """The iteration in ``root``'s tracker file; CheckpointError if absent or malformed."""
+    if not os.path.isdir(root):
+        raise CheckpointError(f"--load {root}: directory does not exist")
+    tracker = os.path.join(root, TRACKER_FILE)
+    if not os.path.isfile(tracker):
+        raise CheckpointError(f"--load {root}: no {TRACKER_FILE}; not a checkpoint directory "
+                              f"(or no checkpoint was completed). Drop --load to start fresh.")
+    text = open(tracker, encoding="utf-8").read().strip()
+    try:
+        iteration = int(text)
+    except ValueError:
+        raise CheckpointError(f"{tracker}: expected an iteration number, found {text[:80]!r}") from None
+    if iteration < 0:
+        raise CheckpointError(f"{tracker}: negative iteration {iteration}")
+    if not os.path.isdir(iteration_dir(root, iteration)):
+        raise CheckpointError(f"{tracker} names iteration {iteration} but "
+                              f"{iteration_dir(root, iteration)} does not exist")
+    return iteration
+
+
+def _unwrap(model):
+    """The module that owns ``sharded_state_dict`` (inside DDP)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def _rng_object(replica_id: int) -> ShardedObject:
+    """This rank's RNG states, keyed by its (pipeline, tensor) rank; replicated over DP."""
+    state = {"random": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state(),
+             "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+    pp, tp = (parallel_state.get_pipeline_model_parallel_world_size(),
+              parallel_state.get_tensor_model_parallel_world_size())
+    pp_rank, tp_rank = (parallel_state.get_pipeline_model_parallel_rank(),
+                        parallel_state.get_tensor_model_parallel_rank())
+    return ShardedObject("rng_state", state, (pp, tp), (pp_rank, tp_rank), replica_id=replica_id)
+
+
+def _set_rng(state: dict) -> None:
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _parallel_layout() -> dict:
+    return {"tp": parallel_state.get_tensor_model_parallel_world_size(),
+            "pp": parallel_state.get_pipeline_model_parallel_world_size()}
+
+
+def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
+                    consumed_samples: int, config: dict) -> str:
+    """Save a checkpoint of ``iteration`` under ``root`` (collective: every rank calls it)."""
+    path = iteration_dir(root, iteration)
+    if dist.get_rank() == 0:
+        os.makedirs(path, exist_ok=True)
+    dist.barrier()
+    model_sd = _unwrap(model).sharded_state_dict()
+    state = {
+        "model": model_sd,
+        "optimizer": optimizer.sharded_state_dict(model_sd),
+        "scheduler": scheduler.state_dict(),
+        "rng_state": _rng_object(parallel_state.get_data_parallel_rank()),
+        "iteration": iteration,
+        "consumed_samples": consumed_samples,
+        "parallel_layout": _parallel_layout(),
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "config": config,
+    }
+    dist_checkpointing.save(state, path)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        tracker = os.path.join(root, TRACKER_FILE)
+        with open(tracker + ".tmp", "w", encoding="utf-8") as f:
+            f.write(str(iteration))
+        os.replace(tracker + ".tmp", tracker)
+    dist.barrier()
+    return path
+
+
+def read_config(root: str) -> dict:
+    """The training config (``Config.to_dict()``) stored in ``root``'s latest checkpoint."""
+    path = iteration_dir(root, read_latest_iteration(root))
+    try:
+        return dist_checkpointing.load_common_state_dict(path)["config"]
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read the stored config ({type(e).__name__}: {e})") from e
+
+
+def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool = True,
+                    load_rng: bool = True, finetune: bool = False):
+    """Load the latest checkpoint of ``root`` into model/optimizer/scheduler (collective).
+
+    Returns ``(iteration, consumed_samples)``; ``(0, 0)`` with ``finetune`` (weights only).
+    RNG states are restored only when the TP/PP layout matches the saved one.
+    """
+    iteration = read_latest_iteration(root)
+    path = iteration_dir(root, iteration)
+    try:
+        common = dist_checkpointing.load_common_state_dict(path)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint metadata ({type(e).__name__}: {e})") from e
+    version = common.get("checkpoint_version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint_version {version!r} unknown "
+                              f"(this trainer reads {CHECKPOINT_VERSION})")
+    load_optim = load_optim and not finetune
+    load_rng = load_rng and not finetune and common.get("parallel_layout") == _parallel_layout()
+    model_sd = _unwrap(model).sharded_state_dict()
+    request = {"model": model_sd}
+    if load_optim:
+        request["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True)
+    if load_rng:
+        request["rng_state"] = _rng_object(parallel_state.get_data_parallel_rank())
+    try:
+        state = dist_checkpointing.load(request, path)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(e).__name__}: {e})") from e
+    _unwrap(model).load_state_dict(state["model"], strict=True)
+    if finetune:
+        return 0, 0
+    if load_optim:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    if load_rng:
+        _set_rng(state["rng_state"])
+    return int(state["iteration"]), int(state["consumed_samples"])
+
+
+class ExitSignalHandler:
+    """Records ``signum`` (default SIGTERM, Slurm's preemption signal) instead of dying.
+
+    :meth:`received` is collective: it is true on every rank once any rank got the signal,
+    so all ranks save the same checkpoint and exit together.
+    """
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        self._got = False
+        self._previous = signal.signal(signum, self._handle)
+        self.signum = signum
+
+    def _handle(self, signum, frame):
+        self._got = True
+
+    def received(self) -> bool:
+        flag = torch.tensor([1 if self._got else 0], dtype=torch.int32)
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        signal.signal(self.signum, self._previous)

@@ -1,0 +1,378 @@
+"""Training configuration: dataclasses plus a thin argparse layer with Megatron-LM flag names.
+
+Every dataclass field ``foo_bar`` is the CLI flag ``--foo-bar`` (Megatron-LM's name where the
+concept exists). :func:`parse_args` returns a validated :class:`Config`; :func:`validate` raises
+:class:`ConfigError` naming the flag to change before any process group or file is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import List, Optional
+
+from megatron.core.datasets.utils import get_blend_from_list
+
+from megatron_ixt.data.provider import add_ixt_dataset_args, blends_from_args
+from megatron_ixt.tokenizer import TokenizerConfig, add_tokenizer_args
+
+
+class ConfigError(ValueError):
+    """A bad flag or flag combination; the message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = 2
+    hidden_size: int = 128
+    ffn_hidden_size: Optional[int] = None  # default: 4*h, or 8/3*h rounded to 64 with SwiGLU
+    num_attention_heads: int = 4
+    num_query_groups: Optional[int] = None  # GQA groups; None = multi-head attention
+    kv_channels: Optional[int] = None  # head dim; default hidden_size // num_attention_heads
+    seq_length: int = 256
+    max_position_embeddings: Optional[int] = None  # default seq_length
+    normalization: str = "RMSNorm"
+    swiglu: bool = True
+    position_embedding_type: str = "rope"
+    rotary_base: int = 10000
+    untie_embeddings_and_output_weights: bool = True
+    init_method_std: float = 0.02
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    transformer_impl: str = "local"
+    make_vocab_size_divisible_by: int = 128
+    qk_layernorm: bool = False
+
+
+@dataclass
+class ParallelConfig:
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    distributed_backend: Optional[str] = None  # default nccl with CUDA, gloo without
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adam"
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    lr_warmup_iters: int = 0
+    lr_decay_iters: Optional[int] = None  # default: train iters
+    lr_decay_style: str = "cosine"  # constant | linear | cosine | inverse-square-root | WSD
+    lr_wsd_decay_iters: Optional[int] = None
+    lr_wsd_decay_style: str = "linear"
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+
+
+@dataclass
+class DataConfig:
+    data_path: List[str] = field(default_factory=list)  # "[w1] p1 [w2] p2 ..." blend
+    split: str = "969,30,1"
+    train_data_path: List[str] = field(default_factory=list)
+    valid_data_path: List[str] = field(default_factory=list)
+    test_data_path: List[str] = field(default_factory=list)
+    data_cache_path: Optional[str] = None
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
+    eod_mask_loss: bool = False
+    # Flags of megatron_ixt.data.provider.add_ixt_dataset_args (same names and defaults):
+    ixt_prefix_kind: str = "critique"  # critique | quality | none (the baseline arm)
+    ixt_prefix_loss: str = "train"  # train (prefix tokens in the loss) | mask
+    ixt_prefix_dropout: float = 0.0
+    ixt_annotated_fraction: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_size: int = 1
+    global_batch_size: Optional[int] = None  # default micro_batch_size * data-parallel size
+    train_iters: Optional[int] = None
+    train_tokens: Optional[int] = None  # alternative to train_iters
+    seed: int = 1234
+    bf16: bool = False
+    use_cpu_initialization: bool = False  # always on without CUDA
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 10
+    tensorboard_dir: Optional[str] = None
+    metrics_file: Optional[str] = None  # default <save>/metrics.jsonl
+    peak_tflops_per_device: Optional[float] = None  # default: table lookup by GPU name
+
+
+@dataclass
+class EvalConfig:
+    eval_interval: int = 1000
+    eval_iters: int = 10
+
+
+@dataclass
+class CheckpointConfig:
+    save: Optional[str] = None
+    load: Optional[str] = None
+    save_interval: Optional[int] = None
+    exit_interval: Optional[int] = None
+    exit_signal_handler: bool = False
+    exit_duration_in_mins: Optional[float] = None
+    finetune: bool = False  # load model weights only; start at iteration 0
+    no_load_optim: bool = False
+    no_load_rng: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig("NullTokenizer"))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_SECTION_CLASSES = {"model": ModelConfig, "parallel": ParallelConfig, "optim": OptimConfig,
+                    "data": DataConfig, "train": TrainConfig, "logging": LoggingConfig,
+                    "eval": EvalConfig, "checkpoint": CheckpointConfig}
+
+_CHOICES = {
+    "normalization": ("RMSNorm", "LayerNorm"),
+    "position_embedding_type": ("rope", "learned_absolute"),
+    "transformer_impl": ("local", "transformer_engine"),
+    "lr_decay_style": ("constant", "linear", "cosine", "inverse-square-root", "WSD"),
+    "lr_wsd_decay_style": ("linear", "cosine", "exponential", "minus_sqrt"),
+    "optimizer": ("adam", "sgd"),
+    "distributed_backend": ("nccl", "gloo"),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _ArgsFileParser(argparse.ArgumentParser):
+    """``@file`` arguments: whitespace-separated flags, ``#`` starts a comment."""
+
+    def convert_arg_line_to_args(self, arg_line: str) -> List[str]:
+        return arg_line.split("#", 1)[0].split()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argparse parser: one flag per config field (booleans on by default also get ``--no-FLAG``),
+    plus megatron_ixt.data's IXT flags and megatron_ixt.tokenizer's tokenizer flags."""
+    parser = _ArgsFileParser(
+        prog="python -m megatron_ixt.pretrain", fromfile_prefix_chars="@",
+        description="Pretrain a GPT model with Introspective Training (IXT) on Megatron-Core. "
+                    "@FILE reads flags from FILE (whitespace-separated, '#' comments).")
+    for section, cls in _SECTION_CLASSES.items():
+        group = parser.add_argument_group(section)
+        defaults = cls()
+        for f in fields(cls):
+            if f.name.startswith("ixt_"):
+                continue  # added by add_ixt_dataset_args below
+            default = getattr(defaults, f.name)
+            kwargs = {"dest": f.name, "default": default}
+            if f.name in _CHOICES:
+                kwargs["choices"] = _CHOICES[f.name]
+            if isinstance(default, bool):
+                if default:
+                    group.add_argument(_flag(f.name), action="store_true", dest=f.name, default=True,
+                                       help=argparse.SUPPRESS)
+                    group.add_argument("--no-" + f.name.replace("_", "-"), action="store_false",
+                                       dest=f.name)
+                else:
+                    group.add_argument(_flag(f.name), action="store_true", **kwargs)
+            elif isinstance(default, list):
+                group.add_argument(_flag(f.name), nargs="+", **kwargs)
+            else:
+                typ = _field_type(f, default)
+                group.add_argument(_flag(f.name), type=typ, **kwargs)
+    add_ixt_dataset_args(parser)
+    add_tokenizer_args(parser)
+    return parser
+
+
+def _field_type(f, default):
+    if default is not None:
+        return type(default)
+    text = str(f.type)
+    if "float" in text:
+        return float
+    if "int" in text:
+        return int
+    return str
+
+
+def config_from_namespace(ns: argparse.Namespace) -> Config:
+    values = vars(ns)
+    sections = {s: cls(**{f.name: values[f.name] for f in fields(cls)})
+                for s, cls in _SECTION_CLASSES.items()}
+    tokenizer = TokenizerConfig(ns.tokenizer_type, ns.tokenizer_model, ns.vocab_size)
+    return Config(**sections, tokenizer=tokenizer)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Inverse of ``Config.to_dict()`` (e.g. the config stored in a checkpoint)."""
+    sections = {s: cls(**values[s]) for s, cls in _SECTION_CLASSES.items()}
+    return Config(**sections, tokenizer=TokenizerConfig(**values["tokenizer"]))
+
+
+def parse_args(argv: Optional[List[str]] = None, world_size: int = 1, cuda: bool = False) -> Config:
+    cfg = config_from_namespace(build_parser().parse_args(argv))
+    finalize(cfg, world_size=world_size, cuda=cuda)
+    return cfg
+
+
+def data_parallel_size(cfg: Config, world_size: int) -> int:
+    mp = cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
+    return world_size // mp
+
+
+def finalize(cfg: Config, world_size: int, cuda: bool) -> Config:
+    """Fill derived defaults, then :func:`validate`. Mutates and returns ``cfg``."""
+    m, t, p = cfg.model, cfg.train, cfg.parallel
+    if t.train_iters is not None and t.train_tokens is not None:
+        raise ConfigError("give only one of --train-iters and --train-tokens")
+    if m.max_position_embeddings is None:
+        m.max_position_embeddings = m.seq_length
+    if m.kv_channels is None and m.num_attention_heads > 0:
+        m.kv_channels = m.hidden_size // m.num_attention_heads
+    if m.ffn_hidden_size is None:
+        m.ffn_hidden_size = (math.ceil(8 * m.hidden_size / 3 / 64) * 64 if m.swiglu
+                             else 4 * m.hidden_size)
+    if p.distributed_backend is None:
+        p.distributed_backend = "nccl" if cuda else "gloo"
+    if not cuda:
+        t.use_cpu_initialization = True
+    dp = data_parallel_size(cfg, world_size)
+    if t.global_batch_size is None and dp > 0:
+        t.global_batch_size = t.micro_batch_size * dp
+    if t.train_iters is None and t.train_tokens is not None and t.global_batch_size:
+        t.train_iters = math.ceil(t.train_tokens / (t.global_batch_size * m.seq_length))
+    if cfg.optim.lr_decay_iters is None:
+        cfg.optim.lr_decay_iters = t.train_iters
+    if cfg.logging.metrics_file is None and cfg.checkpoint.save:
+        cfg.logging.metrics_file = cfg.checkpoint.save.rstrip("/") + "/metrics.jsonl"
+    validate(cfg, world_size=world_size, cuda=cuda)
+    return cfg
+
+
+def validate(cfg: Config, world_size: int, cuda: bool) -> None:
+    """Raise ConfigError with the flag(s) to change for any inconsistent combination."""
+    m, p, t, o, d, c = cfg.model, cfg.parallel, cfg.train, cfg.optim, cfg.data, cfg.checkpoint
+    errors = []
+
+    def need(cond, msg):
+        if not cond:
+            errors.append(msg)
+
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
+                 "ffn_hidden_size"):
+        need(getattr(m, name) > 0, f"{_flag(name)} must be > 0 (got {getattr(m, name)})")
+    for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
+        need(getattr(p, name) >= 1, f"{_flag(name)} must be >= 1")
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    if errors:
+        raise ConfigError("; ".join(errors))
+    need(world_size % (tp * pp) == 0,
+         f"world size {world_size} is not divisible by --tensor-model-parallel-size ({tp}) x "
+         f"--pipeline-model-parallel-size ({pp}); launch a multiple of {tp * pp} processes")
+    groups = m.num_query_groups or m.num_attention_heads
+    need(m.num_attention_heads % groups == 0,
+         f"--num-attention-heads {m.num_attention_heads} must be a multiple of "
+         f"--num-query-groups {groups}")
+    need(m.num_attention_heads % tp == 0,
+         f"--num-attention-heads {m.num_attention_heads} must be divisible by "
+         f"--tensor-model-parallel-size {tp}")
+    need(groups % tp == 0,
+         f"--num-query-groups {groups} must be divisible by --tensor-model-parallel-size {tp}")
+    need(m.ffn_hidden_size % tp == 0,
+         f"--ffn-hidden-size {m.ffn_hidden_size} must be divisible by --tensor-model-parallel-size {tp}")
+    need(m.num_layers % pp == 0,
+         f"--num-layers {m.num_layers} must be divisible by --pipeline-model-parallel-size {pp}")
+    need(m.max_position_embeddings >= m.seq_length or m.position_embedding_type == "rope",
+         f"--max-position-embeddings {m.max_position_embeddings} < --seq-length {m.seq_length}")
+    need(not p.sequence_parallel or tp > 1,
+         "--sequence-parallel needs --tensor-model-parallel-size > 1")
+    need(not p.sequence_parallel or m.transformer_impl == "transformer_engine",
+         "--sequence-parallel needs --transformer-impl transformer_engine (the local spec's "
+         "torch norms do not support sequence parallelism)")
+    if not cuda:
+        need(not p.use_distributed_optimizer,
+             "--use-distributed-optimizer needs CUDA (megatron-core's distributed optimizer "
+             "allocates CUDA buffers); drop it on CPU")
+        need(not p.overlap_grad_reduce, "--overlap-grad-reduce needs CUDA streams; drop it on CPU")
+        need(p.distributed_backend == "gloo", "--distributed-backend nccl needs CUDA; use gloo")
+        need(m.transformer_impl == "local",
+             "--transformer-impl transformer_engine needs CUDA; use --transformer-impl local")
+    need(t.micro_batch_size >= 1, "--micro-batch-size must be >= 1")
+    dp = data_parallel_size(cfg, world_size)
+    if dp >= 1 and t.global_batch_size:
+        need(t.global_batch_size % (t.micro_batch_size * dp) == 0,
+             f"--global-batch-size {t.global_batch_size} must be a multiple of --micro-batch-size "
+             f"{t.micro_batch_size} x data-parallel size {dp}")
+    need(t.train_iters is not None, "give --train-iters or --train-tokens")
+    need(t.train_iters is None or t.train_iters >= 0, "--train-iters must be >= 0")
+    need(o.min_lr <= o.lr, f"--min-lr {o.min_lr} must be <= --lr {o.lr}")
+    need(o.lr_warmup_iters >= 0, "--lr-warmup-iters must be >= 0")
+    if o.lr_decay_style == "WSD":
+        need(o.lr_wsd_decay_iters is not None,
+             "--lr-decay-style WSD needs --lr-wsd-decay-iters (length of the final decay phase)")
+    if t.train_iters and o.lr_decay_iters is not None:
+        need(o.lr_warmup_iters < o.lr_decay_iters,
+             f"--lr-warmup-iters {o.lr_warmup_iters} must be < --lr-decay-iters {o.lr_decay_iters} "
+             f"(which defaults to --train-iters)")
+    need(o.clip_grad >= 0, "--clip-grad must be >= 0 (0 disables clipping)")
+    need(not d.data_path or not d.train_data_path,
+         "give either --data-path (with --split) or --train-data-path/--valid-data-path/"
+         "--test-data-path, not both")
+    need(bool(d.data_path or d.train_data_path), "no training data: give --data-path or --train-data-path")
+    try:
+        blends_from_args(d)
+    except Exception as e:  # megatron-core's blend parser asserts on malformed weight/path lists
+        errors.append(f"bad data path blend ({type(e).__name__}: {e}); expected 'PATH ...' or "
+                      f"'WEIGHT PATH WEIGHT PATH ...'")
+    need(0.0 <= d.ixt_prefix_dropout <= 1.0, "--ixt-prefix-dropout must be in [0, 1]")
+    need(0.0 <= d.ixt_annotated_fraction <= 1.0,
+         "--ixt-annotated-fraction must be in [0, 1]")
+    tk = cfg.tokenizer
+    need(tk.tokenizer_type != "NullTokenizer" or (tk.vocab_size or 0) > 0,
+         "--tokenizer-type NullTokenizer needs --vocab-size")
+    need(cfg.logging.log_interval >= 1, "--log-interval must be >= 1")
+    need(cfg.eval.eval_interval >= 1 and cfg.eval.eval_iters >= 0,
+         "--eval-interval must be >= 1 and --eval-iters >= 0")
+    need(c.save_interval is None or c.save is not None, "--save-interval needs --save DIR")
+    need(not c.exit_signal_handler or c.save is not None,
+         "--exit-signal-handler saves a checkpoint on SIGTERM: give --save DIR")
+    need(not c.finetune or c.load is not None, "--finetune needs --load DIR")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def check_data_paths(cfg: Config) -> None:
+    """Every dataset prefix of the blends has ``.bin`` and ``.idx`` files; ConfigError otherwise."""
+    missing = []
+    for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
+        blend = get_blend_from_list(getattr(cfg.data, name) or None)
+        for path in (blend[0] if blend else []):
+            absent = [ext for ext in (".bin", ".idx") if not os.path.isfile(path + ext)]
+            if absent:
+                missing.append(f"{_flag(name)}: {path}{'/'.join(absent)} not found (expected a Megatron "
+                               f"IndexedDataset prefix such as P_text_document; weighted blends "
+                               f"alternate WEIGHT PATH)")
+    if missing:
+        raise ConfigError("invalid data paths:\n  - " + "\n  - ".join(missing))

@@ -1,0 +1,109 @@
+"""Metric sinks: stdout, a metrics JSONL file, TensorBoard. Only the writing rank creates one.
+
+Metrics JSONL (format ``megatron-ixt-metrics``, version 1), one JSON object per line,
+appended (a resumed run continues the same file):
+
+* ``{"kind": "header", "format": "megatron-ixt-metrics", "version": 1, "time": unix_s,
+  "world_size": int, "config": {...}}`` once per launch;
+* ``{"kind": "train", "iteration": int, "consumed_samples": int, "consumed_tokens": int,
+  "lr": float, "loss": float, "doc_loss": float, "prefix_loss": float|null,
+  "grad_norm": float, "tokens_per_s": float, "tflops_per_device": float, "mfu": float|null,
+  "cumulative_flops": float, "time": unix_s}`` every ``--log-interval`` iterations;
+* ``{"kind": "eval", "iteration": int, "consumed_tokens": int, "cumulative_flops": float,
+  "<conditioning>/doc_loss": float, ...}`` (conditionings: ``true``, ``none``, ``steer``,
+  plus ``true/prefix_loss``) every ``--eval-interval`` iterations.
+
+Losses are mean nats per token. ``loss`` is the optimised objective (mean over the loss mask);
+``doc_loss`` is over document tokens only, ``prefix_loss`` over feedback-prefix tokens.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Optional
+
+METRICS_FORMAT = "megatron-ixt-metrics"
+METRICS_VERSION = 1
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Writes metric records to stdout, a JSONL file and (optionally) TensorBoard."""
+
+    def __init__(self, jsonl_path: Optional[str], tensorboard_dir: Optional[str] = None,
+                 stdout: bool = True):
+        self.stdout = stdout
+        self._file = None
+        self._tb = None
+        if jsonl_path:
+            os.makedirs(os.path.dirname(os.path.abspath(jsonl_path)), exist_ok=True)
+            self._file = open(jsonl_path, "a", encoding="utf-8")
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=tensorboard_dir)
+
+    def header(self, config: dict, world_size: int) -> None:
+        self._write({"kind": "header", "format": METRICS_FORMAT, "version": METRICS_VERSION,
+                     "time": time.time(), "world_size": world_size, "config": config})
+
+    def log(self, kind: str, record: dict) -> None:
+        """``kind`` is 'train' or 'eval'; ``record`` must hold 'iteration'."""
+        record = {"kind": kind, **{k: _clean(v) for k, v in record.items()}, "time": time.time()}
+        self._write(record)
+        if self.stdout:
+            print(_format_line(record), flush=True)
+        if self._tb is not None:
+            step = record["iteration"]
+            for key, value in record.items():
+                if key not in ("kind", "iteration", "time") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+            self._tb.flush()
+
+    def _write(self, record: dict) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _format_line(record: dict) -> str:
+    parts = [f"[{record['kind']}] iter {record['iteration']}"]
+    for key, value in record.items():
+        if key in ("kind", "iteration", "time") or value is None:
+            continue
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}" if abs(value) < 1e5 else f"{key} {value:.3e}")
+        else:
+            parts.append(f"{key} {value}")
+    return " | ".join(parts)
+
+
+def read_metrics(path: str) -> list:
+    """All records of a metrics JSONL; refuses unknown format versions."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not JSON ({e})") from None
+            if record.get("kind") == "header" and record.get("version") != METRICS_VERSION:
+                raise ValueError(f"{path}:{lineno}: metrics version {record.get('version')} "
+                                 f"unknown (this reader knows {METRICS_VERSION})")
+            records.append(record)
+    return records

@@ -1,0 +1,80 @@
+"""Checkpoints: resume reproduces the uninterrupted run, SIGTERM saves, bad --load fails loudly."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import read_records, run_pretrain, tiny_model_args, train_losses
+from megatron_ixt.training.checkpoint import CheckpointError, read_latest_iteration
+
+
+@pytest.mark.slow
+def test_resume_reproduces_uninterrupted_losses(synth_data, tmp_path):
+    # Dropout on, DP=2: the resumed run must restore RNG, optimizer, scheduler and data position.
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
+        "--train-iters", "6", "--hidden-dropout", "0.1", "--eval-iters", "0"]
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    run_pretrain(args + ["--save", full], nproc=2)
+    run_pretrain(args + ["--save", part, "--exit-interval", "3"], nproc=2)
+    assert read_latest_iteration(part) == 3
+    run_pretrain(args + ["--save", part, "--load", part], nproc=2)
+    expected, got = train_losses(os.path.join(full, "metrics.jsonl")), train_losses(os.path.join(part, "metrics.jsonl"))
+    assert sorted(got) == list(range(1, 7))
+    for it in range(4, 7):
+        assert got[it]["consumed_samples"] == expected[it]["consumed_samples"]
+        assert got[it]["loss"] == pytest.approx(expected[it]["loss"], rel=1e-5), it
+        assert got[it]["lr"] == pytest.approx(expected[it]["lr"], rel=1e-9), it
+    assert len(read_records(os.path.join(part, "metrics.jsonl"), "header")) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_loadable_checkpoint(synth_data, tmp_path):
+    save = str(tmp_path / "ckpt")
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + ["--eval-iters", "0", "--save", save]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_ixt.pretrain", *args, "--train-iters", "10000",
+                             "--exit-signal-handler"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(save, "metrics.jsonl")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (os.path.exists(metrics) and len(train_losses(metrics)) >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-3000:]  # stopped early, resumable
+    assert "received SIGTERM" in out
+    stopped = read_latest_iteration(save)
+    assert stopped >= 2 and stopped == max(train_losses(metrics))
+    run_pretrain(args + ["--load", save, "--train-iters", str(stopped + 1)])
+    assert max(train_losses(metrics)) == stopped + 1
+
+
+def test_latest_iteration_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_latest_iteration(str(tmp_path / "nope"))
+    with pytest.raises(CheckpointError, match="latest_checkpointed_iteration.txt"):
+        read_latest_iteration(str(tmp_path))
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("release\n")
+    with pytest.raises(CheckpointError, match="expected an iteration number"):
+        read_latest_iteration(str(tmp_path))
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("7\n")
+    with pytest.raises(CheckpointError, match="iter_0000007 does not exist"):
+        read_latest_iteration(str(tmp_path))
+    (tmp_path / "iter_0000007").mkdir()
+    assert read_latest_iteration(str(tmp_path)) == 7
+
+
+def test_load_of_missing_or_corrupt_checkpoint_is_an_error(synth_data, tmp_path):
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + ["--train-iters", "3", "--eval-iters", "0"]
+    proc = run_pretrain(args + ["--load", str(tmp_path / "missing")], check=False)
+    assert proc.returncode == 3 and "missing: directory does not exist" in proc.stderr
+    corrupt = tmp_path / "corrupt"
+    (corrupt / "iter_0000005").mkdir(parents=True)
+    (corrupt / "iter_0000005" / "metadata.json").write_text("{not json")
+    (corrupt / "latest_checkpointed_iteration.txt").write_text("5")
+    proc = run_pretrain(args + ["--load", str(corrupt)], check=False)
+    assert proc.returncode == 3 and "iter_0000005: cannot" in proc.stderr, proc.stderr[-2000:]
+    assert not (corrupt / "metrics.jsonl").exists()

@@ -1,0 +1,43 @@
+"""TP=2, PP=2 and DP=2 (two gloo processes each) reproduce the single-process losses.
+
+All runs start from one initial checkpoint (written by a single process with --train-iters 0,
+loaded with --finetune), so they share weights whatever the layout; dist_checkpointing reshards.
+"""
+import pytest
+
+from conftest import read_records, run_pretrain, tiny_model_args, train_losses
+
+ITERS = 4
+
+
+@pytest.fixture(scope="module")
+def reference(synth_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel")
+    init = str(root / "init")
+    base = tiny_model_args(synth_data, str(root / "cache"))
+    run_pretrain(base + ["--train-iters", "0", "--eval-iters", "0", "--save", init])
+    args = base + ["--train-iters", str(ITERS), "--load", init, "--finetune", "--hidden-dropout", "0",
+                   "--eval-interval", str(ITERS), "--eval-iters", "1"]
+    metrics = str(root / "tp1.jsonl")
+    run_pretrain(args + ["--metrics-file", metrics])
+    return args, metrics, root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [["--tensor-model-parallel-size", "2"],
+                                    ["--pipeline-model-parallel-size", "2"],
+                                    []], ids=["tp2", "pp2", "dp2"])
+def test_two_process_layout_matches_single_process(reference, layout):
+    args, reference_metrics, root = reference
+    metrics = str(root / f"{'-'.join(layout) or 'dp2'}.jsonl")
+    run_pretrain(args + layout + ["--metrics-file", metrics], nproc=2)
+    expected, got = train_losses(reference_metrics), train_losses(metrics)
+    assert sorted(got) == list(range(1, ITERS + 1))
+    assert expected[ITERS]["loss"] < expected[1]["loss"]
+    for it in range(1, ITERS + 1):
+        for key in ("loss", "doc_loss", "prefix_loss"):
+            assert got[it][key] == pytest.approx(expected[it][key], rel=2e-4), (it, key)
+        assert got[it]["grad_norm"] == pytest.approx(expected[it]["grad_norm"], rel=1e-3), it
+    (want,), (have,) = read_records(reference_metrics, "eval"), read_records(metrics, "eval")
+    for key in ("prefix/doc_loss", "prefix/prefix_loss", "none/doc_loss", "steering/doc_loss"):
+        assert have[key] == pytest.approx(want[key], rel=2e-4), key
