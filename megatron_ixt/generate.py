@@ -25,12 +25,16 @@ from megatron_ixt.training.checkpoint import CheckpointError, iteration_dir, rea
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m megatron_ixt.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--load", required=True, help="checkpoint directory (as given to --save)")
-    parser.add_argument("--prompt", required=True, help="text to continue")
+    prompts = parser.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompt", help="text to continue")
+    prompts.add_argument("--prompt-file", help='JSONL file, one {"prompt": str} object per line')
+    parser.add_argument("--output", default=None,
+                        help="with --prompt-file: JSONL file for the results (default: stdout), one per prompt")
     parser.add_argument("--steer", choices=("critique", "quality", "none"), default="critique")
     parser.add_argument("--shard-set", default=None, help="IXT shard-set prefix P whose P_ixt.json holds the steering prefix")
     parser.add_argument("--prefix-text", default=None, help="a feedback prefix of your own (overrides --steer)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="print one JSON object (tokens and text)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (tokens and text) per prompt")
     return parser
 
 
@@ -72,20 +76,36 @@ def greedy(model, tokens: List[int], max_new_tokens: int, eod: Optional[int], ma
     return out[len(tokens):]
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def read_prompts(path: str) -> List[str]:
+    """The ``prompt`` strings of a JSONL file; a bad line is an error naming ``path:line``."""
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                prompt = json.loads(line)["prompt"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with a string 'prompt' ({e})") from None
+            if not isinstance(prompt, str):
+                raise ValueError(f"{path}:{lineno}: 'prompt' must be a string, got {type(prompt).__name__}")
+            prompts.append(prompt)
+    return prompts
+
+
+def load_model(load_dir: str):
+    """``(model, cfg, tokenizer, device)`` from the latest checkpoint in ``load_dir``, in one process.
+
+    Raises CheckpointError when the checkpoint is missing or unreadable.
+    """
     from megatron.core import dist_checkpointing
     from megatron_ixt.model import build_gpt_model
     from megatron_ixt.tokenizer import build_tokenizer
     from megatron_ixt.training.config import config_from_dict
     from megatron_ixt.training.trainer import init_distributed, padded_vocab_size, set_seed, transformer_config
 
-    try:
-        cfg = config_from_dict(read_config(args.load))
-        path = iteration_dir(args.load, read_latest_iteration(args.load))
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    cfg = config_from_dict(read_config(load_dir))
+    path = iteration_dir(load_dir, read_latest_iteration(load_dir))
     p = cfg.parallel
     p.tensor_model_parallel_size = p.pipeline_model_parallel_size = 1
     p.sequence_parallel = p.use_distributed_optimizer = p.overlap_grad_reduce = False
@@ -110,19 +130,35 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
     except Exception as e:
-        print(f"error: {path}: cannot load model weights ({type(e).__name__}: {e})", file=sys.stderr)
-        return 3
+        raise CheckpointError(f"{path}: cannot load model weights ({type(e).__name__}: {e})") from e
     model.load_state_dict(state["model"], strict=True)
     model.eval()
+    return model, cfg, tokenizer, device
 
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
+        model, cfg, tokenizer, device = load_model(args.load)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     prefix = steering_tokens(args, cfg, tokenizer)
-    prompt = list(tokenizer.tokenize(args.prompt))
-    new = greedy(model, prefix + prompt, args.max_new_tokens, tokenizer.eod, cfg.model.seq_length, device)
-    text = tokenizer.detokenize([t for t in new if t != tokenizer.eod])
-    if args.json:
-        print(json.dumps({"prefix_tokens": prefix, "prompt_tokens": prompt, "generated_tokens": new, "text": text}))
-    else:
-        print(text)
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for prompt_text in prompts:
+            prompt = list(tokenizer.tokenize(prompt_text))
+            new = greedy(model, prefix + prompt, args.max_new_tokens, tokenizer.eod, cfg.model.seq_length, device)
+            text = tokenizer.detokenize([t for t in new if t != tokenizer.eod])
+            if args.json or args.prompt_file:
+                out.write(json.dumps({"prompt": prompt_text, "prefix_tokens": prefix, "prompt_tokens": prompt,
+                                      "generated_tokens": new, "text": text}) + "\n")
+            else:
+                out.write(text + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
     torch.distributed.destroy_process_group()
     return 0
 

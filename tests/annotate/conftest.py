@@ -1,7 +1,6 @@
 """Fixtures for the annotate tests: the SGLang stand-in server and synthetic corpora."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -12,8 +11,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sglang_standin import StandinConfig, StandinServer  # noqa: E402
 
 from annotate.synthetic import SynthConfig, generate  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture
@@ -32,18 +29,6 @@ def standin():
         server.stop()
 
 
-def write_jsonl(path, records) -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write((rec if isinstance(rec, str) else json.dumps(rec)) + "\n")
-    return str(path)
-
-
-def read_jsonl(path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
 @pytest.fixture
 def arith_docs():
     """Factory: ``arith_docs(n, **SynthConfig fields)`` -> list of synthetic records."""
@@ -52,9 +37,3 @@ def arith_docs():
         return list(generate(SynthConfig(num_docs=n, **kwargs)))
 
     return make
-
-
-def subprocess_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env

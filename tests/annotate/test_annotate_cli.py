@@ -6,7 +6,7 @@ import os
 
 import pytest
 import zstandard
-from conftest import read_jsonl, write_jsonl
+from annotate_testlib import read_jsonl, write_jsonl
 
 from annotate.cli import collect_status, main
 from annotate.runner import Progress
@@ -168,7 +168,7 @@ def test_output_feeds_preprocess_ixt(tmp_path, arith_docs):
     import subprocess
     import sys
 
-    from conftest import REPO, subprocess_env
+    from annotate_testlib import REPO, subprocess_env
 
     docs = arith_docs(120, flaw_share=0.3) + [{"id": "essay", "text": "An essay about birds."}]
     inp = write_jsonl(tmp_path / "d.jsonl", docs)

@@ -8,7 +8,7 @@ import threading
 import aiohttp
 import asyncio
 import pytest
-from conftest import read_jsonl, write_jsonl
+from annotate_testlib import read_jsonl, write_jsonl
 from sglang_standin import StandinConfig, StandinServer, verdict_for
 
 from annotate.cli import main

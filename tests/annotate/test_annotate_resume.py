@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, read_jsonl, subprocess_env, write_jsonl
+from annotate_testlib import REPO, read_jsonl, subprocess_env, write_jsonl
 
 from annotate.store import ShardStats, ShardWriter
 

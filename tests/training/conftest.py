@@ -1,15 +1,10 @@
 """Fixtures for the training tests: a learnable synthetic shard set and a launcher.
 
-``run_pretrain(args, nproc=1)`` runs ``python -m megatron_ixt.pretrain`` (``nproc`` > 1: under
-``torch.distributed.run`` with gloo) in a subprocess and returns the CompletedProcess;
-``train_losses(metrics_jsonl)`` maps iteration -> loss record of the last run that logged it.
+Helpers (launcher, metrics readers) are in ``train_testlib.py``.
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
 import sys
 
 import pytest
@@ -17,57 +12,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from corpus import VOCAB, write_corpus  # noqa: E402
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: multi-process or multi-run training tests")
+from corpus import write_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """Text-store path of the synthetic IXT shard set (critique and quality prefixes, steering)."""
     return write_corpus(str(tmp_path_factory.mktemp("synth") / "synth"))
-
-
-def tiny_model_args(data_path: str, cache: str) -> list:
-    """A 2-layer GQA model on the synthetic corpus; per-test flags are appended."""
-    return ["--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
-            "--data-path", data_path, "--split", "90,10,0", "--data-cache-path", cache,
-            "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
-            "--num-query-groups", "2", "--seq-length", "128",
-            "--micro-batch-size", "2", "--global-batch-size", "8",
-            "--lr", "3e-3", "--min-lr", "3e-4", "--lr-warmup-iters", "2", "--log-interval", "1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_pretrain(args, nproc: int = 1, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
-               PYTHONWARNINGS="ignore")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    if nproc == 1:
-        cmd = [sys.executable, "-m", "megatron_ixt.pretrain", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(_free_port()), "-m", "megatron_ixt.pretrain", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-6000:]}")
-    return proc
-
-
-def read_records(path: str, kind: str) -> list:
-    with open(path) as f:
-        return [r for r in map(json.loads, f) if r["kind"] == kind]
-
-
-def train_losses(path: str) -> dict:
-    """iteration -> train record (later lines win: a resumed run overrides nothing it repeats)."""
-    return {r["iteration"]: r for r in read_records(path, "train")}

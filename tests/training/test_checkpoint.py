@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import read_records, run_pretrain, tiny_model_args, train_losses
+from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 from megatron_ixt.training.checkpoint import CheckpointError, read_latest_iteration
 
 

@@ -5,7 +5,7 @@ loaded with --finetune), so they share weights whatever the layout; dist_checkpo
 """
 import pytest
 
-from conftest import read_records, run_pretrain, tiny_model_args, train_losses
+from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 
 ITERS = 4
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import read_records, run_pretrain, tiny_model_args, train_losses
+from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 from corpus import BAD_CRITIQUE, GOOD_CRITIQUE
 
 
@@ -56,6 +56,19 @@ def test_loss_falls_metrics_and_eval_conditionings(synth_data, tmp_path):
     assert steered["text"] == " ".join(str(t) for t in steered["generated_tokens"] if t != 511)
     own = generate("--prefix-text", " ".join(map(str, BAD_CRITIQUE)))
     assert own["prefix_tokens"] == BAD_CRITIQUE
+
+    # Many prompts in one load: one result per prompt, in order, equal to the one-prompt runs.
+    prompts, results = tmp_path / "prompts.jsonl", tmp_path / "results.jsonl"
+    prompts.write_text(json.dumps({"prompt": "10 11 12 13"}) + "\n" + json.dumps({"prompt": "20 21"}) + "\n")
+    subprocess.run([sys.executable, "-m", "megatron_ixt.generate", "--load", save, "--steer", "critique",
+                    "--prompt-file", str(prompts), "--output", str(results), "--max-new-tokens", "6"], check=True)
+    batch = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [b["prompt_tokens"] for b in batch] == [[10, 11, 12, 13], [20, 21]]
+    assert batch[0]["generated_tokens"] == steered["generated_tokens"]
+    prompts.write_text('{"prompt": 7}\n')
+    bad = subprocess.run([sys.executable, "-m", "megatron_ixt.generate", "--load", save, "--prompt-file",
+                          str(prompts)], capture_output=True, text=True)
+    assert bad.returncode == 3 and f"{prompts}:1:" in bad.stderr
 
 
 def test_baseline_arm_has_no_prefix(synth_data, tmp_path):
