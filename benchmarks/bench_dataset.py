@@ -23,21 +23,12 @@ import time
 import numpy
 
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
+from megatron.core.datasets.indexed_dataset import DType, IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
-from megatron_ixt.data.shards import IXT_FORMAT, IXT_FORMAT_VERSION, prefix_store_path, text_store_path, write_metadata
+from megatron_ixt.data.shards import text_store_path, write_token_shard_set
 from megatron_ixt.tokenizer import build_tokenizer
-
-
-def write_store(path: str, tokens: numpy.ndarray, lengths: numpy.ndarray, dtype) -> None:
-    """An IndexedDataset with one document per sequence of ``lengths`` over ``tokens``."""
-    builder = IndexedDatasetBuilder(path + ".bin", dtype=dtype)
-    offsets = numpy.concatenate([[0], numpy.cumsum(lengths)])
-    for start, end in zip(offsets[:-1], offsets[1:]):
-        builder.add_document(tokens[start:end], [end - start])
-    builder.finalize(path + ".idx")
 
 
 def make_shard_set(prefix: str, args, tokenizer) -> None:
@@ -53,13 +44,14 @@ def make_shard_set(prefix: str, args, tokenizer) -> None:
     text_lengths = rng.integers(args.mean_text_tokens // 4, args.mean_text_tokens * 7 // 4, n) + 1
     text = rng.integers(0, tokenizer.vocab_size - 1, int(text_lengths.sum()), dtype=dtype)
     text[numpy.cumsum(text_lengths) - 1] = tokenizer.eod
-    write_store(text_store_path(prefix), text, text_lengths, dtype)
+    tokens, lengths = {"text": text}, {"text": text_lengths}
     annotated = rng.random(n) < args.annotated
     for kind, mean in (("critique", args.mean_prefix_tokens), ("quality", 8)):
-        lengths = numpy.where(annotated, rng.integers(mean // 2, mean * 3 // 2, n) + 1, 0)
-        tokens = rng.integers(0, tokenizer.vocab_size - 1, int(lengths.sum()), dtype=dtype)
-        write_store(prefix_store_path(prefix, kind), tokens, lengths, dtype)
-    write_metadata(prefix, {"format": IXT_FORMAT, "version": IXT_FORMAT_VERSION, "bench": params})
+        lengths[kind] = numpy.where(annotated, rng.integers(mean // 2, mean * 3 // 2, n) + 1, 0)
+        tokens[kind] = rng.integers(0, tokenizer.vocab_size - 1, int(lengths[kind].sum()), dtype=dtype)
+    first = numpy.argmax(annotated)  # steering prefixes: those of the first annotated document
+    steering = {kind: tokens[kind][:lengths[kind][first]] for kind in ("critique", "quality")}
+    write_token_shard_set(prefix, tokens, lengths=lengths, vocab_size=tokenizer.eod, steering=steering)
     json.dump(params, open(stamp, "w"))
     print(f"wrote shard set {prefix}: {n} documents, {len(text) / 1e6:.1f}M text tokens, "
           f"{annotated.mean():.0%} annotated, in {time.time() - t0:.1f} s")

@@ -21,9 +21,8 @@ import time
 
 import numpy
 import torch.distributed as dist
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-from megatron_ixt.data.shards import IXT_FORMAT, IXT_FORMAT_VERSION, prefix_store_path, text_store_path, write_metadata
+from megatron_ixt.data.shards import text_store_path, write_token_shard_set
 from megatron_ixt.training.config import parse_args
 from megatron_ixt.training.trainer import Trainer, build_datasets
 
@@ -39,27 +38,16 @@ def make_shard_set(prefix: str, args, vocab: int = VOCAB) -> str:
     if os.path.exists(stamp) and json.load(open(stamp)) == params:
         return text_store_path(prefix)
     rng = numpy.random.default_rng(0)
-    dtype = DType.optimal_dtype(vocab + 1)
-    stores = {"text": text_store_path(prefix), "critique": prefix_store_path(prefix, "critique"),
-              "quality": prefix_store_path(prefix, "quality")}
-    builders = {k: IndexedDatasetBuilder(p + ".bin", dtype=dtype) for k, p in stores.items()}
     steering = list(rng.integers(1, vocab, args.mean_prefix_tokens))
+    documents = {"text": [], "critique": [], "quality": []}
     for _ in range(args.num_documents):
         text = numpy.append(rng.integers(1, vocab, max(1, int(rng.exponential(args.mean_text_tokens)))), vocab)
         annotated = rng.random() < args.annotated
-        critique = rng.integers(1, vocab, int(rng.integers(1, 2 * args.mean_prefix_tokens))) if annotated else []
-        quality = rng.integers(1, vocab, 3) if annotated else []
-        for kind, tokens in (("text", text), ("critique", critique), ("quality", quality)):
-            builders[kind].add_document(numpy.asarray(tokens, dtype=numpy.int64), [len(tokens)])
-    for kind, builder in builders.items():
-        builder.finalize(stores[kind] + ".idx")
-    write_metadata(prefix, {
-        "format": IXT_FORMAT, "version": IXT_FORMAT_VERSION,
-        "tokenizer": {"type": "NullTokenizer", "model_sha256": None, "vocab_size": vocab + 1, "eod": vocab},
-        "templates": {k: {"text": "random", "sha256": "0" * 64} for k in ("critique", "quality")},
-        "steering": {"critique": {"text": "random", "tokens": [int(t) for t in steering]},
-                     "quality": {"text": "random", "tokens": [1, 2, 3]}},
-        "counts": {}, "quality_histogram": {}, "score_means": {}, "skipped": {}})
+        documents["text"].append(text)
+        documents["critique"].append(rng.integers(1, vocab, int(rng.integers(1, 2 * args.mean_prefix_tokens)))
+                                     if annotated else [])
+        documents["quality"].append(rng.integers(1, vocab, 3) if annotated else [])
+    write_token_shard_set(prefix, documents, vocab_size=vocab, steering={"critique": steering, "quality": [1, 2, 3]})
     json.dump(params, open(stamp, "w"))
     return text_store_path(prefix)
 

@@ -20,6 +20,7 @@ and metadata are found next to it. A text store without siblings is a plain stor
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -278,6 +279,85 @@ class ShardSetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+SYNTHETIC = "synthetic"  # template name, input path and steering text of write_token_shard_set sets
+
+
+def write_token_shard_set(output_prefix: str, documents: dict, *, vocab_size: int, steering: dict | None = None,
+                          lengths: dict | None = None, quality=None, scores=None) -> dict | None:
+    """Write a complete shard set (or a plain store) from already-tokenized documents; returns the
+    metadata written (None for a plain store). For synthetic corpora: tests and benchmarks.
+
+    ``documents[name]`` for each name in ``STORE_NAMES`` ("text", "critique", "quality"): one 1-D
+    int token array (or list) per document; prefixes may be empty (unannotated document). With
+    ``lengths``, ``documents[name]`` is instead all documents' tokens concatenated (1-D array) and
+    ``lengths[name]`` each document's length (the vectorised path of ``add_documents``, for
+    millions of documents). ``documents`` with only "text" gives a plain Megatron store at
+    ``text_store_path(output_prefix)``, no prefix stores, no metadata.
+
+    Token ids are a NullTokenizer's: ``0..vocab_size-1`` plus EOD ``vocab_size`` (``vocab_size`` is
+    its ``--vocab-size``); ``append_eod`` in the metadata says whether every text ends with EOD.
+    ``steering[kind]``: the steering-prefix token ids of each prefix kind (required with prefixes).
+    ``quality`` (per document, 1..5, 0 = unannotated) and ``scores`` (per document, one 1..5 per
+    ``SCORE_AXES``) fill the ``P_ixt_docs.npy`` annotation columns (default 0); every document's
+    source is line ``i + 1`` of input 0, ``"synthetic"``. Written atomically by ``ShardSetWriter``.
+    """
+    names = ("text",) if set(documents) == {"text"} else STORE_NAMES
+    if set(documents) != set(names):
+        raise ValueError(f"documents has stores {sorted(documents)}; expected {list(STORE_NAMES)} or ['text']")
+    if lengths is None:
+        lengths = {name: [len(doc) for doc in documents[name]] for name in names}
+        documents = {name: numpy.concatenate([numpy.zeros(0, numpy.int64)] + [
+            numpy.asarray(doc, dtype=numpy.int64) for doc in documents[name]]) for name in names}
+    lengths = {name: numpy.asarray(lengths[name], dtype=numpy.int64) for name in names}
+    tokens = {name: numpy.asarray(documents[name]) for name in names}
+    n = len(lengths["text"])
+    for name in names:
+        if len(lengths[name]) != n:
+            raise ValueError(f"{name}: {len(lengths[name])} documents for {n} texts")
+        if int(lengths[name].sum()) != len(tokens[name]):
+            raise ValueError(f"{name}: lengths add up to {int(lengths[name].sum())} tokens, {len(tokens[name])} given")
+        if len(tokens[name]) and (tokens[name].min() < 0 or tokens[name].max() > vocab_size):
+            raise ValueError(f"{name}: token ids outside 0..{vocab_size} (vocab_size {vocab_size} plus EOD)")
+    if names != ("text",) and (steering is None or set(steering) != set(PREFIX_KINDS)):
+        raise ValueError(f"steering must give the token ids of the {' and '.join(PREFIX_KINDS)} steering prefixes")
+    for field, values in (("quality", quality), ("scores", scores)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{field}: {len(values)} values for {n} documents")
+    append_eod = bool(n > 0 and lengths["text"].all()
+                      and (tokens["text"][numpy.cumsum(lengths["text"]) - 1] == vocab_size).all())
+
+    with ShardSetWriter(output_prefix, vocab_size + 1, text_only=names == ("text",)) as writer:
+        writer.add_documents(tokens, {name: lengths[name].tolist() for name in names})
+        if names == ("text",):
+            return writer.commit(None)
+        docs = numpy.zeros(n, DOC_DTYPE)
+        docs["line"] = numpy.arange(1, n + 1)
+        if quality is not None:
+            docs["quality"] = quality
+        if scores is not None:
+            docs["scores"] = scores
+        writer.add_docs(docs)
+        annotated = int(((lengths["critique"] > 0) | (lengths["quality"] > 0)).sum())
+        template = {"name": SYNTHETIC, "text": "", "sha256": hashlib.sha256(SYNTHETIC.encode()).hexdigest()}
+        return writer.commit({
+            "format": IXT_FORMAT,
+            "version": IXT_FORMAT_VERSION,
+            "created_by": "megatron_ixt.data.shards.write_token_shard_set",
+            # what megatron_ixt.tokenizer.tokenizer_identity gives for NullTokenizer --vocab-size vocab_size
+            "tokenizer": {"type": "NullTokenizer", "model": None, "model_sha256": None,
+                          "vocab_size": vocab_size + 1, "eod": vocab_size},
+            "append_eod": append_eod,
+            "templates": {kind: dict(template) for kind in PREFIX_KINDS},
+            "steering": {kind: {"text": SYNTHETIC, "tokens": [int(t) for t in steering[kind]]}
+                         for kind in PREFIX_KINDS},
+            "inputs": [{"path": SYNTHETIC, "bytes": 0}],
+            "counts": {"documents": n, "annotated": annotated, "unannotated": n - annotated,
+                       "text_tokens": len(tokens["text"]), "critique_prefix_tokens": len(tokens["critique"]),
+                       "quality_prefix_tokens": len(tokens["quality"])},
+            "quality_histogram": {str(q): int((docs["quality"] == q).sum()) for q in range(1, 6)},
+        })
 
 
 class ShardSet:

@@ -11,17 +11,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy
-from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_ixt.data.dataset import IXTGPTDataset
-from megatron_ixt.data.shards import (
-    IXT_FORMAT,
-    IXT_FORMAT_VERSION,
-    prefix_store_path,
-    text_store_path,
-    write_metadata,
-)
+from megatron_ixt.data.shards import text_store_path, write_token_shard_set
 
 VOCAB = 1000
 PREFIX_START = 500
@@ -61,33 +55,19 @@ def _documents(num_documents, annotated, store, seed):
     return texts, critiques, qualities
 
 
-def _write_store(path, documents, tokenizer):
-    builder = IndexedDatasetBuilder(path + ".bin", dtype=DType.optimal_dtype(tokenizer.vocab_size))
-    for tokens in documents:
-        builder.add_document(tokens, [len(tokens)])
-    if not any(len(tokens) for tokens in documents):  # numpy cannot mmap an empty .bin
-        builder.data_file.write(numpy.zeros(1, builder.dtype).tobytes())
-    builder.finalize(path + ".idx")
-
-
 def write_shard_set(prefix, tokenizer, num_documents=300, annotated=0.7, store=0, seed=0) -> Corpus:
-    """An IXT shard set per docs/CONTRACTS.md section 2: the three aligned stores and P_ixt.json."""
+    """An IXT shard set per docs/CONTRACTS.md section 2: the three aligned stores, P_ixt_docs.npy and P_ixt.json."""
     texts, critiques, qualities = _documents(num_documents, annotated, store, seed)
-    _write_store(text_store_path(prefix), [numpy.append(t, tokenizer.eod) for t in texts], tokenizer)
-    _write_store(prefix_store_path(prefix, "critique"), critiques, tokenizer)
-    _write_store(prefix_store_path(prefix, "quality"), qualities, tokenizer)
-    write_metadata(prefix, {
-        "format": IXT_FORMAT, "version": IXT_FORMAT_VERSION,
-        "steering": {kind: {"text": f"best {kind}", "tokens": tokens} for kind, tokens in STEERING.items()},
-    })
+    write_token_shard_set(prefix, {"text": [numpy.append(t, tokenizer.eod) for t in texts], "critique": critiques,
+                                   "quality": qualities}, vocab_size=tokenizer.eod, steering=STEERING)
     return Corpus(text_store_path(prefix), texts, {"critique": critiques, "quality": qualities}, store)
 
 
-def write_plain_store(path, tokenizer, num_documents=200, store=1, seed=1) -> Corpus:
-    """A text-only IndexedDataset (no prefix files next to it)."""
+def write_plain_store(prefix, tokenizer, num_documents=200, store=1, seed=1) -> Corpus:
+    """A text-only IndexedDataset at ``text_store_path(prefix)`` (no prefix stores, no metadata)."""
     texts, _, _ = _documents(num_documents, 0.0, store, seed)
-    _write_store(path, [numpy.append(t, tokenizer.eod) for t in texts], tokenizer)
-    return Corpus(path, texts, {}, store)
+    write_token_shard_set(prefix, {"text": [numpy.append(t, tokenizer.eod) for t in texts]}, vocab_size=tokenizer.eod)
+    return Corpus(text_store_path(prefix), texts, {}, store)
 
 
 def build_dataset(corpus: Corpus, config, num_samples=None, split=Split.valid, cls=IXTGPTDataset):
