@@ -167,7 +167,8 @@ def main(argv=None) -> int:
                         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer,
                         "--micro-batch-size", "16", "--global-batch-size", str(16 * args.nproc),
                         "--train-iters", str(args.train_iters), "--lr", "3e-3", "--min-lr", "3e-4",
-                        "--lr-warmup-iters", "50", "--lr-decay-style", "cosine", "--weight-decay", "0.01",
+                        "--lr-warmup-iters", str(max(1, min(50, args.train_iters // 10))),
+                        "--lr-decay-style", "cosine", "--weight-decay", "0.01",
                         "--clip-grad", "1.0", "--log-interval", "50", "--eval-interval", str(args.train_iters),
                         "--eval-iters", "5", "--save", os.path.join(out, "ckpt", arm), "--seed", "1234"],
             log("train_" + arm))
