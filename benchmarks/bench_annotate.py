@@ -132,7 +132,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256, 1024])
     p.add_argument("--latency", type=float, default=2.0)
     p.add_argument("--latency-concurrency", type=int, default=512)
-    p.add_argument("--latency-rounds", type=int, default=3)
+    p.add_argument("--latency-rounds", type=int, default=10, help="rounds of the 2 s run (steady state, not the ramp)")
     p.add_argument("--doc-chars", type=int, default=2000)
     p.add_argument("--prompt-tokens", type=int, default=1500, help="stand-in's fixed prompt token count")
     p.add_argument("--completion-tokens", type=int, default=1000, help="stand-in's fixed / assumed completion tokens")
