@@ -99,10 +99,10 @@ def load_model(load_dir: str):
     Raises CheckpointError when the checkpoint is missing or unreadable.
     """
     from megatron.core import dist_checkpointing
-    from megatron_ixt.model import build_gpt_model
     from megatron_ixt.tokenizer import build_tokenizer
     from megatron_ixt.training.config import config_from_dict
-    from megatron_ixt.training.trainer import init_distributed, padded_vocab_size, set_seed, transformer_config
+    from megatron_ixt.training.trainer import (init_distributed, model_from_config, padded_vocab_size, set_seed,
+                                              transformer_config)
 
     cfg = config_from_dict(read_config(load_dir))
     path = iteration_dir(load_dir, read_latest_iteration(load_dir))
@@ -117,14 +117,8 @@ def load_model(load_dir: str):
     init_distributed(cfg)
     set_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg.tokenizer)
-    model = build_gpt_model(transformer_config(cfg),
-                            vocab_size=padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, 1),
-                            max_sequence_length=cfg.model.max_position_embeddings,
-                            transformer_impl=cfg.model.transformer_impl,
-                            position_embedding_type=cfg.model.position_embedding_type,
-                            rotary_base=cfg.model.rotary_base,
-                            untie_embeddings_and_output_weights=cfg.model.untie_embeddings_and_output_weights,
-                            qk_layernorm=cfg.model.qk_layernorm)
+    vocab_size = padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, 1)
+    model = model_from_config(cfg, transformer_config(cfg), vocab_size)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
     try:

@@ -125,6 +125,17 @@ def scheduler_for(cfg: Config, optimizer) -> OptimizerParamScheduler:
     return OptimizerParamScheduler(**kwargs)
 
 
+def model_from_config(cfg: Config, config, vocab_size: int):
+    """This rank's GPT model stage for ``cfg.model`` (``config``: its TransformerConfig; ``vocab_size``
+    already padded). Shared by training and generation so both build the same architecture."""
+    m = cfg.model
+    return build_gpt_model(config, vocab_size=vocab_size, max_sequence_length=m.max_position_embeddings,
+                           transformer_impl=m.transformer_impl, position_embedding_type=m.position_embedding_type,
+                           rotary_base=m.rotary_base,
+                           untie_embeddings_and_output_weights=m.untie_embeddings_and_output_weights,
+                           qk_layernorm=m.qk_layernorm)
+
+
 def build_datasets(cfg: Config, tokenizer):
     """``(train dataset, {conditioning: valid dataset})`` through megatron_ixt.data's provider.
 
@@ -258,13 +269,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
     def _build_model(self):
-        model = build_gpt_model(self.config, vocab_size=self.vocab_size,
-                                max_sequence_length=self.cfg.model.max_position_embeddings,
-                                transformer_impl=self.cfg.model.transformer_impl,
-                                position_embedding_type=self.cfg.model.position_embedding_type,
-                                rotary_base=self.cfg.model.rotary_base,
-                                untie_embeddings_and_output_weights=self.cfg.model.untie_embeddings_and_output_weights,
-                                qk_layernorm=self.cfg.model.qk_layernorm)
+        model = model_from_config(self.cfg, self.config, self.vocab_size)
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         if self.cfg.train.bf16:
