@@ -101,8 +101,8 @@ def load_model(load_dir: str):
     from megatron.core import dist_checkpointing
     from megatron_ixt.tokenizer import build_tokenizer
     from megatron_ixt.training.config import config_from_dict
-    from megatron_ixt.training.trainer import (init_distributed, model_from_config, padded_vocab_size, set_seed,
-                                              transformer_config)
+    from megatron_ixt.distributed import init_distributed, set_seed
+    from megatron_ixt.model import model_from_config, padded_vocab_size, transformer_config
 
     cfg = config_from_dict(read_config(load_dir))
     path = iteration_dir(load_dir, read_latest_iteration(load_dir))
@@ -114,7 +114,7 @@ def load_model(load_dir: str):
     cfg.train.bf16 = False  # fp32 parameters; a bf16 checkpoint's weights are upcast on load
     if not torch.cuda.is_available():
         cfg.model.transformer_impl = "local"
-    init_distributed(cfg)
+    init_distributed(backend=p.distributed_backend)
     set_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg.tokenizer)
     vocab_size = padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, 1)

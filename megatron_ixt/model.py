@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+if TYPE_CHECKING:
+    from megatron_ixt.training.config import Config
 
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa=
 
@@ -127,3 +130,45 @@ def build_gpt_model(config: TransformerConfig, *, vocab_size: int, max_sequence_
     if vp_stage is not None and "vp_stage" in inspect.signature(GPTModel.__init__).parameters:
         kwargs["vp_stage"] = vp_stage
     return GPTModel(**kwargs)
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """``vocab_size`` rounded up to a multiple of ``divisible_by * tp`` (Megatron-LM's padding)."""
+    multiple = divisible_by * tp
+    return -(-vocab_size // multiple) * multiple
+
+
+def transformer_config(cfg: "Config") -> TransformerConfig:
+    """megatron-core's TransformerConfig for ``cfg.model`` under ``cfg.parallel`` / ``cfg.train``."""
+    m, p, t = cfg.model, cfg.parallel, cfg.train
+    dtype = torch.bfloat16 if t.bf16 else torch.float32
+    kwargs = dict(
+        num_layers=m.num_layers, hidden_size=m.hidden_size, ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=m.num_attention_heads, num_query_groups=m.num_query_groups,
+        kv_channels=m.kv_channels,
+        tensor_model_parallel_size=p.tensor_model_parallel_size,
+        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
+        sequence_parallel=p.sequence_parallel,
+        normalization=m.normalization, layernorm_epsilon=1e-5,
+        gated_linear_unit=m.swiglu, activation_func=F.silu if m.swiglu else F.gelu,
+        add_bias_linear=False, init_method_std=m.init_method_std,
+        hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
+        bf16=t.bf16, params_dtype=dtype, pipeline_dtype=dtype,
+        use_cpu_initialization=t.use_cpu_initialization,
+        calculate_per_token_loss=True,
+        masked_softmax_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
+        apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
+        qk_layernorm=m.qk_layernorm,
+    )
+    return TransformerConfig(**kwargs)
+
+
+def model_from_config(cfg: "Config", config, vocab_size: int):
+    """This rank's GPT model stage for ``cfg.model`` (``config``: its TransformerConfig; ``vocab_size``
+    already padded). Shared by training and generation so both build the same architecture."""
+    m = cfg.model
+    return build_gpt_model(config, vocab_size=vocab_size, max_sequence_length=m.max_position_embeddings,
+                           transformer_impl=m.transformer_impl, position_embedding_type=m.position_embedding_type,
+                           rotary_base=m.rotary_base,
+                           untie_embeddings_and_output_weights=m.untie_embeddings_and_output_weights,
+                           qk_layernorm=m.qk_layernorm)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.utils import get_blend_from_list
@@ -30,6 +30,9 @@ from megatron_ixt.data.dataset import (
     IXTGPTDatasetConfig,
 )
 from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_prefix
+
+if TYPE_CHECKING:
+    from megatron_ixt.training.config import Config
 
 # Megatron-LM's split when --data-path is given without --split.
 DEFAULT_SPLIT = "969,30,1"
@@ -146,6 +149,46 @@ def conditioning_configs(config: IXTGPTDatasetConfig,
         variants["steering"] = dataclasses.replace(config, prefix_dropout=0.0, annotated_fraction=1.0,
                                                    steering_prefix=tuple(steering_tokens))
     return variants
+
+
+def build_datasets(cfg: "Config", tokenizer):
+    """``(train dataset, {conditioning: valid dataset})`` through megatron_ixt.data's provider.
+
+    Conditionings (``conditioning_configs``): ``prefix`` (true prefixes), ``none`` and, when the
+    shard sets carry one, ``steering`` (the top-quality prefix of ``P_ixt.json``); the baseline
+    arm (``--ixt-prefix-kind none``) has only ``none``.
+    """
+    t, d = cfg.train, cfg.data
+    args = argparse.Namespace(**vars(d), seed=t.seed, seq_length=cfg.model.seq_length,
+                              create_attention_mask_in_dataloader=d.reset_attention_mask)
+    config = dataset_config_from_args(args, tokenizer)
+    n_train = t.train_iters * t.global_batch_size
+    n_valid = cfg.eval.eval_iters * t.global_batch_size
+    train = build_train_valid_test_datasets(_one_split(config, 0), [n_train, 0, 0])[0]
+    steer = None
+    if config.prefix_kind != "none":
+        try:
+            steer = steering_prefix(config_paths(config), config.prefix_kind)
+        except ValueError:
+            steer = None  # plain stores only: no steering conditioning to evaluate
+    valid = {}
+    if n_valid:
+        for name, variant in conditioning_configs(config, steer).items():
+            dataset = build_train_valid_test_datasets(_one_split(variant, 1), [0, n_valid, 0])[1]
+            if dataset is not None:
+                valid[name] = dataset
+    return train, valid
+
+
+def _one_split(config, split: int):
+    """A copy of a dataset config that builds only ``split`` (0 train, 1 valid, 2 test): the same
+    documents as the full build (same split boundaries), the other splits are left out (None)."""
+    config = dataclasses.replace(config)
+    if config.blend_per_split is not None:
+        config.blend_per_split = [b if i == split else None for i, b in enumerate(config.blend_per_split)]
+    else:
+        config.split_matrix = [m if i == split else None for i, m in enumerate(config.split_matrix)]
+    return config
 
 
 def _is_dataset_built_on_rank(vp_stage: Optional[int] = None) -> bool:

@@ -15,32 +15,23 @@ exactly the next sample.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import os
-import random
-import socket
 import time
 from functools import partial
 from typing import Dict, Iterator, List, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from megatron.core import parallel_state, tensor_parallel
+from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
-from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_ixt import compat
-from megatron_ixt.data.provider import (build_train_valid_test_datasets, conditioning_configs,
-                                        config_paths, dataset_config_from_args, steering_prefix)
-from megatron_ixt.model import build_gpt_model
+from megatron_ixt.data.provider import build_datasets
+from megatron_ixt.distributed import init_distributed, set_seed
+from megatron_ixt.model import model_from_config, padded_vocab_size, transformer_config
 from megatron_ixt.tokenizer import build_tokenizer
 from megatron_ixt.training import checkpoint as ckpt
 from megatron_ixt.training.config import Config, data_parallel_size
@@ -49,66 +40,6 @@ from megatron_ixt.training.metrics import MetricsWriter
 
 # Loss statistics reported per micro-batch: (sum of per-token losses, token count).
 LOSS_KEYS = ("loss", "doc", "prefix")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed(cfg: Config) -> None:
-    """Process group (torchrun env, or a world of one) and megatron-core's parallel state."""
-    compat.install()
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group(backend=cfg.parallel.distributed_backend)
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=cfg.parallel.tensor_model_parallel_size,
-            pipeline_model_parallel_size=cfg.parallel.pipeline_model_parallel_size)
-
-
-def set_seed(seed: int) -> None:
-    """Megatron-LM's seeding: offset per pipeline stage, model-parallel RNG tracker."""
-    seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
-    tensor_parallel.model_parallel_cuda_manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    multiple = divisible_by * tp
-    return -(-vocab_size // multiple) * multiple
-
-
-def transformer_config(cfg: Config) -> TransformerConfig:
-    m, p, t = cfg.model, cfg.parallel, cfg.train
-    dtype = torch.bfloat16 if t.bf16 else torch.float32
-    kwargs = dict(
-        num_layers=m.num_layers, hidden_size=m.hidden_size, ffn_hidden_size=m.ffn_hidden_size,
-        num_attention_heads=m.num_attention_heads, num_query_groups=m.num_query_groups,
-        kv_channels=m.kv_channels,
-        tensor_model_parallel_size=p.tensor_model_parallel_size,
-        pipeline_model_parallel_size=p.pipeline_model_parallel_size,
-        sequence_parallel=p.sequence_parallel,
-        normalization=m.normalization, layernorm_epsilon=1e-5,
-        gated_linear_unit=m.swiglu, activation_func=F.silu if m.swiglu else F.gelu,
-        add_bias_linear=False, init_method_std=m.init_method_std,
-        hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
-        bf16=t.bf16, params_dtype=dtype, pipeline_dtype=dtype,
-        use_cpu_initialization=t.use_cpu_initialization,
-        calculate_per_token_loss=True,
-        masked_softmax_fusion=False, bias_activation_fusion=False, bias_dropout_fusion=False,
-        apply_rope_fusion=False, gradient_accumulation_fusion=False, persist_layer_norm=False,
-        qk_layernorm=m.qk_layernorm,
-    )
-    return TransformerConfig(**kwargs)
 
 
 def scheduler_for(cfg: Config, optimizer) -> OptimizerParamScheduler:
@@ -123,57 +54,6 @@ def scheduler_for(cfg: Config, optimizer) -> OptimizerParamScheduler:
     if o.lr_decay_style == "WSD":
         kwargs.update(wsd_decay_steps=o.lr_wsd_decay_iters, lr_wsd_decay_style=o.lr_wsd_decay_style)
     return OptimizerParamScheduler(**kwargs)
-
-
-def model_from_config(cfg: Config, config, vocab_size: int):
-    """This rank's GPT model stage for ``cfg.model`` (``config``: its TransformerConfig; ``vocab_size``
-    already padded). Shared by training and generation so both build the same architecture."""
-    m = cfg.model
-    return build_gpt_model(config, vocab_size=vocab_size, max_sequence_length=m.max_position_embeddings,
-                           transformer_impl=m.transformer_impl, position_embedding_type=m.position_embedding_type,
-                           rotary_base=m.rotary_base,
-                           untie_embeddings_and_output_weights=m.untie_embeddings_and_output_weights,
-                           qk_layernorm=m.qk_layernorm)
-
-
-def build_datasets(cfg: Config, tokenizer):
-    """``(train dataset, {conditioning: valid dataset})`` through megatron_ixt.data's provider.
-
-    Conditionings (``conditioning_configs``): ``prefix`` (true prefixes), ``none`` and, when the
-    shard sets carry one, ``steering`` (the top-quality prefix of ``P_ixt.json``); the baseline
-    arm (``--ixt-prefix-kind none``) has only ``none``.
-    """
-    t, d = cfg.train, cfg.data
-    args = argparse.Namespace(**vars(d), seed=t.seed, seq_length=cfg.model.seq_length,
-                              create_attention_mask_in_dataloader=d.reset_attention_mask)
-    config = dataset_config_from_args(args, tokenizer)
-    n_train = t.train_iters * t.global_batch_size
-    n_valid = cfg.eval.eval_iters * t.global_batch_size
-    train = build_train_valid_test_datasets(_one_split(config, 0), [n_train, 0, 0])[0]
-    steer = None
-    if config.prefix_kind != "none":
-        try:
-            steer = steering_prefix(config_paths(config), config.prefix_kind)
-        except ValueError:
-            steer = None  # plain stores only: no steering conditioning to evaluate
-    valid = {}
-    if n_valid:
-        for name, variant in conditioning_configs(config, steer).items():
-            dataset = build_train_valid_test_datasets(_one_split(variant, 1), [0, n_valid, 0])[1]
-            if dataset is not None:
-                valid[name] = dataset
-    return train, valid
-
-
-def _one_split(config, split: int):
-    """A copy of a dataset config that builds only ``split`` (0 train, 1 valid, 2 test): the same
-    documents as the full build (same split boundaries), the other splits are left out (None)."""
-    config = dataclasses.replace(config)
-    if config.blend_per_split is not None:
-        config.blend_per_split = [b if i == split else None for i, b in enumerate(config.blend_per_split)]
-    else:
-        config.split_matrix = [m if i == split else None for i, m in enumerate(config.split_matrix)]
-    return config
 
 
 class MicroBatches:
@@ -225,7 +105,9 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        init_distributed(cfg)
+        p = cfg.parallel
+        init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
+                         p.distributed_backend)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
