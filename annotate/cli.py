@@ -16,29 +16,19 @@ import signal
 import sys
 import time
 
-from annotate.backends import BACKENDS, AllServersDown, build_backend
-from annotate.prompt import DEFAULT_TEMPLATE, PromptTemplate, TokenCounter
+from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Sampling
+from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, TokenCounter
 from annotate.runner import RetryJob, RunConfig, Runner, RunJob
-from annotate.store import ShardPaths, shard_stem, write_json_atomic
+from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
 
 log = logging.getLogger("annotate")
 RUN_CONFIG = "run_config.json"
-# Options that describe the judge and its transport; saved by `run`, reused by `retry-failed`.
-_SAVED = ("backend", "url", "api", "model", "api_key_env", "prompt_template", "tokenizer", "chat_template_kwargs",
-          "max_doc_tokens", "max_new_tokens", "temperature", "top_p", "concurrency", "request_timeout",
-          "max_retries", "backoff_base", "backoff_max", "health_timeout", "all_down_timeout",
-          "max_parse_retries", "fsync_interval", "model_path", "tp_size", "dp_size", "engine_arg",
-          "engine_batch_size")
-
-
-def _key_value(text: str):
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+# The shared judge options saved in run_config.json (argparse dests; each backend lists its own,
+# see annotate.backends.base.BackendFactory). Result flags change the annotations, so a resumed
+# `run` must use the same values; operational ones are only reused as `retry-failed` defaults.
+RESULT_FLAGS = ("backend", "tokenizer", "chat_template_kwargs", "max_doc_tokens", "max_new_tokens", "temperature",
+                "top_p", "max_parse_retries")
+OPERATIONAL_FLAGS = ("prompt_template", "concurrency", "fsync_interval")
 
 
 def _json_object(text: str) -> dict:
@@ -52,61 +42,89 @@ def _json_object(text: str) -> dict:
 
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:
+    """The shared judge options, then one group per registered backend with its own flags."""
+    run, sampling = RunConfig(output_dir=""), Sampling()
     g = p.add_argument_group("judge")
-    g.add_argument("--backend", choices=BACKENDS, default="http")
-    g.add_argument("--prompt-template", default=DEFAULT_TEMPLATE, help="rubric template file with {{document}}")
+    g.add_argument("--backend", choices=sorted(REGISTRY), default="http",
+                   help="the judge; each backend's own flags are in its group below")
+    g.add_argument("--prompt-template", default=DEFAULT_TEMPLATE,
+                   help="rubric template file holding {{document}} once (its version is recorded in every record)")
     g.add_argument("--tokenizer", default=None,
                    help="Hugging Face tokenizer of the judge (name or local path): exact token budgets and, "
                         "for --api generate / --backend sglang, its chat template")
     g.add_argument("--chat-template-kwargs", type=_json_object, default=None,
                    help='JSON passed to the chat template, e.g. \'{"enable_thinking": true}\'')
-    g.add_argument("--max-doc-tokens", type=int, default=16384, help="document budget; longer ones keep head+tail")
-    g.add_argument("--max-new-tokens", type=int, default=4096)
-    g.add_argument("--temperature", type=float, default=0.6)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--max-parse-retries", type=int, default=2, help="re-asks after a length/unparseable answer")
-    g.add_argument("--concurrency", type=int, default=256, help="requests in flight")
-    h = p.add_argument_group("http backend")
-    h.add_argument("--url", action="append", default=[], help="SGLang server or router URL (repeatable)")
-    h.add_argument("--api", choices=("generate", "chat"), default="generate",
-                   help="native POST /generate or OpenAI POST /v1/chat/completions")
-    h.add_argument("--model", default=None, help="model name recorded (and sent with --api chat); default: asked from the server")
-    h.add_argument("--api-key-env", default=None, help="name of an environment variable holding a bearer token")
-    h.add_argument("--request-timeout", type=float, default=1800.0)
-    h.add_argument("--max-retries", type=int, default=6)
-    h.add_argument("--backoff-base", type=float, default=1.0)
-    h.add_argument("--backoff-max", type=float, default=60.0)
-    h.add_argument("--health-timeout", type=float, default=1800.0, help="initial wait for a healthy server (s)")
-    h.add_argument("--all-down-timeout", type=float, default=600.0, help="abort when no server is up this long (s)")
-    e = p.add_argument_group("sglang backend (in-process sglang.Engine)")
-    e.add_argument("--model-path", default=None)
-    e.add_argument("--tp-size", type=int, default=1)
-    e.add_argument("--dp-size", type=int, default=1)
-    e.add_argument("--engine-arg", type=_key_value, action="append", default=[],
-                   help="extra sglang.Engine keyword, KEY=VALUE (JSON value), repeatable")
-    e.add_argument("--engine-batch-size", type=int, default=256)
+    g.add_argument("--max-doc-tokens", type=int, default=run.max_doc_tokens,
+                   help="document budget in judge tokens; longer documents keep head (2/3) and tail (1/3); 0: no cut")
+    g.add_argument("--max-new-tokens", type=int, default=sampling.max_new_tokens,
+                   help="most tokens the judge may write per answer, thinking included")
+    g.add_argument("--temperature", type=float, default=sampling.temperature, help="the judge's sampling temperature")
+    g.add_argument("--top-p", type=float, default=sampling.top_p, help="the judge's nucleus sampling threshold")
+    g.add_argument("--max-parse-retries", type=int, default=run.max_parse_retries,
+                   help="re-asks after an answer cut by --max-new-tokens or without a valid verdict")
+    g.add_argument("--concurrency", type=int, default=run.concurrency, help="most requests in flight")
+    for name, factory in sorted(REGISTRY.items()):
+        factory.add_args(p.add_argument_group(f"--backend {name}", factory.description))
     o = p.add_argument_group("output")
-    o.add_argument("--fsync-interval", type=float, default=5.0, help="seconds between fsyncs of the output")
-    o.add_argument("--log-interval", type=float, default=None, help="progress period (s); default 1 on a TTY, 30 otherwise")
+    o.add_argument("--fsync-interval", type=float, default=run.fsync_interval,
+                   help="seconds between fsyncs of the output (a power loss redoes at most this much)")
+    o.add_argument("--log-interval", type=float, default=None,
+                   help="seconds between progress lines; default 1 on a terminal, 30 otherwise")
+
+
+def backend_factory(name: str):
+    """The registered factory of ``--backend name`` (a saved run_config.json may name one that is not)."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; registered: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def saved_options(args) -> tuple[dict, tuple[str, ...]]:
+    """``(options, result_flags)``: the judge options of ``args`` that ``run`` saves in
+    run_config.json (JSON values), and the names of those a resumed ``run`` must not change."""
+    factory = backend_factory(args.backend)
+    result = (*RESULT_FLAGS, *factory.result_flags)
+    names = (*result, *OPERATIONAL_FLAGS, *factory.operational_flags)
+    missing = [name for name in names if not hasattr(args, name)]
+    if missing:
+        raise ValueError(f"backend {args.backend!r} saves options its add_args does not declare: {missing}")
+    return {name: json.loads(json.dumps(getattr(args, name))) for name in names}, result
+
+
+def check_resume(output: str, options: dict, result_flags) -> None:
+    """Refuse a ``run`` into ``output`` when it holds annotations made with other values of a
+    result flag (as saved in its run_config.json): continuing would mix results."""
+    path = os.path.join(output, RUN_CONFIG)
+    if not os.path.exists(path) or not holds_annotations(output):
+        return
+    with open(path, encoding="utf-8") as f:
+        before = json.load(f).get("judge", {})
+    changed = [f"--{name.replace('_', '-')} {before[name]!r} -> {options[name]!r}"
+               for name in result_flags if name in before and before[name] != options[name]]
+    if changed:
+        raise ValueError(f"{path}: {output} holds annotations made with other settings ({'; '.join(changed)}); "
+                         "use a new --output directory, or the same settings to continue")
 
 
 def build_parser(retry_defaults: dict | None = None) -> argparse.ArgumentParser:
     """The CLI; ``retry_defaults`` (the judge options saved by ``run``) become the defaults of
     ``retry-failed``."""
     parser = argparse.ArgumentParser(prog="python -m annotate", description="Offline feedback annotation with a judge model.")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="annotate input shards into an output directory")
+    run = sub.add_parser("run", help="annotate input shards into an output directory",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--input", nargs="+", required=True, help="JSONL files or globs (.jsonl, .jsonl.gz, .jsonl.zst)")
     run.add_argument("--output", required=True, help="output directory")
     run.add_argument("--num-shards", type=int, default=1, help="split the input files over this many tasks")
     run.add_argument("--shard-index", type=int, default=0, help="this task's index in 0..num-shards-1")
     add_judge_args(run)
     status = sub.add_parser("status", help="progress, failures and token counts of an output directory")
-    status.add_argument("output")
+    status.add_argument("output", help="output directory of `run`")
     status.add_argument("--json", action="store_true", help="print the aggregate as JSON")
-    retry = sub.add_parser("retry-failed", help="re-annotate failed records of committed shards in place")
-    retry.add_argument("output")
+    retry = sub.add_parser("retry-failed", help="re-annotate failed records of committed shards in place",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    retry.add_argument("output", help="output directory of `run`; its run_config.json gives the judge defaults")
     retry.add_argument("--status", action="append", default=None,
                        help="only these failure statuses, e.g. failed:http (repeatable; default all)")
     add_judge_args(retry)
@@ -140,9 +158,10 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
 def _run_jobs(args, jobs) -> int:
     template = PromptTemplate.load(args.prompt_template)
     counter = TokenCounter(args.tokenizer)
-    args.api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    args.engine_arg = dict(args.engine_arg)
-    backend = build_backend(args, counter)
+    judge = JudgeContext(count=counter.count, format=ChatFormatter(counter.hf_tokenizer, args.chat_template_kwargs),
+                         sampling=Sampling(args.max_new_tokens, args.temperature, args.top_p),
+                         chat_template_kwargs=args.chat_template_kwargs)
+    backend = backend_factory(args.backend).from_args(args, judge)
     cfg = RunConfig(output_dir=args.output, concurrency=args.concurrency, max_doc_tokens=args.max_doc_tokens,
                     max_parse_retries=args.max_parse_retries, fsync_interval=args.fsync_interval,
                     log_interval=args.log_interval)
@@ -168,10 +187,10 @@ def cmd_run(args) -> int:
     files = resolve_inputs(args.input)
     mine = files[args.shard_index::args.num_shards]
     os.makedirs(args.output, exist_ok=True)
-    saved = {k: getattr(args, k) for k in _SAVED}
-    saved["engine_arg"] = [list(kv) for kv in args.engine_arg]
+    options, result_flags = saved_options(args)
+    check_resume(args.output, options, result_flags)
     write_json_atomic(os.path.join(args.output, RUN_CONFIG),
-                      {"inputs": [os.path.abspath(f) for f in files], "judge": saved})
+                      {"inputs": [os.path.abspath(f) for f in files], "judge": options})
     log.info("task %d/%d: %d of %d input shard(s)", args.shard_index, args.num_shards, len(mine), len(files))
     jobs = [RunJob(path, ShardPaths(args.output, shard_stem(path)), args.fsync_interval) for path in mine]
     return _run_jobs(args, jobs)

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from annotate.backends import BackendError, Request
+from annotate.backends import Backend, BackendError, Request
 from annotate.parse import ParseError, parse_output
 from annotate.store import (ShardPaths, ShardStats, ShardWriter, count_lines, encode_record, fsync_dir,
                             iter_lines, write_json_atomic)
@@ -319,9 +319,9 @@ def _fmt_duration(seconds: float) -> str:
 
 
 class Runner:
-    """Drives ``jobs`` (RunJob / RetryJob) through ``backend``."""
+    """Drives ``jobs`` (RunJob / RetryJob) through ``backend`` (see :class:`annotate.backends.Backend`)."""
 
-    def __init__(self, cfg: RunConfig, backend, template, counter, jobs: list, progress_stream=None):
+    def __init__(self, cfg: RunConfig, backend: Backend, template, counter, jobs: list, progress_stream=None):
         self.cfg = cfg
         self.backend = backend
         self.template = template
@@ -474,4 +474,4 @@ class Runner:
         return {"documents": self.progress.docs, "ok": self.progress.ok,
                 "failed": self.progress.docs - self.progress.ok,
                 "shards_committed": sum(j.finished for j in self.jobs),
-                "errors": dict(getattr(self.backend, "errors", {}))}
+                "errors": dict(self.backend.errors)}

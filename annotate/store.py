@@ -221,3 +221,13 @@ class ShardPaths:
         """Atomically publish the finished partial file as the final file."""
         os.replace(self.partial, self.final)
         fsync_dir(self.dir)
+
+
+def holds_annotations(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds an annotated record: a non-empty committed, in-progress or
+    retry output file (``<stem>.jsonl``, ``.jsonl.partial``, ``.jsonl.retry``)."""
+    for name in os.listdir(output_dir):
+        if name.endswith((".jsonl", ".jsonl.partial", ".jsonl.retry")) and not name.endswith(".rejected.jsonl"):
+            if os.path.getsize(os.path.join(output_dir, name)) > 0:
+                return True
+    return False

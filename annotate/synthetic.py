@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 COLUMNS = ("Ones", "Tens", "Hundreds", "Thousands", "Ten-thousands", "Hundred-thousands", "Millions",
            "Ten-millions", "Hundred-millions")
@@ -31,16 +31,22 @@ FILLER = ("Let me double-check this step.", "Okay, that looks right.", "Now on t
           "Remember to be careful here.", "Hmm, let me think about this again.")
 
 
+def _option(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class SynthConfig:
-    num_docs: int = 1000
-    min_digits: int = 2
-    max_digits: int = 5
-    flaw_share: float = 0.3  # systematic dropped-carry documents
-    noise_share: float = 0.05  # one random arithmetic slip
-    terse_share: float = 0.1  # answer without working
-    verbose_share: float = 0.1  # working padded with filler lines
-    seed: int = 1234
+    """One field per ``annotate synth`` flag; ``metadata["help"]`` is the flag's help."""
+
+    num_docs: int = _option(1000, "documents to write")
+    min_digits: int = _option(2, "fewest digits of each addend")
+    max_digits: int = _option(5, "most digits of each addend")
+    flaw_share: float = _option(0.3, "share with the systematic flaw: carries noted but never added")
+    noise_share: float = _option(0.05, "share with one random arithmetic slip")
+    terse_share: float = _option(0.1, "share stating the answer without working")
+    verbose_share: float = _option(0.1, "share with the working padded by filler lines")
+    seed: int = _option(1234, "random seed (the output is a deterministic function of all flags)")
 
 
 def digits(n: int) -> list[int]:
@@ -118,10 +124,11 @@ def generate(cfg: SynthConfig):
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m annotate synth", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="JSONL file to write")
-    for name, default in asdict(SynthConfig()).items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    for f in fields(SynthConfig):
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                       help=f"{f.metadata['help']} (default: {f.default})")
     args = p.parse_args(argv)
-    cfg = SynthConfig(**{k: getattr(args, k) for k in asdict(SynthConfig())})
+    cfg = SynthConfig(**{f.name: getattr(args, f.name) for f in fields(SynthConfig)})
     with open(args.output, "w", encoding="utf-8") as f:
         for rec in generate(cfg):
             f.write(json.dumps(rec) + "\n")

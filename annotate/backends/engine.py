@@ -13,11 +13,13 @@ engine in this repository's CPU test suite (see docs/annotate.md).
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from annotate.backends import BackendError, Completion, Request
+from annotate.backends.base import BackendError, Completion, JudgeContext, Request, Sampling
 
 log = logging.getLogger("annotate")
 
@@ -26,19 +28,20 @@ log = logging.getLogger("annotate")
 class EngineConfig:
     model_path: str
     engine_args: dict = field(default_factory=dict)  # extra sglang.Engine(**kwargs), e.g. tp_size
-    max_new_tokens: int = 4096
-    temperature: float = 0.6
-    top_p: float = 0.95
+    sampling: Sampling = field(default_factory=Sampling)
     batch_size: int = 256
     batch_wait: float = 0.05
 
-    @classmethod
-    def from_args(cls, args) -> "EngineConfig":
-        if not args.model_path:
-            raise ValueError("--backend sglang needs --model-path")
-        engine_args = {"tp_size": args.tp_size, "dp_size": args.dp_size, **args.engine_arg}
-        return cls(model_path=args.model_path, engine_args=engine_args, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_p=args.top_p, batch_size=args.engine_batch_size)
+
+def _key_value(text: str) -> tuple:
+    """``KEY=VALUE`` -> ``(KEY, VALUE parsed as JSON, else the string)``."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def make_engine(config: EngineConfig):
@@ -52,15 +55,41 @@ def make_engine(config: EngineConfig):
 
 
 class EngineBackend:
+    """:class:`annotate.backends.base.BackendFactory` and ``Backend`` over an in-process ``sglang.Engine``."""
+
     name = "sglang"
+    description = "in-process sglang.Engine on this node's GPUs (pip install 'megatron-ixt[sglang]')"
+    result_flags = ("model_path",)
+    operational_flags = ("tp_size", "dp_size", "engine_arg", "engine_batch_size")
+
+    @staticmethod
+    def add_args(group) -> None:
+        group.add_argument("--model-path", default=None,
+                           help="the judge model for sglang.Engine: Hugging Face name or local checkpoint directory")
+        group.add_argument("--tp-size", type=int, default=1, help="tensor-parallel GPUs per engine replica")
+        group.add_argument("--dp-size", type=int, default=1, help="data-parallel engine replicas")
+        group.add_argument("--engine-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                           help="extra sglang.Engine keyword, VALUE parsed as JSON if it can be (repeatable), "
+                                "e.g. --engine-arg mem_fraction_static=0.85")
+        group.add_argument("--engine-batch-size", type=int, default=EngineConfig.batch_size,
+                           help="most prompts per engine.async_generate call")
+
+    @classmethod
+    def from_args(cls, args, judge: JudgeContext) -> "EngineBackend":
+        if not args.model_path:
+            raise ValueError("--backend sglang needs --model-path")
+        engine_args = {"tp_size": args.tp_size, "dp_size": args.dp_size, **dict(args.engine_arg)}
+        config = EngineConfig(model_path=args.model_path, engine_args=engine_args, sampling=judge.sampling,
+                              batch_size=args.engine_batch_size)
+        return cls(config, judge.format)
 
     def __init__(self, config: EngineConfig, formatter, engine=None):
         self.cfg = config
         self.model = config.model_path
         self.format = formatter
         self.engine = engine if engine is not None else make_engine(config)
-        self._sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                          "top_p": config.top_p}
+        self._sampling = asdict(config.sampling)
+        self.errors: dict[str, int] = {}  # exception type of failed engine calls -> count
         self._pending: list = []
         self._timer = None
         self._batches: set = set()
@@ -104,6 +133,7 @@ class EngineBackend:
             if len(outputs) != len(batch):
                 raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(batch)} prompts")
         except Exception as e:  # noqa: BLE001 - any engine error: isolate the bad item
+            self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
             if len(batch) == 1:
                 _, future = batch[0]
                 if not future.done():

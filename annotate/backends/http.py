@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from annotate.backends import AllServersDown, BackendError, Completion, Request
+from annotate.backends.base import AllServersDown, BackendError, Completion, JudgeContext, Request, Sampling
 from annotate.backends.httpconn import ConnectError, HttpPool, ProtocolError
 
 log = logging.getLogger("annotate")
@@ -41,9 +42,7 @@ class HttpConfig:
     urls: list = field(default_factory=list)
     api: str = "generate"
     model: str | None = None  # None: asked from the server (/model_info or /v1/models)
-    max_new_tokens: int = 4096
-    temperature: float = 0.6
-    top_p: float = 0.95
+    sampling: Sampling = field(default_factory=Sampling)
     api_key: str | None = None
     chat_template_kwargs: dict | None = None
     request_timeout: float = 1800.0  # seconds per request (a thinking judge can be slow)
@@ -53,19 +52,6 @@ class HttpConfig:
     backoff_max: float = 60.0
     health_timeout: float = 1800.0  # initial wait for a first healthy server
     all_down_timeout: float = 600.0
-
-    @classmethod
-    def from_args(cls, args) -> "HttpConfig":
-        if not args.url:
-            raise ValueError("--backend http needs at least one --url")
-        if args.api not in APIS:
-            raise ValueError(f"--api must be one of {APIS}")
-        return cls(urls=[u.rstrip("/") for u in args.url], api=args.api, model=args.model,
-                   max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                   api_key=args.api_key, chat_template_kwargs=args.chat_template_kwargs,
-                   request_timeout=args.request_timeout, max_retries=args.max_retries,
-                   backoff_base=args.backoff_base, backoff_max=args.backoff_max,
-                   health_timeout=args.health_timeout, all_down_timeout=args.all_down_timeout)
 
 
 class _Retryable(Exception):
@@ -84,7 +70,58 @@ class _Server:
 
 
 class HttpBackend:
+    """:class:`annotate.backends.base.BackendFactory` and ``Backend`` for SGLang / OpenAI servers."""
+
     name = "http"
+    description = "SGLang servers or an sglang-router over HTTP (see annotate/backends/http.py)"
+    result_flags = ("api", "model")
+    operational_flags = ("url", "api_key_env", "request_timeout", "max_retries", "backoff_base", "backoff_max",
+                         "health_timeout", "all_down_timeout")
+
+    @staticmethod
+    def add_args(group) -> None:
+        d = HttpConfig()
+        group.add_argument("--url", action="append", default=[],
+                           help="SGLang server or sglang-router URL, e.g. http://127.0.0.1:30000 (repeatable; each "
+                                "request goes to the healthy server with the fewest requests in flight)")
+        group.add_argument("--api", choices=APIS, default=d.api,
+                           help="generate: SGLang's native POST /generate (the prompt formatted with --tokenizer's "
+                                "chat template); chat: OpenAI-compatible POST /v1/chat/completions (any such server)")
+        group.add_argument("--model", default=d.model,
+                           help="model name recorded in ixt.annotator.model and sent with --api chat; "
+                                "default: asked from the server (/model_info, /v1/models)")
+        group.add_argument("--api-key-env", default=None, metavar="ENV_VAR",
+                           help="name of an environment variable holding a bearer token (the token is never saved)")
+        group.add_argument("--request-timeout", type=float, default=d.request_timeout,
+                           help="seconds to wait for one answer (a thinking judge can take minutes)")
+        group.add_argument("--max-retries", type=int, default=d.max_retries,
+                           help="retries of a request after a server fault (connection error, timeout, HTTP "
+                                "408/429/5xx, abort, malformed answer) before the document is failed:http")
+        group.add_argument("--backoff-base", type=float, default=d.backoff_base,
+                           help="seconds before the first retry; doubles with each further retry (with jitter)")
+        group.add_argument("--backoff-max", type=float, default=d.backoff_max,
+                           help="longest wait in seconds between retries (also caps Retry-After)")
+        group.add_argument("--health-timeout", type=float, default=d.health_timeout,
+                           help="seconds to wait at the start for a first server answering GET /health with 200")
+        group.add_argument("--all-down-timeout", type=float, default=d.all_down_timeout,
+                           help="seconds without any reachable server after which the run stops (exit 3, resumable)")
+
+    @classmethod
+    def from_args(cls, args, judge: JudgeContext) -> "HttpBackend":
+        if not args.url:
+            raise ValueError("--backend http needs at least one --url")
+        api_key = None
+        if args.api_key_env:
+            api_key = os.environ.get(args.api_key_env)
+            if not api_key:
+                raise ValueError(f"--api-key-env {args.api_key_env}: that environment variable is not set")
+        config = HttpConfig(urls=[u.rstrip("/") for u in args.url], api=args.api, model=args.model,
+                            sampling=judge.sampling, api_key=api_key,
+                            chat_template_kwargs=judge.chat_template_kwargs,
+                            request_timeout=args.request_timeout, max_retries=args.max_retries,
+                            backoff_base=args.backoff_base, backoff_max=args.backoff_max,
+                            health_timeout=args.health_timeout, all_down_timeout=args.all_down_timeout)
+        return cls(config, judge.format)
 
     def __init__(self, config: HttpConfig, formatter):
         self.cfg = config
@@ -98,13 +135,12 @@ class HttpBackend:
         self._next = 0
         if config.api == "generate":
             self._path = "/generate"
-            self._sampling = {"max_new_tokens": config.max_new_tokens, "temperature": config.temperature,
-                              "top_p": config.top_p}
+            self._sampling = asdict(config.sampling)
         else:
             self._path = "/v1/chat/completions"
 
     def info(self) -> dict:
-        return {"backend": "http", "model": self.model or "unknown", "api": self.cfg.api}
+        return {"backend": self.name, "model": self.model or "unknown", "api": self.cfg.api}
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -199,8 +235,8 @@ class HttpBackend:
             body = {"text": self.format(request.prompt), "sampling_params": self._sampling}
         else:
             body = {"model": self.model, "messages": [{"role": "user", "content": request.prompt}],
-                    "max_tokens": self.cfg.max_new_tokens, "temperature": self.cfg.temperature,
-                    "top_p": self.cfg.top_p}
+                    "max_tokens": self.cfg.sampling.max_new_tokens, "temperature": self.cfg.sampling.temperature,
+                    "top_p": self.cfg.sampling.top_p}
             if self.cfg.chat_template_kwargs:
                 body["chat_template_kwargs"] = self.cfg.chat_template_kwargs
         return json.dumps(body, ensure_ascii=False).encode("utf-8")

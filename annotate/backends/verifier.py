@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 
-from annotate.backends import BackendError, Completion, Request
+from annotate.backends.base import BackendError, Completion, JudgeContext, Request
 from annotate.synthetic import COLUMNS, digits
 
 _QUESTION = re.compile(r"^Q:\s*(\d+)\s*\+\s*(\d+)\s*=\s*\?\s*$")
@@ -119,13 +119,26 @@ def _critique(a, b, stated, truth, steps, errors, filler) -> str:
 
 
 class VerifierBackend:
-    """Backend interface (see annotate.backends) over :func:`judge`; ``count`` measures tokens."""
+    """:class:`annotate.backends.base.BackendFactory` and ``Backend`` over :func:`judge`;
+    ``count`` measures tokens for the usage counts. It has no flags and ignores sampling."""
 
     name = "verifier"
+    description = "programmatic judge of column-addition worked solutions (annotate synth), CPU only"
     model = "arithmetic-verifier-v1"
+    result_flags = ()
+    operational_flags = ()
+
+    @staticmethod
+    def add_args(group) -> None:
+        pass
+
+    @classmethod
+    def from_args(cls, args, judge: JudgeContext) -> "VerifierBackend":
+        return cls(judge.count)
 
     def __init__(self, count=lambda s: len(s.split())):
         self.count = count
+        self.errors: dict[str, int] = {}  # no transport, so never any
 
     def info(self) -> dict:
         return {"backend": self.name, "model": self.model}

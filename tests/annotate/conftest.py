@@ -1,16 +1,10 @@
 """Fixtures for the annotate tests: the SGLang stand-in server and synthetic corpora."""
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
+from sglang_standin import StandinConfig, StandinServer
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from sglang_standin import StandinConfig, StandinServer  # noqa: E402
-
-from annotate.synthetic import SynthConfig, generate  # noqa: E402
+from annotate.synthetic import SynthConfig, generate
 
 
 @pytest.fixture

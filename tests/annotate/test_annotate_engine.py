@@ -52,6 +52,7 @@ def test_batches_and_isolates_a_bad_item():
     # 40 requests -> batches 16, 16, 8; the batch holding item 11 is bisected down to it:
     # 16 -> 8 (ok) + 8 -> 4 (ok) + 4 -> 2 (ok) + 2 -> 1 (ok) + 1 (fails alone)
     assert sorted(engine.calls) == sorted([16, 8, 8, 4, 4, 2, 2, 1, 1, 16, 8])
+    assert backend.errors == {"ValueError": 5}  # the failed calls: 16, 8, 4, 2 and 1 prompts
 
 
 def test_missing_sglang_gives_a_clear_error():

@@ -4,6 +4,7 @@ import collections
 import json
 import os
 import threading
+import time
 
 import aiohttp
 import asyncio
@@ -132,10 +133,16 @@ def test_all_down_aborts_then_resume_completes(standin, tmp_path):
     port = server.port
     docs = [{"id": f"d{i}", "text": f"document {i}"} for i in range(200)]
     inp = write_jsonl(tmp_path / "docs.jsonl", docs)
-    threading.Timer(0.6, server.stop).start()
+    partial = tmp_path / "out" / "docs.jsonl.partial"
+
+    def stop_after_some_records():  # not on a timer: a loaded machine may not be up by then
+        while not partial.exists() or partial.read_bytes().count(b"\n") < 20:
+            time.sleep(0.01)
+        server.stop()
+
+    threading.Thread(target=stop_after_some_records, daemon=True).start()
     rc = run(inp, tmp_path / "out", [server.url], "--concurrency", "2", "--all-down-timeout", "1.0")
     assert rc == 3
-    partial = tmp_path / "out" / "docs.jsonl.partial"
     done_before = by_id(partial)
     assert 0 < len(done_before) < 200
     assert all(r["ixt"]["status"] == "ok" for r in done_before.values())  # the outage failed no document

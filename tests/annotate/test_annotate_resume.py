@@ -116,8 +116,8 @@ def test_a_shard_cannot_be_written_by_two_processes(tmp_path):
     path = str(tmp_path / "z.jsonl.partial")
     first = ShardWriter(path)
     first.open()
-    code = ("import sys; sys.path.insert(0, %r); from annotate.store import ShardWriter\n"
-            "try:\n    ShardWriter(%r).open()\nexcept RuntimeError as e:\n    print(e)" % (REPO, path))
+    code = ("from annotate.store import ShardWriter\n"
+            "try:\n    ShardWriter(%r).open()\nexcept RuntimeError as e:\n    print(e)" % path)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert "being written by another process" in out.stdout, out.stderr
     first.close()
