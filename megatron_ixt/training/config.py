@@ -1,7 +1,11 @@
 """Training configuration: dataclasses plus a thin argparse layer with Megatron-LM flag names.
 
 Every dataclass field ``foo_bar`` is the CLI flag ``--foo-bar`` (Megatron-LM's name where the
-concept exists). :func:`parse_args` returns a validated :class:`Config`; :func:`validate` raises
+concept exists), declared once with :func:`arg` (default, help text, choices): the field is the
+only place a flag's default and ``--help`` text are written. The IXT dataset flags
+(``megatron_ixt.data.provider.add_ixt_dataset_args``) and the tokenizer flags
+(``megatron_ixt.tokenizer.add_tokenizer_args``) are shared with other entry points and declared
+there. :func:`parse_args` returns a validated :class:`Config`; :func:`validate` raises
 :class:`ConfigError` naming the flag to change before any process group or file is touched.
 """
 from __future__ import annotations
@@ -23,67 +27,88 @@ class ConfigError(ValueError):
     """A bad flag or flag combination; the message says what to change."""
 
 
+def arg(default=None, help: str = "", *, choices=None, factory=None):
+    """A config field that is also a CLI flag: ``help`` (required) and ``choices`` feed argparse."""
+    if not help:
+        raise TypeError("every config field needs help text")
+    metadata = {"help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class ModelConfig:
-    num_layers: int = 2
-    hidden_size: int = 128
-    ffn_hidden_size: Optional[int] = None  # default: 4*h, or 8/3*h rounded to 64 with SwiGLU
-    num_attention_heads: int = 4
-    num_query_groups: Optional[int] = None  # GQA groups; None = multi-head attention
-    kv_channels: Optional[int] = None  # head dim; default hidden_size // num_attention_heads
-    seq_length: int = 256
-    max_position_embeddings: Optional[int] = None  # default seq_length
-    normalization: str = "RMSNorm"
-    swiglu: bool = True
-    position_embedding_type: str = "rope"
-    rotary_base: int = 10000
-    untie_embeddings_and_output_weights: bool = True
-    init_method_std: float = 0.02
-    attention_dropout: float = 0.0
-    hidden_dropout: float = 0.0
-    transformer_impl: str = "local"
-    make_vocab_size_divisible_by: int = 128
-    qk_layernorm: bool = False
+    num_layers: int = arg(2, "number of transformer layers")
+    hidden_size: int = arg(128, "transformer hidden size")
+    ffn_hidden_size: Optional[int] = arg(
+        None, "MLP hidden size (default: 4 x hidden size, or 8/3 x hidden size rounded up to 64 with SwiGLU)")
+    num_attention_heads: int = arg(4, "number of attention heads")
+    num_query_groups: Optional[int] = arg(
+        None, "key/value head groups for grouped-query attention (default: one per head, multi-head attention)")
+    kv_channels: Optional[int] = arg(None, "head dimension (default: hidden size / attention heads)")
+    seq_length: int = arg(256, "sequence length of a training sample, in tokens")
+    max_position_embeddings: Optional[int] = arg(
+        None, "maximum sequence length the position embeddings cover (default: --seq-length)")
+    normalization: str = arg("RMSNorm", "normalization layer", choices=("RMSNorm", "LayerNorm"))
+    swiglu: bool = arg(True, "SwiGLU MLP (--no-swiglu: GeLU)")
+    position_embedding_type: str = arg("rope", "position embedding", choices=("rope", "learned_absolute"))
+    rotary_base: int = arg(10000, "RoPE base period")
+    untie_embeddings_and_output_weights: bool = arg(
+        True, "separate input embedding and output layer weights (--no-...: tied)")
+    init_method_std: float = arg(0.02, "standard deviation of the normal weight initialisation")
+    attention_dropout: float = arg(0.0, "dropout probability on attention probabilities")
+    hidden_dropout: float = arg(0.0, "dropout probability on the transformer's hidden states")
+    transformer_impl: str = arg(
+        "local", "layer implementation: megatron-core's local spec with torch SDPA attention, or its "
+        "Transformer Engine spec (needs CUDA and transformer-engine)", choices=("local", "transformer_engine"))
+    make_vocab_size_divisible_by: int = arg(
+        128, "pad the vocabulary to a multiple of this value times the tensor-parallel size")
+    qk_layernorm: bool = arg(False, "normalize queries and keys before attention")
 
 
 @dataclass
 class ParallelConfig:
-    tensor_model_parallel_size: int = 1
-    pipeline_model_parallel_size: int = 1
-    sequence_parallel: bool = False
-    use_distributed_optimizer: bool = False
-    overlap_grad_reduce: bool = False
-    distributed_backend: Optional[str] = None  # default nccl with CUDA, gloo without
+    tensor_model_parallel_size: int = arg(1, "tensor-parallel size (TP)")
+    pipeline_model_parallel_size: int = arg(1, "pipeline-parallel size (PP); data-parallel size = world / (TP x PP)")
+    sequence_parallel: bool = arg(False, "sequence parallelism across the TP group (needs the TE spec)")
+    use_distributed_optimizer: bool = arg(False, "shard optimizer state across data-parallel ranks (CUDA only)")
+    overlap_grad_reduce: bool = arg(False, "overlap the gradient all-reduce with the backward pass (CUDA only)")
+    distributed_backend: Optional[str] = arg(
+        None, "torch.distributed backend (default: nccl with CUDA, gloo without)", choices=("nccl", "gloo"))
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adam"
-    lr: float = 3e-4
-    min_lr: float = 0.0
-    lr_warmup_iters: int = 0
-    lr_decay_iters: Optional[int] = None  # default: train iters
-    lr_decay_style: str = "cosine"  # constant | linear | cosine | inverse-square-root | WSD
-    lr_wsd_decay_iters: Optional[int] = None
-    lr_wsd_decay_style: str = "linear"
-    weight_decay: float = 0.1
-    clip_grad: float = 1.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
+    optimizer: str = arg("adam", "optimizer (adam is AdamW: decoupled weight decay)", choices=("adam", "sgd"))
+    lr: float = arg(3e-4, "peak learning rate")
+    min_lr: float = arg(0.0, "learning rate at the end of the decay")
+    lr_warmup_iters: int = arg(0, "iterations of linear warmup from 0 to --lr")
+    lr_decay_iters: Optional[int] = arg(None, "iterations of the decay to --min-lr (default: --train-iters)")
+    lr_decay_style: str = arg("cosine", "learning-rate decay after warmup",
+                              choices=("constant", "linear", "cosine", "inverse-square-root", "WSD"))
+    lr_wsd_decay_iters: Optional[int] = arg(None, "WSD: iterations of the final decay phase")
+    lr_wsd_decay_style: str = arg("linear", "WSD: shape of the final decay phase",
+                                  choices=("linear", "cosine", "exponential", "minus_sqrt"))
+    weight_decay: float = arg(0.1, "weight decay coefficient")
+    clip_grad: float = arg(1.0, "clip the global gradient norm to this value (0: no clipping)")
+    adam_beta1: float = arg(0.9, "Adam beta1")
+    adam_beta2: float = arg(0.95, "Adam beta2")
+    adam_eps: float = arg(1e-8, "Adam epsilon")
 
 
 @dataclass
 class DataConfig:
-    data_path: List[str] = field(default_factory=list)  # "[w1] p1 [w2] p2 ..." blend
-    split: str = "969,30,1"
-    train_data_path: List[str] = field(default_factory=list)
-    valid_data_path: List[str] = field(default_factory=list)
-    test_data_path: List[str] = field(default_factory=list)
-    data_cache_path: Optional[str] = None
-    reset_position_ids: bool = False
-    reset_attention_mask: bool = False
-    eod_mask_loss: bool = False
+    data_path: List[str] = arg(help="dataset blend 'P1 P2 ...' or 'W1 P1 W2 P2 ...' of text-store paths "
+                                    "(P_text_document), split by --split", factory=list)
+    split: str = arg("969,30,1", "train,valid,test weights splitting the documents of --data-path")
+    train_data_path: List[str] = arg(help="training blend (instead of --data-path)", factory=list)
+    valid_data_path: List[str] = arg(help="validation blend (instead of --data-path)", factory=list)
+    test_data_path: List[str] = arg(help="test blend (instead of --data-path)", factory=list)
+    data_cache_path: Optional[str] = arg(None, "directory for megatron-core's dataset index cache")
+    reset_position_ids: bool = arg(False, "restart position ids after each end-of-document token")
+    reset_attention_mask: bool = arg(False, "no attention across end-of-document tokens (explicit mask)")
+    eod_mask_loss: bool = arg(False, "no loss on end-of-document tokens")
     # Flags of megatron_ixt.data.provider.add_ixt_dataset_args (same names and defaults):
     ixt_prefix_kind: str = "critique"  # critique | quality | none (the baseline arm)
     ixt_prefix_loss: str = "train"  # train (prefix tokens in the loss) | mask
@@ -93,40 +118,44 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    micro_batch_size: int = 1
-    global_batch_size: Optional[int] = None  # default micro_batch_size * data-parallel size
-    train_iters: Optional[int] = None
-    train_tokens: Optional[int] = None  # alternative to train_iters
-    seed: int = 1234
-    bf16: bool = False
-    use_cpu_initialization: bool = False  # always on without CUDA
+    micro_batch_size: int = arg(1, "samples per micro-batch per data-parallel rank")
+    global_batch_size: Optional[int] = arg(
+        None, "samples per optimizer step (default: --micro-batch-size x data-parallel size)")
+    train_iters: Optional[int] = arg(None, "optimizer steps to train for (or give --train-tokens)")
+    train_tokens: Optional[int] = arg(
+        None, "tokens to train on: --train-iters = ceil(tokens / (global batch x seq length))")
+    seed: int = arg(1234, "random seed (model init, dropout, dataset shuffling)")
+    bf16: bool = arg(False, "bf16 parameters and compute (fp32 gradient reduction and optimizer state)")
+    use_cpu_initialization: bool = arg(False, "initialise weights on the CPU (always on without CUDA)")
 
 
 @dataclass
 class LoggingConfig:
-    log_interval: int = 10
-    tensorboard_dir: Optional[str] = None
-    metrics_file: Optional[str] = None  # default <save>/metrics.jsonl
-    peak_tflops_per_device: Optional[float] = None  # default: table lookup by GPU name
+    log_interval: int = arg(10, "iterations between train log records")
+    tensorboard_dir: Optional[str] = arg(None, "also write the metrics as TensorBoard scalars here")
+    metrics_file: Optional[str] = arg(None, "metrics JSONL file (default: <save>/metrics.jsonl)")
+    peak_tflops_per_device: Optional[float] = arg(
+        None, "dense bf16 peak TFLOP/s of one device, for MFU (default: looked up by GPU name)")
 
 
 @dataclass
 class EvalConfig:
-    eval_interval: int = 1000
-    eval_iters: int = 10
+    eval_interval: int = arg(1000, "iterations between evaluations")
+    eval_iters: int = arg(10, "global batches of the validation split per evaluation and conditioning "
+                              "(0: no evaluation)")
 
 
 @dataclass
 class CheckpointConfig:
-    save: Optional[str] = None
-    load: Optional[str] = None
-    save_interval: Optional[int] = None
-    exit_interval: Optional[int] = None
-    exit_signal_handler: bool = False
-    exit_duration_in_mins: Optional[float] = None
-    finetune: bool = False  # load model weights only; start at iteration 0
-    no_load_optim: bool = False
-    no_load_rng: bool = False
+    save: Optional[str] = arg(None, "checkpoint directory to write")
+    load: Optional[str] = arg(None, "checkpoint directory to resume from (its latest iteration)")
+    save_interval: Optional[int] = arg(None, "iterations between checkpoints (a final one is always saved)")
+    exit_interval: Optional[int] = arg(None, "save and stop (exit 0) when the iteration is a multiple of this")
+    exit_signal_handler: bool = arg(False, "on SIGTERM: save and stop at the end of the iteration (exit 75)")
+    exit_duration_in_mins: Optional[float] = arg(None, "save and stop (exit 75) after this many minutes")
+    finetune: bool = arg(False, "with --load: load model weights only and start at iteration 0")
+    no_load_optim: bool = arg(False, "with --load: do not restore the optimizer and scheduler state")
+    no_load_rng: bool = arg(False, "with --load: do not restore the RNG states")
 
 
 @dataclass
@@ -149,17 +178,6 @@ _SECTION_CLASSES = {"model": ModelConfig, "parallel": ParallelConfig, "optim": O
                     "data": DataConfig, "train": TrainConfig, "logging": LoggingConfig,
                     "eval": EvalConfig, "checkpoint": CheckpointConfig}
 
-_CHOICES = {
-    "normalization": ("RMSNorm", "LayerNorm"),
-    "position_embedding_type": ("rope", "learned_absolute"),
-    "transformer_impl": ("local", "transformer_engine"),
-    "lr_decay_style": ("constant", "linear", "cosine", "inverse-square-root", "WSD"),
-    "lr_wsd_decay_style": ("linear", "cosine", "exponential", "minus_sqrt"),
-    "optimizer": ("adam", "sgd"),
-    "distributed_backend": ("nccl", "gloo"),
-}
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -171,11 +189,21 @@ class _ArgsFileParser(argparse.ArgumentParser):
         return arg_line.split("#", 1)[0].split()
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the default is empty (None, False, [])."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Argparse parser: one flag per config field (booleans on by default also get ``--no-FLAG``),
-    plus megatron_ixt.data's IXT flags and megatron_ixt.tokenizer's tokenizer flags."""
+    """Argparse parser: one flag per config field, its help and choices from the field's ``arg``
+    metadata (booleans on by default also get ``--no-FLAG``), plus megatron_ixt.data's IXT flags
+    and megatron_ixt.tokenizer's tokenizer flags."""
     parser = _ArgsFileParser(
-        prog="python -m megatron_ixt.pretrain", fromfile_prefix_chars="@",
+        prog="python -m megatron_ixt.pretrain", fromfile_prefix_chars="@", formatter_class=_HelpFormatter,
         description="Pretrain a GPT model with Introspective Training (IXT) on Megatron-Core. "
                     "@FILE reads flags from FILE (whitespace-separated, '#' comments).")
     for section, cls in _SECTION_CLASSES.items():
@@ -185,22 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
             if f.name.startswith("ixt_"):
                 continue  # added by add_ixt_dataset_args below
             default = getattr(defaults, f.name)
-            kwargs = {"dest": f.name, "default": default}
-            if f.name in _CHOICES:
-                kwargs["choices"] = _CHOICES[f.name]
+            kwargs = {"dest": f.name, "default": default, "help": f.metadata["help"]}
+            if f.metadata["choices"]:
+                kwargs["choices"] = f.metadata["choices"]
             if isinstance(default, bool):
-                if default:
-                    group.add_argument(_flag(f.name), action="store_true", dest=f.name, default=True,
-                                       help=argparse.SUPPRESS)
-                    group.add_argument("--no-" + f.name.replace("_", "-"), action="store_false",
-                                       dest=f.name)
-                else:
-                    group.add_argument(_flag(f.name), action="store_true", **kwargs)
+                action = argparse.BooleanOptionalAction if default else "store_true"
+                group.add_argument(_flag(f.name), action=action, **kwargs)
             elif isinstance(default, list):
                 group.add_argument(_flag(f.name), nargs="+", **kwargs)
             else:
-                typ = _field_type(f, default)
-                group.add_argument(_flag(f.name), type=typ, **kwargs)
+                group.add_argument(_flag(f.name), type=_field_type(f, default), **kwargs)
     add_ixt_dataset_args(parser)
     add_tokenizer_args(parser)
     return parser
