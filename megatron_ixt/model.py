@@ -8,17 +8,17 @@ causal training); an explicit mask (e.g. ``--reset-attention-mask``) uses the ma
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
-from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.module import Float16Module, MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -87,7 +87,7 @@ class SDPAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(s, b, h * d)
 
 
-def layer_spec(transformer_impl: str, normalization: str = "RMSNorm", qk_layernorm: bool = False) -> ModuleSpec:
+def layer_spec(transformer_impl: str, normalization: str, qk_layernorm: bool) -> ModuleSpec:
     """Transformer-layer spec: megatron-core's TE spec, or its local spec with SDPA attention."""
     if transformer_impl == "transformer_engine":
         if not transformer_engine_available():
@@ -100,36 +100,6 @@ def layer_spec(transformer_impl: str, normalization: str = "RMSNorm", qk_layerno
     spec = get_gpt_layer_local_spec(normalization=normalization, qk_layernorm=qk_layernorm)
     spec.submodules.self_attention.submodules.core_attention = SDPAttention
     return spec
-
-
-def build_gpt_model(config: TransformerConfig, *, vocab_size: int, max_sequence_length: int,
-                    transformer_impl: str = "local", position_embedding_type: str = "rope",
-                    rotary_base: int = 10000, untie_embeddings_and_output_weights: bool = True,
-                    qk_layernorm: bool = False, pre_process: Optional[bool] = None,
-                    post_process: Optional[bool] = None, vp_stage: Optional[int] = None) -> GPTModel:
-    """One pipeline stage of a GPT model (pre/post-process default to this rank's stage).
-
-    ``config.normalization`` selects LayerNorm/RMSNorm; ``vocab_size`` must already be padded
-    to a multiple of the tensor-parallel size.
-    """
-    if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
-    if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
-    kwargs = dict(
-        config=config,
-        transformer_layer_spec=layer_spec(transformer_impl, config.normalization, qk_layernorm),
-        vocab_size=vocab_size,
-        max_sequence_length=max_sequence_length,
-        pre_process=pre_process,
-        post_process=post_process,
-        share_embeddings_and_output_weights=not untie_embeddings_and_output_weights,
-        position_embedding_type=position_embedding_type,
-        rotary_base=rotary_base,
-    )
-    if vp_stage is not None and "vp_stage" in inspect.signature(GPTModel.__init__).parameters:
-        kwargs["vp_stage"] = vp_stage
-    return GPTModel(**kwargs)
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -163,12 +133,40 @@ def transformer_config(cfg: "Config") -> TransformerConfig:
     return TransformerConfig(**kwargs)
 
 
-def model_from_config(cfg: "Config", config, vocab_size: int):
-    """This rank's GPT model stage for ``cfg.model`` (``config``: its TransformerConfig; ``vocab_size``
-    already padded). Shared by training and generation so both build the same architecture."""
+def model_from_config(cfg: "Config", config: TransformerConfig, vocab_size: int) -> GPTModel:
+    """This rank's megatron-core ``GPTModel`` stage for ``cfg.model`` (``config``: its
+    :func:`transformer_config`; ``vocab_size`` already padded, :func:`padded_vocab_size`).
+    Pre/post-processing (embedding, output layer) follow this rank's pipeline stage. Shared by
+    training, generation and export so that all build the same architecture."""
     m = cfg.model
-    return build_gpt_model(config, vocab_size=vocab_size, max_sequence_length=m.max_position_embeddings,
-                           transformer_impl=m.transformer_impl, position_embedding_type=m.position_embedding_type,
-                           rotary_base=m.rotary_base,
-                           untie_embeddings_and_output_weights=m.untie_embeddings_and_output_weights,
-                           qk_layernorm=m.qk_layernorm)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(m.transformer_impl, m.normalization, m.qk_layernorm),
+        vocab_size=vocab_size,
+        max_sequence_length=m.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=not m.untie_embeddings_and_output_weights,
+        position_embedding_type=m.position_embedding_type,
+        rotary_base=m.rotary_base,
+    )
+
+
+def training_model(cfg: "Config", config: TransformerConfig, vocab_size: int) -> DistributedDataParallel:
+    """:func:`model_from_config` on this rank's device, in ``Float16Module`` with ``--bf16``, wrapped in
+    megatron-core's ``DistributedDataParallel`` (fp32 gradient reduction) with parameters broadcast
+    from data-parallel rank 0. Sets ``config.no_sync_func`` and ``config.finalize_model_grads_func``,
+    which megatron-core's schedules call."""
+    model = model_from_config(cfg, config, vocab_size)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    if cfg.train.bf16:
+        model = Float16Module(config, model)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.parallel.overlap_grad_reduce,
+        use_distributed_optimizer=cfg.parallel.use_distributed_optimizer)
+    model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
+    model.broadcast_params()
+    config.no_sync_func = model.no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    return model

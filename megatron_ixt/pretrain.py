@@ -6,7 +6,8 @@ CUDA the same command runs on CPU with gloo. Flags: ``--help`` and docs/training
 
 Exit status: 0 finished (or stopped at ``--exit-interval``); 75 stopped early by SIGTERM
 (``--exit-signal-handler``) or ``--exit-duration-in-mins`` after saving a checkpoint, so a
-requeued job resumes with ``--load``; 2 bad flags; 3 unusable ``--load`` checkpoint.
+requeued job resumes with ``--load`` (``StopReason.exit_code``); 2 bad flags; 3 unusable
+``--load`` checkpoint.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import List, Optional
 
 import torch
 
-EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --load
+from megatron_ixt.training.config import ConfigError, build_parser, check_data_paths, parse_args
 
-from megatron_ixt.training.config import ConfigError, check_data_paths, parse_args
+__all__ = ["build_parser", "main"]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -33,14 +34,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ixt.training.trainer import Trainer
 
     try:
-        trainer = Trainer(cfg)
-        reason = trainer.train()
+        return Trainer(cfg).train().exit_code
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
     finally:
         _shutdown()
-    return EXIT_RESUMABLE if reason and not reason.startswith("--exit-interval") else 0
 
 
 def _shutdown() -> None:

@@ -1,7 +1,11 @@
-"""The training loop: megatron-core model, schedules, DDP, optimizer and scheduler, glued.
+"""The training loop over megatron-core's schedules, and why it stops (:class:`StopReason`).
 
 One :class:`Trainer` per process (launched by ``torchrun``; a plain ``python`` launch is a
-world of one). Parallelism is megatron-core's: TP through its parallel layers, PP through
+world of one). Its setup is a sequence of calls into the modules that own each piece: process
+groups and seeding (:mod:`megatron_ixt.distributed`), model and DDP wrapping
+(:mod:`megatron_ixt.model`), optimizer and scheduler (:mod:`megatron_ixt.training.optimizer`),
+checkpoints (:mod:`megatron_ixt.training.checkpoint`), datasets (:mod:`megatron_ixt.data.provider`).
+Parallelism is megatron-core's: TP through its parallel layers, PP through
 ``get_forward_backward_func`` schedules, DP through its ``DistributedDataParallel`` (and the
 distributed optimizer on GPU). Losses are per-token: each micro-batch returns its summed loss
 and token count and megatron-core divides gradients by the global token count
@@ -15,6 +19,7 @@ exactly the next sample.
 """
 from __future__ import annotations
 
+import enum
 import time
 from functools import partial
 from typing import Dict, Iterator, List, Optional
@@ -22,38 +27,44 @@ from typing import Dict, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-from megatron.core.distributed import finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.transformer.module import Float16Module
 
 from megatron_ixt.data.provider import build_datasets
 from megatron_ixt.distributed import init_distributed, set_seed
-from megatron_ixt.model import model_from_config, padded_vocab_size, transformer_config
+from megatron_ixt.model import padded_vocab_size, training_model, transformer_config
 from megatron_ixt.tokenizer import build_tokenizer
 from megatron_ixt.training import checkpoint as ckpt
-from megatron_ixt.training.config import Config, data_parallel_size
+from megatron_ixt.training.config import CheckpointConfig, Config, data_parallel_size
 from megatron_ixt.training.flops import mfu, peak_tflops, training_flops_per_iteration
 from megatron_ixt.training.metrics import MetricsWriter
+from megatron_ixt.training.optimizer import build_optimizer
 
 # Loss statistics reported per micro-batch: (sum of per-token losses, token count).
 LOSS_KEYS = ("loss", "doc", "prefix")
 
 
-def scheduler_for(cfg: Config, optimizer) -> OptimizerParamScheduler:
-    """Megatron's scheduler, stepped once per iteration (``--train-iters 0``: any valid decay)."""
-    o, iters = cfg.optim, max(cfg.train.train_iters, 1)
-    kwargs = dict(
-        optimizer=optimizer, init_lr=0.0, max_lr=o.lr, min_lr=o.min_lr,
-        lr_warmup_steps=o.lr_warmup_iters,
-        lr_decay_steps=max(o.lr_decay_iters or iters, o.lr_warmup_iters + 1),
-        lr_decay_style=o.lr_decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
-        wd_incr_steps=iters, wd_incr_style="constant")
-    if o.lr_decay_style == "WSD":
-        kwargs.update(wsd_decay_steps=o.lr_wsd_decay_iters, lr_wsd_decay_style=o.lr_wsd_decay_style)
-    return OptimizerParamScheduler(**kwargs)
+EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --load
+
+
+class StopReason(enum.Enum):
+    """Why :meth:`Trainer.train` returned; :attr:`exit_code` is the process's exit status."""
+
+    FINISHED = "finished"  # reached --train-iters
+    EXIT_INTERVAL = "exit_interval"  # --exit-interval: a planned stop
+    SIGNAL = "signal"  # SIGTERM with --exit-signal-handler (preemption, time limit)
+    DURATION = "duration"  # --exit-duration-in-mins
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a finished run or a planned stop; 75 (resumable with ``--load``) otherwise."""
+        return EXIT_RESUMABLE if self in (StopReason.SIGNAL, StopReason.DURATION) else 0
+
+    def describe(self, c: CheckpointConfig) -> str:
+        """The flag or event behind the stop, as printed at exit."""
+        return {StopReason.FINISHED: "finished",
+                StopReason.EXIT_INTERVAL: f"--exit-interval {c.exit_interval}",
+                StopReason.SIGNAL: "received SIGTERM",
+                StopReason.DURATION: f"--exit-duration-in-mins {c.exit_duration_in_mins}"}[self]
 
 
 class MicroBatches:
@@ -101,31 +112,27 @@ def forward_step(data_iterator: Iterator, model):
 
 
 class Trainer:
-    """Builds everything from a :class:`Config` and runs ``train()``; see the module docstring."""
+    """Sets up from a :class:`Config` (process groups, model, optimizer, checkpoint, data) and
+    runs :meth:`train`; see the module docstring."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        p = cfg.parallel
-        init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size,
-                         p.distributed_backend)
+        p, t = cfg.parallel, cfg.train
+        init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.distributed_backend)
+        set_seed(t.seed)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
             else torch.device("cpu")
         self.dp_size = data_parallel_size(cfg, self.world_size)
         self.dp_rank = parallel_state.get_data_parallel_rank()
-        self.num_microbatches = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.dp_size)
-        set_seed(cfg.train.seed)
+        self.num_microbatches = t.global_batch_size // (t.micro_batch_size * self.dp_size)
 
         self.tokenizer = build_tokenizer(cfg.tokenizer)
         self.vocab_size = padded_vocab_size(self.tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by,
-                                            cfg.parallel.tensor_model_parallel_size)
+                                            p.tensor_model_parallel_size)
         self.config = transformer_config(cfg)
-        self.model = self._build_model()
-        self.optimizer = get_megatron_optimizer(self._optimizer_config(), [self.model])
-        self.scheduler = scheduler_for(cfg, self.optimizer)
-        self.config.no_sync_func = self.model.no_sync
-        self.config.finalize_model_grads_func = finalize_model_grads
-        self.config.grad_scale_func = self.optimizer.scale_loss
+        self.model = training_model(cfg, self.config, self.vocab_size)
+        self.optimizer, self.scheduler = build_optimizer(cfg, self.config, self.model)
         self.forward_backward = get_forward_backward_func()
 
         self.iteration, self.consumed_samples = 0, 0
@@ -138,8 +145,7 @@ class Trainer:
                         f"({self.consumed_samples} consumed samples)")
         self.train_ds, self.valid_ds = build_datasets(cfg, self.tokenizer)
 
-        self.flops_per_iteration = training_flops_per_iteration(cfg.model, self.vocab_size,
-                                                                cfg.train.global_batch_size)
+        self.flops_per_iteration = training_flops_per_iteration(cfg.model, self.vocab_size, t.global_batch_size)
         self.peak = cfg.logging.peak_tflops_per_device or (
             peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None)
         self.writer = MetricsWriter(cfg.logging.metrics_file, cfg.logging.tensorboard_dir) \
@@ -148,28 +154,6 @@ class Trainer:
             self.writer.header(cfg.to_dict(), self.world_size)
         self.signal_handler = ckpt.ExitSignalHandler() if cfg.checkpoint.exit_signal_handler else None
         self.start_time = time.time()
-
-    # ------------------------------------------------------------------ building
-    def _build_model(self):
-        model = model_from_config(self.cfg, self.config, self.vocab_size)
-        if torch.cuda.is_available():
-            model.cuda(torch.cuda.current_device())
-        if self.cfg.train.bf16:
-            model = Float16Module(self.config, model)
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=self.cfg.parallel.overlap_grad_reduce,
-            use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer)
-        model = DistributedDataParallel(config=self.config, ddp_config=ddp_config, module=model)
-        model.broadcast_params()
-        return model
-
-    def _optimizer_config(self) -> OptimizerConfig:
-        o = self.cfg.optim
-        return OptimizerConfig(
-            optimizer=o.optimizer, lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
-            adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
-            clip_grad=o.clip_grad, bf16=self.cfg.train.bf16, params_dtype=self.config.params_dtype,
-            use_distributed_optimizer=self.cfg.parallel.use_distributed_optimizer)
 
     def _stream(self, dataset, first_sample: int) -> MicroBatches:
         return MicroBatches(dataset, first_sample, self.cfg.train.micro_batch_size, self.dp_rank,
@@ -220,15 +204,15 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ loop
-    def train(self) -> Optional[str]:
-        """Train to ``--train-iters``; returns why it stopped early (None when it finished)."""
+    def train(self) -> StopReason:
+        """Train to ``--train-iters`` or an earlier stop (saving a checkpoint with ``--save``)."""
         cfg, t = self.cfg, self.cfg.train
         tokens_per_iteration = t.global_batch_size * cfg.model.seq_length
         stream = self._stream(self.train_ds, self.consumed_samples)
         window = torch.zeros(len(LOSS_KEYS), 2, dtype=torch.float64, device=self.device)
         window_iters, window_time = 0, 0.0  # train-step wall time only (no eval/checkpoint time)
         last_saved = self.iteration if cfg.checkpoint.load else None
-        reason = None
+        reason = StopReason.FINISHED
         while self.iteration < t.train_iters:
             start = time.time()
             out = self.train_step(stream)
@@ -260,9 +244,10 @@ class Trainer:
                     self.iteration % cfg.checkpoint.save_interval == 0:
                 self.save()
                 last_saved = self.iteration
-            reason = self._exit_reason()
-            if reason:
-                self._print(f"exiting at iteration {self.iteration}: {reason}")
+            stop = self._stop_reason()
+            if stop is not None:
+                reason = stop
+                self._print(f"exiting at iteration {self.iteration}: {reason.describe(cfg.checkpoint)}")
                 break
         if cfg.checkpoint.save and last_saved != self.iteration:
             self.save()
@@ -275,18 +260,19 @@ class Trainer:
                                     self.scheduler, self.consumed_samples, self.cfg.to_dict())
         self._print(f"saved checkpoint {path}")
 
-    def _exit_reason(self) -> Optional[str]:
+    def _stop_reason(self) -> Optional[StopReason]:
+        """Why to stop after this iteration (None: go on); collective when it reads a signal or the clock."""
         c = self.cfg.checkpoint
         if c.exit_interval and self.iteration % c.exit_interval == 0:
-            return f"--exit-interval {c.exit_interval}"
+            return StopReason.EXIT_INTERVAL
         if self.signal_handler is not None and self.signal_handler.received():
-            return "received SIGTERM"
+            return StopReason.SIGNAL
         if c.exit_duration_in_mins is not None:
             over = torch.tensor([int(time.time() - self.start_time > 60 * c.exit_duration_in_mins)],
                                 device=self.device)
             dist.all_reduce(over, op=dist.ReduceOp.MAX)
             if over.item():
-                return f"--exit-duration-in-mins {c.exit_duration_in_mins}"
+                return StopReason.DURATION
         return None
 
     def _log(self, kind: str, record: dict) -> None:

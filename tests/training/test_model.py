@@ -39,7 +39,7 @@ def test_sdpa_attention_matches_reference(groups):
 
 
 def test_layer_spec_choices():
-    spec = layer_spec("local")
+    spec = layer_spec("local", "RMSNorm", False)
     assert spec.submodules.self_attention.submodules.core_attention is SDPAttention
     with pytest.raises(ValueError, match="transformer-impl"):
-        layer_spec("fancy")
+        layer_spec("fancy", "RMSNorm", False)
