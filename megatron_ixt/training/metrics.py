@@ -10,8 +10,12 @@ appended (a resumed run continues the same file):
   "grad_norm": float, "tokens_per_s": float, "tflops_per_device": float, "mfu": float|null,
   "cumulative_flops": float, "time": unix_s}`` every ``--log-interval`` iterations;
 * ``{"kind": "eval", "iteration": int, "consumed_tokens": int, "cumulative_flops": float,
-  "<conditioning>/doc_loss": float, ...}`` (conditionings: ``true``, ``none``, ``steer``,
-  plus ``true/prefix_loss``) every ``--eval-interval`` iterations.
+  "<conditioning>/doc_loss": float, ...}`` every ``--eval-interval`` iterations, one key per
+  conditioning of ``megatron_ixt.data.provider.conditioning_configs``: ``prefix/doc_loss`` (each
+  document under its own prefix), ``none/doc_loss`` (no prefix), ``steering/doc_loss`` (every
+  document under the shard set's steering prefix; only when ``P_ixt.json`` has one), plus
+  ``prefix/prefix_loss`` (loss on the prefix tokens themselves); the baseline arm
+  (``--ixt-prefix-kind none``) logs only ``none/doc_loss``.
 
 Losses are mean nats per token. ``loss`` is the optimised objective (mean over the loss mask);
 ``doc_loss`` is over document tokens only, ``prefix_loss`` over feedback-prefix tokens.
