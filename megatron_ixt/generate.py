@@ -30,10 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--prompt-file", help='JSONL file, one {"prompt": str} object per line')
     parser.add_argument("--output", default=None,
                         help="with --prompt-file: JSONL file for the results (default: stdout), one per prompt")
-    parser.add_argument("--steer", choices=("critique", "quality", "none"), default="critique")
+    parser.add_argument("--steer", choices=("critique", "quality", "none"), default="critique",
+                        help="steer on the top level of this prefix kind (the shard set's steering prefix); none: no prefix")
     parser.add_argument("--shard-set", default=None, help="IXT shard-set prefix P whose P_ixt.json holds the steering prefix")
     parser.add_argument("--prefix-text", default=None, help="a feedback prefix of your own (overrides --steer)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt")
     parser.add_argument("--json", action="store_true", help="print one JSON object (tokens and text) per prompt")
     return parser
 

@@ -34,7 +34,8 @@ class TokenizerConfig:
 def add_tokenizer_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add Megatron-LM's tokenizer flags to ``parser``."""
     group = parser.add_argument_group("tokenizer")
-    group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES,
+                       help="megatron-core tokenizer library (NullTokenizer: integer text, needs --vocab-size)")
     group.add_argument("--tokenizer-model", default=None,
                        help="SentencePiece .model file or HuggingFace tokenizer directory")
     group.add_argument("--vocab-size", type=int, default=None,

@@ -20,14 +20,18 @@ from megatron_ixt.data.record import SCORE_AXES, open_jsonl
 from megatron_ixt.tokenizer import build_tokenizer, model_sha256
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prefix", help="shard-set prefix (the --output-prefix of preprocess_ixt)")
     parser.add_argument("--document", "-i", type=int, nargs="+", default=[], help="document indices to show")
     parser.add_argument("--tokenizer-model", default=None, help="to decode tokens (checked against the metadata)")
     parser.add_argument("--chars", type=int, default=300, help="characters of text to show")
     parser.add_argument("--record", action="store_true", help="also show the ixt block of the source record")
-    return parser.parse_args(argv)
+    return parser
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def load_decoder(metadata: dict, tokenizer_model: str | None):

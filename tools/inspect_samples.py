@@ -62,33 +62,41 @@ def summary(sample: dict, tokenizer) -> str:
             f"labels; {int(loss.sum())} in the loss ({int((loss & prefix).sum())} of them prefix)")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    from megatron_ixt.data.provider import add_ixt_dataset_args
+    from megatron_ixt.tokenizer import add_tokenizer_args
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-path", nargs="+", required=True, help="[weight] path ... as in Megatron-LM")
+    parser.add_argument("--split", default="100,0,0", help="train,valid,test weights, as in Megatron-LM")
+    parser.add_argument("--seq-length", type=int, default=256, help="sample length in tokens")
+    parser.add_argument("--seed", type=int, default=1234, help="dataset shuffling seed")
+    parser.add_argument("--data-cache-path", default=None, help="directory for megatron-core's index cache")
+    parser.add_argument("--reset-position-ids", action="store_true",
+                        help="restart position ids after each end-of-document token")
+    parser.add_argument("--reset-attention-mask", action="store_true",
+                        help="no attention across end-of-document tokens")
+    parser.add_argument("--eod-mask-loss", action="store_true", help="no loss on end-of-document tokens")
+    parser.add_argument("--steering", action="store_true",
+                        help="condition every document on the shard set's steering prefix (P_ixt.json)")
+    parser.add_argument("--split-name", choices=SPLITS, default="train", help="the split to sample from")
+    parser.add_argument("--samples", type=int, nargs="+", default=[0, 1], help="sample indices to print")
+    parser.add_argument("--no-color", action="store_true", help="no ANSI colours (also off when not a terminal)")
+    add_tokenizer_args(parser)
+    add_ixt_dataset_args(parser)
+    return parser
+
+
 def main(argv=None) -> None:
     from megatron_ixt.data.provider import (
-        add_ixt_dataset_args,
         build_train_valid_test_datasets,
         config_paths,
         dataset_config_from_args,
         steering_prefix,
     )
-    from megatron_ixt.tokenizer import add_tokenizer_args, build_tokenizer
+    from megatron_ixt.tokenizer import build_tokenizer
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-path", nargs="+", required=True, help="[weight] path ... as in Megatron-LM")
-    parser.add_argument("--split", default="100,0,0")
-    parser.add_argument("--seq-length", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--data-cache-path", default=None)
-    parser.add_argument("--reset-position-ids", action="store_true")
-    parser.add_argument("--reset-attention-mask", action="store_true")
-    parser.add_argument("--eod-mask-loss", action="store_true")
-    parser.add_argument("--steering", action="store_true",
-                        help="condition every document on the shard set's steering prefix (P_ixt.json)")
-    parser.add_argument("--split-name", choices=SPLITS, default="train")
-    parser.add_argument("--samples", type=int, nargs="+", default=[0, 1], help="sample indices to print")
-    parser.add_argument("--no-color", action="store_true")
-    add_tokenizer_args(parser)
-    add_ixt_dataset_args(parser)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     tokenizer = build_tokenizer(args)
     config = dataset_config_from_args(args, tokenizer, create_attention_mask=False)

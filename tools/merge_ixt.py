@@ -18,11 +18,15 @@ from megatron_ixt.data import shards
 from megatron_ixt.data.record import SCORE_AXES
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", nargs="+", required=True, help="shard-set prefixes or globs")
-    parser.add_argument("--output-prefix", required=True)
-    return parser.parse_args(argv)
+    parser.add_argument("--output-prefix", required=True, help="path prefix of the merged shard set")
+    return parser
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def shard_set_prefixes(patterns: list[str]) -> list[str]:

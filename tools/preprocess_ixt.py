@@ -31,7 +31,7 @@ CHUNK_LINES = 256  # lines per worker task; fixed, so that chunking never depend
 EXAMPLES_PER_REASON = 5  # problems logged as file:line per reason
 
 
-def get_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_argument_group("input data")
     group.add_argument("--input", required=True, nargs="+",
@@ -50,13 +50,19 @@ def get_args(argv=None) -> argparse.Namespace:
     group.add_argument("--text-only", action="store_true",
                        help="write only P_text_document (a plain Megatron store, no prefixes, no P_ixt.json)")
     group = parser.add_argument_group("output data")
-    group.add_argument("--output-prefix", required=True)
+    group.add_argument("--output-prefix", required=True,
+                       help="path prefix P of the shard set: P_text_document.{bin,idx}, the prefix stores, P_ixt.json")
     group.add_argument("--append-eod", action="store_true", help="append the EOD token to every document")
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1, help="encoding processes")
     group.add_argument("--log-interval", type=int, default=10000, help="documents between progress lines")
     group.add_argument("--strict", action="store_true",
                        help="exit non-zero at the first bad record (nothing is written)")
+    return parser
+
+
+def get_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if len(args.json_keys) != 1:
         parser.error("--json-keys: IXT shard sets hold one text field; give exactly one key")
