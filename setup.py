@@ -8,7 +8,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_ixt", "megatron_ixt.*", "annotate", "annotate.*", "tools"]),
+    # tools/ stays a folder of scripts (`python tools/preprocess_ixt.py`); installed, it is the
+    # megatron_ixt_tools package, so no generic top-level `tools` lands in site-packages.
+    packages=find_packages(include=["megatron_ixt", "megatron_ixt.*", "annotate", "annotate.*"])
+    + ["megatron_ixt_tools"],
+    package_dir={"megatron_ixt_tools": "tools"},
     package_data={"annotate": ["prompts/*.txt"], "megatron_ixt": ["data/templates/*.txt"]},
     install_requires=[
         "torch>=2.4",
@@ -30,9 +34,13 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "ixt-pretrain=megatron_ixt.pretrain:main",
-            "ixt-preprocess=tools.preprocess_ixt:main",
             "ixt-annotate=annotate.cli:main",
+            "ixt-preprocess=megatron_ixt_tools.preprocess_ixt:main",
+            "ixt-merge=megatron_ixt_tools.merge_ixt:main",
+            "ixt-inspect=megatron_ixt_tools.inspect_ixt:main",
+            "ixt-inspect-samples=megatron_ixt_tools.inspect_samples:main",
+            "ixt-pretrain=megatron_ixt.pretrain:main",
+            "ixt-generate=megatron_ixt.generate:main",
         ],
     },
 )
