@@ -2,9 +2,11 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# Benchmarks run from the checkout: its packages (tools/ included) and examples/data's make_corpus.
+BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench bench-preprocess bench-dataset bench-annotate bench-train clean
+.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train clean
 
 $(STAMP): requirements-cpu.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,19 +25,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+## The default suite without the tests marked slow (multi-process training, demo-sized runs).
+test-quick: $(STAMP)
+	$(PY) -m pytest -q tests -m "not slow"
+
 bench: bench-preprocess bench-dataset bench-annotate bench-train
 
 bench-preprocess: $(STAMP)
-	$(PY) benchmarks/bench_preprocess.py
+	$(BENCH) benchmarks/bench_preprocess.py
 
 bench-dataset: $(STAMP)
-	$(PY) benchmarks/bench_dataset.py
+	$(BENCH) benchmarks/bench_dataset.py
 
 bench-annotate: $(STAMP)
-	$(PY) benchmarks/bench_annotate.py
+	$(BENCH) benchmarks/bench_annotate.py
 
 bench-train: $(STAMP)
-	$(PY) benchmarks/bench_train.py
+	$(BENCH) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out *.egg-info

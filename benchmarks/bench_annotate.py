@@ -29,13 +29,12 @@ import time
 
 import psutil
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from annotate.backends.httpconn import HttpPool
+from annotate.cli import collect_status, main as annotate_main
+from annotate.prompt import PromptTemplate, TokenCounter
+from annotate.synthetic import SynthConfig, generate
 
-from annotate.backends.httpconn import HttpPool  # noqa: E402
-from annotate.cli import collect_status, main as annotate_main  # noqa: E402
-from annotate.prompt import PromptTemplate, TokenCounter  # noqa: E402
-from annotate.synthetic import SynthConfig, generate  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STANDIN = os.path.join(REPO, "tests", "annotate", "sglang_standin.py")
 

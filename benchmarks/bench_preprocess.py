@@ -8,7 +8,7 @@ tokenizer and IndexedDatasetBuilder), our tool with --text-only, and our full IX
 and docs/s side by side with the ratios full / text-only and full / Megatron-LM loop, and the
 Megatron-LM numbers quoted in issue 2 for an idle machine of this type.
 
-    python benchmarks/bench_preprocess.py [--docs 20000] [--workers 1 2] [--output-dir bench_out/preprocess]
+    PYTHONPATH=.:examples/data python benchmarks/bench_preprocess.py [--docs 20000] [--workers 1 2] [--output-dir bench_out/preprocess]
 """
 from __future__ import annotations
 
@@ -21,13 +21,12 @@ import resource
 import sys
 import time
 
+import make_corpus  # examples/data/make_corpus.py (the Makefile sets PYTHONPATH)
+
+from megatron_ixt.tokenizer import BatchEncoder, build_tokenizer
+from tools.preprocess_ixt import get_args, preprocess
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "examples", "data")]  # tools/ and make_corpus without install
-
-import make_corpus  # noqa: E402
-
-from megatron_ixt.tokenizer import BatchEncoder, build_tokenizer  # noqa: E402
-from tools.preprocess_ixt import get_args, preprocess  # noqa: E402
 
 MEGATRON_LM_MB_S = {1: 5.5, 2: 8.7}  # issue 2: Megatron-LM preprocess_data.py, 40 MB / 20k docs, 8k BPE
 

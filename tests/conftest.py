@@ -14,16 +14,10 @@ Fixtures
 """
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 
+import make_corpus  # examples/data/make_corpus.py (pytest.ini's pythonpath)
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "examples", "data")]  # tools/ and make_corpus without install
-
-import make_corpus  # noqa: E402  (examples/data/make_corpus.py)
 
 
 @dataclass

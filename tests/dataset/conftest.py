@@ -41,13 +41,10 @@ def config(tmp_path, tokenizer):
 def process_group():
     """A real single-process gloo group (megatron-core's BlendedDataset asks torch.distributed for
     the rank whenever it caches indices, as Megatron-LM always runs distributed)."""
-    import socket
-
     import torch.distributed as dist
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    from megatron_ixt.distributed import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()

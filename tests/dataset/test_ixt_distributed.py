@@ -1,11 +1,12 @@
 """Two real gloo processes build the same blend: rank 0 builds the indices, rank 1 loads them."""
 import os
-import socket
 
 import numpy
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from megatron_ixt.distributed import free_port
 
 
 def _worker(rank, port, paths, cache, out):
@@ -30,9 +31,7 @@ def _worker(rank, port, paths, cache, out):
 @pytest.mark.slow
 def test_ranks_agree_on_every_sample(make_shard_set, make_plain_store, tmp_path):
     corpus, plain = make_shard_set(num_documents=300), make_plain_store(num_documents=200)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.start_processes(_worker, args=(port, [corpus.path, plain.path], str(tmp_path / "cache"), str(tmp_path)),
                        nprocs=2, start_method="spawn")
     rank0, rank1 = (numpy.load(tmp_path / f"rank{r}.npz") for r in (0, 1))

@@ -4,15 +4,9 @@ Helpers (launcher, metrics readers) are in ``train_testlib.py``.
 """
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from corpus import write_corpus  # noqa: E402
+from corpus import write_corpus
 
 
 @pytest.fixture(scope="session")

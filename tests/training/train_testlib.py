@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 from corpus import VOCAB
+from megatron_ixt.distributed import free_port
 
 
 def tiny_model_args(data_path: str, cache: str) -> list:
@@ -25,12 +25,6 @@ def tiny_model_args(data_path: str, cache: str) -> list:
             "--lr", "3e-3", "--min-lr", "3e-4", "--lr-warmup-iters", "2", "--log-interval", "1"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_pretrain(args, nproc: int = 1, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
                PYTHONWARNINGS="ignore")
@@ -40,7 +34,7 @@ def run_pretrain(args, nproc: int = 1, timeout: int = 240, check: bool = True) -
         cmd = [sys.executable, "-m", "megatron_ixt.pretrain", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(_free_port()), "-m", "megatron_ixt.pretrain", *args]
+               "--master-port", str(free_port()), "-m", "megatron_ixt.pretrain", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
