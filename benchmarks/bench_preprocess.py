@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import resource
-import sys
 import time
 
 import make_corpus  # examples/data/make_corpus.py (the Makefile sets PYTHONPATH)
