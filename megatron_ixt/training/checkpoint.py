@@ -27,6 +27,8 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_ixt.mcore_private import start_checkpoint_writer_helper
+
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 1
 
@@ -176,9 +178,22 @@ class ExitSignalHandler:
 
     :meth:`received` is collective: it is true on every rank once any rank got the signal,
     so all ranks save the same checkpoint and exit together.
+
+    Slurm (``--signal=TERM@300``, ``scancel --signal=TERM``, preemption) signals *every* process
+    of the job step, not only the trainer. ``dist_checkpointing.save`` keeps a helper process for
+    its writer (a ``multiprocessing`` Manager server, spawned at the first save and reused); with
+    the default disposition that helper dies on the same signal, and the very save the signal asks
+    for then fails with BrokenPipeError. So before installing the handler, this starts that helper
+    with ``signum`` ignored, a disposition it keeps across ``exec``. (Its per-save workers are
+    forked from the trainer and inherit this handler, which only sets a flag.)
     """
 
     def __init__(self, signum: int = signal.SIGTERM):
+        previous = signal.signal(signum, signal.SIG_IGN)
+        try:
+            start_checkpoint_writer_helper()
+        finally:
+            signal.signal(signum, previous)
         self._got = False
         self._previous = signal.signal(signum, self._handle)
         self.signum = signum

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
+from megatron_ixt.distributed import free_port
 from megatron_ixt.training.checkpoint import CheckpointError, read_latest_iteration
 
 
@@ -31,24 +32,45 @@ def test_resume_reproduces_uninterrupted_losses(synth_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_loadable_checkpoint(synth_data, tmp_path):
+def test_sigterm_to_every_process_of_the_step_saves_a_loadable_checkpoint(synth_data, tmp_path):
+    # Like a Slurm job step under `scancel --signal=TERM` or `--signal=TERM@300`: two ranks started
+    # directly (RANK/WORLD_SIZE, as srun does) in one process group, and SIGTERM goes to the whole
+    # group, i.e. also to the helper processes the periodic save at iteration 2 left behind.
     save = str(tmp_path / "ckpt")
-    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + ["--eval-iters", "0", "--save", save]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "megatron_ixt.pretrain", *args, "--train-iters", "10000",
-                             "--exit-signal-handler"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
+        "--eval-iters", "0", "--save", save, "--save-interval", "2", "--train-iters", "10000",
+        "--exit-signal-handler"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", WORLD_SIZE="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    ranks = []
+    for rank in range(2):
+        ranks.append(subprocess.Popen(
+            [sys.executable, "-m", "megatron_ixt.pretrain", *args], env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            process_group=ranks[0].pid if ranks else 0))
+    group = ranks[0].pid
     metrics = os.path.join(save, "metrics.jsonl")
-    deadline = time.time() + 120
-    while time.time() < deadline and not (os.path.exists(metrics) and len(train_losses(metrics)) >= 2):
-        time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 75, out[-3000:]  # stopped early, resumable
-    assert "received SIGTERM" in out
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (os.path.exists(metrics) and len(train_losses(metrics)) >= 3):
+            assert all(p.poll() is None for p in ranks), ranks[0].communicate()[0][-3000:]
+            time.sleep(0.5)
+        table = subprocess.run(["ps", "-e", "-o", "pid=,pgid=,cmd="], capture_output=True, text=True).stdout
+        helpers = [line for line in table.splitlines() if int(line.split()[1]) == group
+                   and int(line.split()[0]) not in {p.pid for p in ranks}]
+        assert helpers, f"no helper process in the group: the test would not cover them\n{table}"
+        os.killpg(group, signal.SIGTERM)
+        outs = [p.communicate(timeout=180)[0] for p in ranks]
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(ranks, outs):
+        assert p.returncode == 75, out[-3000:]  # stopped early, resumable
+    assert "received SIGTERM" in outs[0]
     stopped = read_latest_iteration(save)
-    assert stopped >= 2 and stopped == max(train_losses(metrics))
-    run_pretrain(args + ["--load", save, "--train-iters", str(stopped + 1)])
+    assert stopped >= 3 and stopped == max(train_losses(metrics))
+    run_pretrain(args[:-3] + ["--load", save, "--train-iters", str(stopped + 1)])
     assert max(train_losses(metrics)) == stopped + 1
 
 
