@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import calendar
-import glob
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Sampling
 from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, TokenCounter
 from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
+from megatron_ixt.data.inputs import expand_inputs
 
 log = logging.getLogger("annotate")
 RUN_CONFIG = "run_config.json"
@@ -135,18 +135,7 @@ def build_parser(retry_defaults: dict | None = None) -> argparse.ArgumentParser:
 
 
 def resolve_inputs(patterns: list[str]) -> list[str]:
-    files = set()
-    for pattern in patterns:
-        if any(c in pattern for c in "*?["):
-            matched = [p for p in glob.glob(pattern) if os.path.isfile(p)]
-            if not matched:
-                raise SystemExit(f"error: --input {pattern!r} matches no file")
-            files.update(matched)
-        elif os.path.isfile(pattern):
-            files.add(pattern)
-        else:
-            raise SystemExit(f"error: --input {pattern!r}: no such file")
-    files = sorted(files)
+    files = expand_inputs(patterns, error=SystemExit)
     stems = {}
     for path in files:
         other = stems.setdefault(shard_stem(path), path)

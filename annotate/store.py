@@ -18,13 +18,12 @@ committed file is never touched again by ``run``.
 from __future__ import annotations
 
 import fcntl
-import gzip
-import io
 import json
 import logging
 import os
 import time
 
+from megatron_ixt.data.inputs import open_jsonl
 from megatron_ixt.data.record import SCORE_AXES, STATUS_OK
 
 log = logging.getLogger("annotate")
@@ -43,20 +42,9 @@ def shard_stem(path: str) -> str:
     return name
 
 
-def open_binary(path: str) -> io.BufferedIOBase:
-    """Open a (possibly .gz / .zst compressed) file for binary reading."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
-
-
 def iter_lines(path: str):
     """Yield ``(line_number, bytes_without_newline)`` for the non-blank lines of ``path``."""
-    with open_binary(path) as f:
+    with open_jsonl(path) as f:
         for lineno, raw in enumerate(f, 1):
             raw = raw.rstrip(b"\r\n")
             if raw.strip():

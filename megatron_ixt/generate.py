@@ -1,10 +1,12 @@
 """Steered greedy generation from a training checkpoint: ``python -m megatron_ixt.generate``.
 
 IXT models learn p(document | feedback); steering conditions generation on the feedback you want.
-The prefix is, in order of precedence: ``--prefix-text`` (any critique you write, tokenized as is),
-or the shard set's steering prefix (``steering.<kind>.tokens`` of ``P_ixt.json``: the top quality
-level) for ``--steer critique|quality``, read from ``--shard-set`` or from the training data paths
-stored in the checkpoint; ``--steer none`` generates unconditioned. The model shape and tokenizer
+The prefix is, in order of precedence: ``--prefix-text`` (any feedback you write, tokenized as is),
+or the shard set's steering prefix for ``--steer KIND[:LEVEL]`` (``--steer quality``: the top
+level, ``steering.<kind>.tokens`` of ``P_ixt.json``; ``--steer quality:1``: the lowest;
+``--steer scores:educational_value=5``: that axis only, the others left out), rendered from the
+template recorded in the shard set of ``--shard-set`` or of the training data paths stored in the
+checkpoint; ``--steer none`` generates unconditioned. The model shape and tokenizer
 come from the checkpoint's stored config; the checkpoint may have been saved under any TP/PP layout
 (it is loaded into one process). Greedy decoding without a KV cache: for inspection, not serving.
 
@@ -19,6 +21,8 @@ from typing import List, Optional
 
 import torch
 
+from megatron_ixt.data import prefix_kinds
+from megatron_ixt.data.prefix_kinds import STEER_HELP
 from megatron_ixt.training.checkpoint import CheckpointError, iteration_dir, read_config, read_latest_iteration
 
 
@@ -30,26 +34,41 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--prompt-file", help='JSONL file, one {"prompt": str} object per line')
     parser.add_argument("--output", default=None,
                         help="with --prompt-file: JSONL file for the results (default: stdout), one per prompt")
-    parser.add_argument("--steer", choices=("critique", "quality", "none"), default="critique",
-                        help="steer on the top level of this prefix kind (the shard set's steering prefix); none: no prefix")
-    parser.add_argument("--shard-set", default=None, help="IXT shard-set prefix P whose P_ixt.json holds the steering prefix")
+    parser.add_argument("--steer", type=parse_steer_flag, default="critique", metavar="KIND[:LEVEL]|none",
+                        help=f"steering prefix; KIND is one of {', '.join(prefix_kinds.names())}; {STEER_HELP}; "
+                             "'none': unconditioned (default: critique, its top level)")
+    parser.add_argument("--shard-set", default=None, metavar="STEM",
+                        help="path stem P of the IXT shard set whose P_ixt.json holds the steering templates "
+                             "(default: the checkpoint's training data)")
     parser.add_argument("--prefix-text", default=None, help="a feedback prefix of your own (overrides --steer)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt")
     parser.add_argument("--json", action="store_true", help="print one JSON object (tokens and text) per prompt")
     return parser
 
 
+def parse_steer_flag(spec: str):
+    """``--steer``: ``"none"`` -> None, ``KIND[:LEVEL]`` -> ``(kind, level)`` (``prefix_kinds.parse_steer``)."""
+    if spec == "none":
+        return None
+    try:
+        return prefix_kinds.parse_steer(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def steering_tokens(args, cfg, tokenizer) -> List[int]:
+    """The prefix tokens generation is conditioned on (see the module docstring)."""
     if args.prefix_text is not None:
         return list(tokenizer.tokenize(args.prefix_text))
-    if args.steer == "none":
+    if args.steer is None:
         return []
     from megatron_ixt.data.provider import steering_prefix
     from megatron_ixt.data.shards import text_store_path
 
     paths = [text_store_path(args.shard_set)] if args.shard_set else \
         [p for p in cfg.data.data_path + cfg.data.train_data_path if not _is_number(p)]
-    return list(steering_prefix(paths, args.steer))
+    kind, level = args.steer
+    return list(steering_prefix(paths, kind, level, tokenizer=tokenizer))
 
 
 def _is_number(text: str) -> bool:
@@ -136,10 +155,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
         model, cfg, tokenizer, device = load_model(args.load)
+        prefix = steering_tokens(args, cfg, tokenizer)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    prefix = steering_tokens(args, cfg, tokenizer)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for prompt_text in prompts:

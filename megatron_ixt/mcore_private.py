@@ -1,9 +1,67 @@
-"""The one place where megatron-ixt touches megatron-core's private API.
+"""The one place where megatron-ixt touches megatron-core's *private* API (pinned by
+tests/dataset/test_mcore_private.py), so an upgrade has one file to check.
 
-Every use names the megatron-core versions it was read against (0.16.1; 0.17-0.19 by source) and
-says what it is for, so an upgrade has one file to check.
+megatron-ixt supports megatron-core 0.16.1 (installed) through 0.19. What it relies on, and how
+the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of NVIDIA/Megatron-LM):
+
+- ``gpt_dataset._build_document_index(documents, num_epochs, numpy_random_state,
+  separate_final_epoch)`` and ``gpt_dataset._build_shuffle_index(num_samples, total_size,
+  numpy_random_state)``: same signatures and RNG draws in 0.16-0.19. ``IXTGPTDataset`` calls them
+  so that ``prefix_kind='none'`` reproduces ``GPTDataset`` sample for sample.
+- ``GPTDataset._query_document_sample_shuffle_indices(idx)``: returns ``(tokens, document_ids)``
+  in 0.16-0.18 and ``(tokens, document_ids, document_lengths)`` in 0.19 (which also adds
+  ``inter_document_masking`` built on those lengths). :data:`QUERY_RETURNS_LENGTHS` follows the
+  installed version by reading the return annotation's arity.
+- ``IndexedDatasetBuilder`` internals (0.16-0.19 alike): ``data_file`` (the open ``.bin``),
+  ``sequence_lengths`` and ``document_indices`` (Python lists; ``document_indices`` starts with 0
+  and holds the end of each document in sequences). :func:`add_sequences` writes many one-sequence
+  documents with one ``add_document`` call and then fixes ``document_indices``;
+  :func:`write_raw_tokens` and :func:`close_builder` use ``data_file``.
+- ``dist_checkpointing.strategies.filesystem_async``'s results-queue getter
+  (:func:`start_checkpoint_writer_helper`): ``_get_write_results_queue()`` in 0.16,
+  ``get_write_results_queue(mp_mode="spawn")`` later.
 """
 from __future__ import annotations
+
+import inspect
+import typing
+
+import numpy
+from megatron.core.datasets.gpt_dataset import GPTDataset
+from megatron.core.datasets.gpt_dataset import _build_document_index as build_document_index  # noqa: F401
+from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
+
+__all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "build_document_index", "build_shuffle_index",
+           "close_builder", "start_checkpoint_writer_helper", "write_raw_tokens"]
+
+QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
+    inspect.signature(GPTDataset._query_document_sample_shuffle_indices).return_annotation)) == 3
+"""Whether ``_query_document_sample_shuffle_indices`` must also return each document part's length."""
+
+
+def add_sequences(builder, tokens: numpy.ndarray, lengths: list) -> None:
+    """Append ``len(lengths)`` documents of one sequence each (``tokens`` concatenated, 1-D) to an
+    ``IndexedDatasetBuilder``: one ``.bin`` write, index identical to one ``add_document`` per document."""
+    n = len(lengths)
+    if n == 0:
+        return
+    if isinstance(builder.document_indices, list):
+        builder.add_document(tokens, lengths)  # one write for all n sequences ...
+        end = len(builder.sequence_lengths)
+        builder.document_indices[-1:] = range(end - n + 1, end + 1)  # ... each its own document
+    else:  # a builder that keeps its index differently: one call per document
+        for doc in numpy.split(tokens, numpy.cumsum(lengths)[:-1]):
+            builder.add_document(doc, [len(doc)])
+
+
+def write_raw_tokens(builder, tokens: numpy.ndarray) -> None:
+    """Write tokens to the builder's ``.bin`` that no sequence references (e.g. padding)."""
+    builder.data_file.write(numpy.asarray(tokens, dtype=builder.dtype).tobytes())
+
+
+def close_builder(builder) -> None:
+    """Close the builder's ``.bin`` without writing an index (abort)."""
+    builder.data_file.close()
 
 
 def start_checkpoint_writer_helper() -> None:

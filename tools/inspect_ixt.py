@@ -16,13 +16,14 @@ import json
 import sys
 
 from megatron_ixt.data import shards
-from megatron_ixt.data.record import SCORE_AXES, open_jsonl
+from megatron_ixt.data.inputs import open_jsonl
+from megatron_ixt.data.record import SCORE_AXES
 from megatron_ixt.tokenizer import build_tokenizer, model_sha256
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("prefix", help="shard-set prefix (the --output-prefix of preprocess_ixt)")
+    parser.add_argument("stem", help="path stem P of the shard set (the --output-prefix of preprocess_ixt)")
     parser.add_argument("--document", "-i", type=int, nargs="+", default=[], help="document indices to show")
     parser.add_argument("--tokenizer-model", default=None, help="to decode tokens (checked against the metadata)")
     parser.add_argument("--chars", type=int, default=300, help="characters of text to show")
@@ -64,9 +65,11 @@ def summary(reader: shards.ShardSet) -> str:
     m = reader.metadata
     c = collections.defaultdict(lambda: "?", m.get("counts", {}))  # hand-written sets may lack counts
     tok = m["tokenizer"]
-    lines = [f"{reader.output_prefix}: {len(reader)} documents ({c['annotated']} annotated, "
+    prefix_tokens = " / ".join(f"{c[shards.token_count_key(kind)]} {kind}" for kind in reader.kinds)
+    lines = [f"{reader.stem}: {len(reader)} documents ({c['annotated']} annotated, "
              f"{c['unannotated']} unannotated), {c['text_tokens']} text tokens, "
-             f"{c['critique_prefix_tokens']} critique / {c['quality_prefix_tokens']} quality prefix tokens",
+             f"{prefix_tokens or 'no'} prefix tokens",
+             f"prefix kinds: {', '.join(reader.kinds)} (format version {m['version']})",
              f"tokenizer: {tok['type']} {tok.get('model') or ''} (vocab {tok['vocab_size']}, eod {tok['eod']}), "
              f"append_eod={m.get('append_eod')}",
              "templates: " + ", ".join(f"{k} {t.get('name')} ({t['sha256'][:12]})" for k, t in m["templates"].items()),
@@ -96,7 +99,7 @@ def show_document(reader: shards.ShardSet, i: int, decoder, chars: int, record: 
         lines.append(f"annotation: quality {int(row['quality'])}/5; {scores}")
     else:
         lines.append("annotation: none (unannotated document)")
-    for kind in shards.PREFIX_KINDS:
+    for kind in reader.kinds:
         lines.append(f"{kind} prefix ({len(doc[kind])} tokens): {decode(doc[kind])!r}")
     text = decode(doc["text"])
     lines.append(f"text ({len(doc['text'])} tokens): {text[:chars]!r}{' ...' if len(text) > chars else ''}")
@@ -110,7 +113,7 @@ def show_document(reader: shards.ShardSet, i: int, decoder, chars: int, record: 
 def main(argv=None) -> int:
     args = get_args(argv)
     try:
-        reader = shards.ShardSet(args.prefix)
+        reader = shards.ShardSet(args.stem)
         decoder = load_decoder(reader.metadata, args.tokenizer_model)
         print(summary(reader))
         for i in args.document:

@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reset-attention-mask", action="store_true",
                         help="no attention across end-of-document tokens")
     parser.add_argument("--eod-mask-loss", action="store_true", help="no loss on end-of-document tokens")
-    parser.add_argument("--steering", action="store_true",
-                        help="condition every document on the shard set's steering prefix (P_ixt.json)")
+    parser.add_argument("--steering", nargs="?", const="", default=None, metavar="LEVEL",
+                        help="condition every document on the shard set's steering prefix of --ixt-prefix-kind "
+                             "(P_ixt.json); LEVEL as in generate's --steer KIND:LEVEL (default: the top level)")
     parser.add_argument("--split-name", choices=SPLITS, default="train", help="the split to sample from")
     parser.add_argument("--samples", type=int, nargs="+", default=[0, 1], help="sample indices to print")
     parser.add_argument("--no-color", action="store_true", help="no ANSI colours (also off when not a terminal)")
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    from megatron_ixt.data.prefix_kinds import parse_level
     from megatron_ixt.data.provider import (
         build_train_valid_test_datasets,
         config_paths,
@@ -100,8 +102,9 @@ def main(argv=None) -> None:
 
     tokenizer = build_tokenizer(args)
     config = dataset_config_from_args(args, tokenizer, create_attention_mask=False)
-    if args.steering:
-        tokens = steering_prefix(config_paths(config), config.prefix_kind)
+    if args.steering is not None:
+        tokens = steering_prefix(config_paths(config), config.prefix_kind, parse_level(args.steering),
+                                 tokenizer=tokenizer)
         config = dataset_config_from_args(args, tokenizer, create_attention_mask=False, steering_prefix=tokens,
                                           prefix_dropout=0.0, annotated_fraction=1.0)
     if args.data_cache_path and len(config_paths(config)) > 1 and not torch.distributed.is_initialized():

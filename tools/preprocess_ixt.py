@@ -1,4 +1,4 @@
-"""Annotated JSONL -> IXT shard set (text store + two aligned prefix stores + P_ixt.json).
+"""Annotated JSONL -> IXT shard set (text store + one aligned store per prefix kind + P_ixt.json).
 
     python tools/preprocess_ixt.py --input 'data/*.jsonl.zst' --output-prefix out/corpus \\
         --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model --workers 8 --append-eod
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import itertools
 import os
 import sys
@@ -22,9 +21,11 @@ from multiprocessing import Pool
 import numpy
 
 from megatron_ixt import __version__
-from megatron_ixt.data import shards
-from megatron_ixt.data.record import REASONS, SCORE_AXES, open_jsonl, parse_line
-from megatron_ixt.data.templates import STEERING_CRITIQUE, load_template, steering_annotation
+from megatron_ixt.data import prefix_kinds, shards
+from megatron_ixt.data.inputs import expand_inputs, open_jsonl
+from megatron_ixt.data.prefix_kinds import STEERING_CRITIQUE, steering_annotation
+from megatron_ixt.data.record import REASONS, SCORE_AXES, parse_line
+from megatron_ixt.data.templates import load_template
 from megatron_ixt.tokenizer import BatchEncoder, add_tokenizer_args, build_tokenizer, tokenizer_identity
 
 CHUNK_LINES = 256  # lines per worker task; fixed, so that chunking never depends on --workers
@@ -35,23 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_argument_group("input data")
     group.add_argument("--input", required=True, nargs="+",
-                       help="JSONL files or globs (.jsonl, .jsonl.gz, .jsonl.zst), read in the order given")
+                       help="JSONL files or globs (.jsonl, .jsonl.gz, .jsonl.zst), read in the order given (each glob "
+                            "sorted, a file given twice read once)")
     group.add_argument("--json-keys", nargs="+", default=["text"],
                        help="the field holding the document text (exactly one key)")
     add_tokenizer_args(parser)
     group = parser.add_argument_group("IXT prefixes")
-    group.add_argument("--critique-template", default="default",
-                       help="'default', a built-in template name, or a template file")
-    group.add_argument("--quality-template", default="default",
-                       help="'default', a built-in template name, or a template file")
+    group.add_argument("--prefix-kinds", nargs="+", choices=prefix_kinds.names(), default=list(prefix_kinds.names()),
+                       metavar="KIND", help="the prefix kinds to write, one store each (default: all, "
+                                            f"{' '.join(prefix_kinds.names())})")
+    for kind in prefix_kinds.KINDS.values():
+        group.add_argument(kind.flag, default="default", dest=f"{kind.name}_template",
+                           help=f"template of the {kind.name} prefix ({kind.description}): 'default' "
+                                f"({kind.default_template}), a built-in template name, or a template file")
     group.add_argument("--steering-critique", default=STEERING_CRITIQUE,
-                       help="the critique rendered into the steering prefixes (default: a built-in "
+                       help="the critique rendered into the top-level steering prefixes (default: a built-in "
                             "'excellent' critique)")
     group.add_argument("--text-only", action="store_true",
                        help="write only P_text_document (a plain Megatron store, no prefixes, no P_ixt.json)")
     group = parser.add_argument_group("output data")
-    group.add_argument("--output-prefix", required=True,
-                       help="path prefix P of the shard set: P_text_document.{bin,idx}, the prefix stores, P_ixt.json")
+    group.add_argument("--output-prefix", required=True, metavar="STEM",
+                       help="path stem P of the shard set: P_text_document.bin, P_<kind>_prefix.bin, P_ixt.json, ...")
     group.add_argument("--append-eod", action="store_true", help="append the EOD token to every document")
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1, help="encoding processes")
@@ -68,18 +73,8 @@ def get_args(argv=None) -> argparse.Namespace:
         parser.error("--json-keys: IXT shard sets hold one text field; give exactly one key")
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    args.prefix_kinds = [kind for kind in prefix_kinds.names() if kind in args.prefix_kinds]  # registry order
     return args
-
-
-def input_files(patterns: list[str]) -> list[str]:
-    """Expand globs (sorted within each pattern), keeping the order of the patterns."""
-    files = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches or not all(os.path.isfile(m) for m in matches):
-            raise FileNotFoundError(f"--input {pattern!r}: no such file")
-        files += matches
-    return files
 
 
 @dataclass
@@ -109,8 +104,7 @@ class ChunkEncoder:
         self.eod = numpy.array([self.tokenizer.eod] if args.append_eod else [], self.dtype).tobytes()
         self.check_range = args.tokenizer_type == "NullTokenizer"  # the only one taking ids from the input
         self.vocab_size = self.tokenizer.vocab_size
-        self.templates = {} if args.text_only else {
-            kind: load_template(kind, getattr(args, f"{kind}_template")) for kind in shards.PREFIX_KINDS}
+        self.templates = {} if args.text_only else templates(args)
 
     def encode(self, texts: list[str]) -> list:
         """Each text's tokens as ``self.dtype`` bytes; None where the tokenizer fails or gives
@@ -166,7 +160,7 @@ class ChunkEncoder:
             encoded = self.encode_unique([template.render(annotations[i]) for i in annotated])
             prefix_ids[kind] = dict(zip(annotated, encoded))
 
-        per_store = {name: [] for name in ("text",) + tuple(self.templates)}
+        per_store = {name: [] for name in (shards.TEXT,) + tuple(self.templates)}
         docs = []
         for i, ids in enumerate(text_ids):
             if not ids:
@@ -174,7 +168,7 @@ class ChunkEncoder:
                 result.problems.append((line_numbers[i], "text_untokenizable", f"the tokenizer {why}"))
                 result.counts["dropped"] += 1
                 continue
-            per_store["text"].append(ids + self.eod)  # bytes
+            per_store[shards.TEXT].append(ids + self.eod)  # bytes
             annotation = annotations[i]
             prefixes = {kind: prefix_ids[kind].get(i) for kind in self.templates}
             if annotation is not None and not all(prefixes.values()):
@@ -248,60 +242,40 @@ class StrictError(RuntimeError):
     pass
 
 
-def build_metadata(args, tokenizer, files, counts, status, quality, score_sums, skipped) -> dict:
-    templates = {kind: load_template(kind, getattr(args, f"{kind}_template")) for kind in shards.PREFIX_KINDS}
+def templates(args: argparse.Namespace) -> dict:
+    """kind -> PrefixTemplate for each of ``--prefix-kinds``, from its ``--<kind>-template``."""
+    return {kind: load_template(kind, getattr(args, f"{kind}_template")) for kind in args.prefix_kinds}
+
+
+def steering_prefixes(args, tokenizer) -> dict:
+    """kind -> ``{text, tokens}`` of the top-level steering prefix (with ``--steering-critique``);
+    fails early when a template cannot be tokenized at all (e.g. text with NullTokenizer)."""
     steering = {}
-    for kind, template in templates.items():
-        text = template.render(steering_annotation(args.steering_critique))
-        steering[kind] = {"text": text, "tokens": [int(t) for t in tokenizer.tokenize(text)]}
-    annotated = counts["annotated"]
-    return {
-        "format": shards.IXT_FORMAT,
-        "version": shards.IXT_FORMAT_VERSION,
-        "created_by": f"megatron-ixt {__version__} tools/preprocess_ixt.py",
-        "tokenizer": tokenizer_identity(args, tokenizer=tokenizer),
-        "append_eod": bool(args.append_eod),
-        "json_key": args.json_keys[0],
-        "templates": {kind: t.identity() for kind, t in templates.items()},
-        "steering": steering,
-        "inputs": [{"path": p, "bytes": os.path.getsize(p)} for p in files],
-        "counts": {k: counts[k] for k in ("records", "blank_lines", "documents", "annotated", "unannotated",
-                                          "degraded", "dropped", "input_bytes", "text_tokens",
-                                          "critique_prefix_tokens", "quality_prefix_tokens")},
-        "annotation_status": dict(sorted(status.items())),
-        "quality_histogram": {str(q): quality[q] for q in range(1, 6)},
-        "score_sums": {a: score_sums[a] for a in SCORE_AXES},
-        "score_means": {a: round(score_sums[a] / annotated, 4) if annotated else None for a in SCORE_AXES},
-        "skipped": {reason: skipped[reason] for reason in REASONS},
-    }
-
-
-def _check_steering(args, tokenizer) -> None:
-    """Fail early when a template cannot be tokenized at all (e.g. text with NullTokenizer)."""
-    for kind in shards.PREFIX_KINDS:
-        template = load_template(kind, getattr(args, f"{kind}_template"))
+    for kind, template in templates(args).items():
+        text = template.render(steering_annotation(critique=args.steering_critique))
         try:
-            tokenizer.tokenize(template.render(steering_annotation(args.steering_critique)))
+            steering[kind] = {"text": text, "tokens": [int(t) for t in tokenizer.tokenize(text)]}
         except Exception as exc:
             raise ValueError(f"{args.tokenizer_type} cannot tokenize the {kind} template {template.name!r} "
                              f"({exc!r}); give a template it can encode, or --text-only") from None
+    return steering
 
 
 def preprocess(args: argparse.Namespace, log=None) -> dict | None:
     """Run the preprocessing; returns the metadata written (None with --text-only).
     Progress and problems go to ``log`` (default: stderr)."""
     log = log or sys.stderr
-    files = input_files(args.input)
+    files = expand_inputs(args.input)
     tokenizer = build_tokenizer(args)
     if args.append_eod and (tokenizer.eod is None or tokenizer.eod < 0):
         raise ValueError(f"--append-eod: the tokenizer {args.tokenizer_model!r} has no EOD/EOS token")
-    if not args.text_only:
-        _check_steering(args, tokenizer)
+    steering = None if args.text_only else steering_prefixes(args, tokenizer)
+    kinds = () if args.text_only else tuple(args.prefix_kinds)
 
     counts, status, quality, score_sums, skipped = (collections.Counter() for _ in range(5))
     start = time.time()
     next_log = args.log_interval
-    with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, text_only=args.text_only) as writer:
+    with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer:
         for result in encode_in_order(args, read_chunks(files)):
             for line_number, reason, message in result.problems:
                 skipped[reason] += 1
@@ -312,7 +286,7 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
                     print(f"{where}: {reason}: {message}", file=log)
             writer.add_documents(result.tokens, result.lengths)
             for name in writer.names:
-                counts[("text_tokens" if name == "text" else f"{name}_prefix_tokens")] += len(result.tokens[name])
+                counts[shards.token_count_key(name)] += len(result.tokens[name])
             if result.docs is not None:
                 writer.add_docs(result.docs)
             counts.update(result.counts)
@@ -323,8 +297,12 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
                 next_log += args.log_interval
                 print(progress_line(counts, time.time() - start), file=log, flush=True)
         counts["unannotated"] = counts["documents"] - counts["annotated"]
-        metadata = None if args.text_only else build_metadata(args, tokenizer, files, counts, status, quality,
-                                                              score_sums, skipped)
+        metadata = None if args.text_only else shards.build_metadata(
+            created_by=f"megatron-ixt {__version__} tools/preprocess_ixt.py",
+            tokenizer=tokenizer_identity(args, tokenizer=tokenizer), append_eod=args.append_eod,
+            json_key=args.json_keys[0], templates={k: t.identity() for k, t in templates(args).items()},
+            steering=steering, inputs=[{"path": p, "bytes": os.path.getsize(p)} for p in files], counts=counts,
+            annotation_status=status, quality=quality, score_sums=score_sums, skipped=skipped)
         metadata = writer.commit(metadata)
     print(progress_line(counts, time.time() - start, final=True), file=log, flush=True)
     print(summary(counts, skipped), file=log, flush=True)

@@ -175,9 +175,10 @@ def write_jsonl(path: str, records: list) -> None:
 def tokenizer_training_texts(records: list) -> list:
     """Document texts plus the rendered default prefixes (so that the model covers their characters)."""
     from megatron_ixt.data.record import parse_annotation
-    from megatron_ixt.data.templates import DEFAULT_TEMPLATES, load_template, steering_annotation
+    from megatron_ixt.data.prefix_kinds import names, steering_annotation
+    from megatron_ixt.data.templates import load_template
 
-    templates = [load_template(kind) for kind in DEFAULT_TEMPLATES]
+    templates = [load_template(kind) for kind in names()]
     annotations = [steering_annotation()] + [parse_annotation(r["ixt"])[0] for r in records if "ixt" in r]
     return [r["text"] for r in records] + [t.render(a) for a in annotations if a is not None for t in templates]
 

@@ -67,7 +67,8 @@ def train_tokenizer(annotated_jsonl: str, model_prefix: str, vocab_size: int) ->
 
     import sentencepiece
 
-    from megatron_ixt.data.templates import QUALITY_LABELS, STEERING_CRITIQUE, TEMPLATE_DIR
+    from megatron_ixt.data.prefix_kinds import QUALITY_LABELS, STEERING_CRITIQUE
+    from megatron_ixt.data.templates import TEMPLATE_DIR
 
     lines = [STEERING_CRITIQUE, *QUALITY_LABELS.values()]
     for path in glob.glob(os.path.join(TEMPLATE_DIR, "*.txt")):
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
     conditions = {"baseline": ("baseline", ["--steer", "none"]),
                   "ixt steered to quality 5": ("ixt", ["--steer", "quality"]),
                   "ixt unconditioned": ("ixt", ["--steer", "none"]),
-                  "ixt steered to quality 1": ("ixt", ["--prefix-text", "Quality: very poor.\n"])}
+                  "ixt steered to quality 1": ("ixt", ["--steer", "quality:1"])}
     results = {}
     for name, (arm, steer_args) in conditions.items():
         gen_path = os.path.join(out, "eval", re.sub(r"\W+", "_", name) + ".jsonl")

@@ -9,18 +9,18 @@ exactly like ``GPTDataset`` (blends, weights, splits, per-split blends, index ca
 
 Where prefixes come from (``docs/CONTRACTS.md`` section 2): a ``--data-path`` entry names a text
 store ``P_text_document``; the ``P_<kind>_prefix`` store next to it holds one prefix per document
-(length 0 = unannotated). A text store without a prefix store is a plain store: no prefixes.
+(length 0 = unannotated), for each kind listed in ``P_ixt.json``. A text store without
+``P_ixt.json`` is a plain store: no prefixes.
 
 Samples (``docs/CONTRACTS.md`` section 3): ``GPTDataset``'s dict plus ``prefix_mask``, a float
 tensor shaped like ``loss_mask``, 1.0 where ``labels[i]`` is a prefix token.
 """
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 import os
 import time
-import typing
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -28,48 +28,37 @@ import numpy
 import torch
 
 from megatron.core.datasets import helpers
-from megatron.core.datasets.gpt_dataset import (
-    GPTDataset,
-    GPTDatasetConfig,
-    _build_document_index,
-    _build_shuffle_index,
-)
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 from megatron.core.utils import log_single_rank
 
-from megatron_ixt.data.shards import (
-    PREFIX_KINDS,
-    has_prefix_store,
-    metadata_path,
-    prefix_store_path,
-    shard_set_prefix,
-)
+from megatron_ixt.data import prefix_kinds
+from megatron_ixt.data.shards import metadata_path, prefix_store_path, read_metadata, shard_set_stem
+from megatron_ixt.mcore_private import QUERY_RETURNS_LENGTHS, build_document_index, build_shuffle_index
 
 logger = logging.getLogger(__name__)
 
-PREFIX_KIND_CHOICES = ("none",) + PREFIX_KINDS
+NO_PREFIX = "none"  # the prefix kind of the baseline arm: plain GPTDataset samples
 PREFIX_LOSS_CHOICES = ("train", "mask")
+
+
+def prefix_kind_choices() -> tuple:
+    """``none`` plus every registered prefix kind (``megatron_ixt.data.prefix_kinds``)."""
+    return (NO_PREFIX,) + prefix_kinds.names()
 
 # Salts that keep the per-document random decisions independent of each other.
 _SALT_ANNOTATED = 0xA11
 _SALT_DROPOUT = 0xD40
-
-# megatron-core 0.16 returns (tokens, document_ids) from _query_document_sample_shuffle_indices;
-# 0.17+ returns (tokens, document_ids, document_lengths). Follow whatever the installed one does.
-_QUERY_RETURNS_LENGTHS = (
-    len(typing.get_args(inspect.signature(GPTDataset._query_document_sample_shuffle_indices).return_annotation))
-    == 3
-)
-
 
 @dataclass
 class IXTGPTDatasetConfig(GPTDatasetConfig):
     """``GPTDatasetConfig`` plus the IXT conditioning options (all part of the index cache key)."""
 
     prefix_kind: str = "critique"
-    """Which prefix precedes each document: ``none`` (plain GPTDataset samples: the baseline arm),
-    ``quality`` (templated 5-level quality) or ``critique`` (natural-language critique)."""
+    """Which prefix precedes each document: ``none`` (plain GPTDataset samples: the baseline arm)
+    or a registered prefix kind (``critique``: natural-language critique, ``quality``: templated
+    5-level quality, ``scores``: templated per-axis levels; see ``prefix_kinds``)."""
 
     prefix_loss: str = "train"
     """``train``: prefix tokens stay in the loss; ``mask``: ``loss_mask`` is 0 on prefix labels."""
@@ -89,8 +78,8 @@ class IXTGPTDatasetConfig(GPTDatasetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.prefix_kind not in PREFIX_KIND_CHOICES:
-            raise ValueError(f"prefix_kind={self.prefix_kind!r}: expected one of {PREFIX_KIND_CHOICES}")
+        if self.prefix_kind not in prefix_kind_choices():
+            raise ValueError(f"prefix_kind={self.prefix_kind!r}: expected one of {prefix_kind_choices()}")
         if self.prefix_loss not in PREFIX_LOSS_CHOICES:
             raise ValueError(f"prefix_loss={self.prefix_loss!r}: expected one of {PREFIX_LOSS_CHOICES}")
         if not 0.0 <= self.prefix_dropout <= 1.0:
@@ -99,14 +88,24 @@ class IXTGPTDatasetConfig(GPTDatasetConfig):
             raise ValueError(f"annotated_fraction={self.annotated_fraction}: expected a fraction in [0, 1]")
         if self.steering_prefix is not None:
             self.steering_prefix = tuple(int(t) for t in self.steering_prefix)
-            if self.prefix_kind == "none":
-                raise ValueError("steering_prefix needs prefix_kind 'quality' or 'critique' (the kind of the "
-                                 "steering tokens), not 'none'")
+            if self.prefix_kind == NO_PREFIX:
+                raise ValueError("steering_prefix needs the prefix kind of the steering tokens, not 'none'")
             if self.prefix_dropout != 0.0 or self.annotated_fraction != 1.0:
                 raise ValueError("steering_prefix conditions every document on the same prefix: set "
                                  "prefix_dropout=0.0 and annotated_fraction=1.0")
         if self.defer_npy_index_mmap:
             raise ValueError("IXTGPTDataset builds its indices eagerly; defer_npy_index_mmap is not supported")
+
+
+IXT_FIELDS = ("prefix_kind", "prefix_loss", "prefix_dropout", "annotated_fraction")
+"""The IXT training options (``--ixt-<field>`` flags; ``steering_prefix`` is for evaluation only)."""
+
+
+def ixt_default(name: str):
+    """The default of IXT option ``name`` (one of ``IXT_FIELDS``): defined once, on ``IXTGPTDatasetConfig``."""
+    if name not in IXT_FIELDS:
+        raise KeyError(f"{name!r} is not an IXT option; expected one of {IXT_FIELDS}")
+    return next(f.default for f in dataclasses.fields(IXTGPTDatasetConfig) if f.name == name)
 
 
 def _splitmix64(x: numpy.ndarray) -> numpy.ndarray:
@@ -129,19 +128,25 @@ def document_draws(seed: int, salt: int, document_ids: numpy.ndarray, probabilit
 
 def _open_prefix_store(dataset_path: Optional[str], text: IndexedDataset,
                        config: IXTGPTDatasetConfig) -> Optional[IndexedDataset]:
-    """The ``config.prefix_kind`` prefix store aligned with ``text``, or None for a plain store."""
-    if config.prefix_kind == "none" or config.steering_prefix is not None or dataset_path is None:
+    """The ``config.prefix_kind`` prefix store aligned with ``text``, or None for a plain store.
+
+    The kinds a shard set holds are those listed in its ``P_ixt.json`` (sets written before a kind
+    existed lack it: asking for it is an error naming the set)."""
+    if config.prefix_kind == NO_PREFIX or config.steering_prefix is not None or dataset_path is None:
         return None
     kind = config.prefix_kind
-    if not has_prefix_store(dataset_path, kind):
-        shard_set = shard_set_prefix(dataset_path)
-        if shard_set is not None and os.path.exists(metadata_path(shard_set)):
-            raise FileNotFoundError(
-                f"{dataset_path}: the shard set has {metadata_path(shard_set)} but no {kind} prefix store "
-                f"{prefix_store_path(shard_set, kind)}.{{bin,idx}}")
+    stem = shard_set_stem(dataset_path)
+    if stem is None or not os.path.exists(metadata_path(stem)):
         log_single_rank(logger, logging.INFO, f"{dataset_path}: plain text store, documents get no prefix")
         return None
-    path = prefix_store_path(shard_set_prefix(dataset_path), kind)
+    kinds = read_metadata(stem)["kinds"]
+    if kind not in kinds:
+        raise FileNotFoundError(f"{dataset_path}: the shard set {metadata_path(stem)} holds the prefix kinds "
+                                f"{kinds}, not {kind!r}; re-run tools/preprocess_ixt.py to add it")
+    path = prefix_store_path(stem, kind)
+    if not IndexedDataset.exists(path):
+        raise FileNotFoundError(f"{dataset_path}: the shard set has {metadata_path(stem)} but no {kind} prefix "
+                                f"store {path}.{{bin,idx}}")
     store = IndexedDataset(path, multimodal=False, mmap=config.mmap_bin_files)
     if store.sequence_lengths.shape[0] != text.sequence_lengths.shape[0]:
         raise ValueError(f"{path}: {store.sequence_lengths.shape[0]} prefixes for "
@@ -297,7 +302,7 @@ class IXTGPTDataset(GPTDataset):
                 0.80 * num_samples_per_epoch)
 
         numpy_random_state = numpy.random.RandomState(self.config.random_seed)
-        document_index = _build_document_index(documents, num_epochs, numpy_random_state, separate_final_epoch)
+        document_index = build_document_index(documents, num_epochs, numpy_random_state, separate_final_epoch)
 
         if self.config.prefix_dropout == 0.0:
             prefix_length = document_prefix_lengths[document_index]
@@ -325,7 +330,7 @@ class IXTGPTDataset(GPTDataset):
             self.config.add_extra_token_to_sequence,
         )
         num_samples = sample_index.shape[0] - 1
-        shuffle_index = _build_shuffle_index(
+        shuffle_index = build_shuffle_index(
             num_samples_sans_final_epoch if separate_final_epoch else num_samples, num_samples, numpy_random_state)
         log_single_rank(logger, logging.INFO, f"> total number of epochs: {num_epochs}")
         return document_index, prefix_length, sample_index, shuffle_index
@@ -339,7 +344,7 @@ class IXTGPTDataset(GPTDataset):
 
     def _query_document_sample_shuffle_indices(self, idx: int):
         """Tokens of sample ``idx`` (conditioned documents, padded), their document ids, and, on
-        megatron-core >= 0.17, the token count of each conditioned document part.
+        megatron-core >= 0.19, the token count of each conditioned document part.
 
         Also keeps the sample's per-token prefix flags for ``__getitem__`` (``_last_prefix_flags``).
         """
@@ -377,7 +382,7 @@ class IXTGPTDataset(GPTDataset):
         self._last_prefix_flags = flags
         tokens = numpy.concatenate(parts, dtype=numpy.int64)
         document_ids = document_ids.astype(numpy.int64)
-        if _QUERY_RETURNS_LENGTHS:
+        if QUERY_RETURNS_LENGTHS:
             return tokens, document_ids, document_lengths
         return tokens, document_ids
 

@@ -3,12 +3,13 @@
 - :func:`add_ixt_dataset_args` adds ``--ixt-prefix-kind --ixt-prefix-loss --ixt-prefix-dropout
   --ixt-annotated-fraction`` to an argparse parser (also usable as Megatron-LM's
   ``extra_args_provider``).
-- :func:`dataset_config_from_args` turns Megatron-LM-named args (``--data-path`` weighted blends
-  with ``--split``, or ``--train-data-path/--valid-data-path/--test-data-path``, ``--seq-length``,
-  ``--seed``, ``--data-cache-path``, ``--reset-position-ids``, ...) into an
-  :class:`IXTGPTDatasetConfig`.
+- :func:`dataset_config` turns our ``DataConfig`` (``cfg.data``) into an
+  :class:`IXTGPTDatasetConfig`, reading every field by name (a renamed field fails, it never
+  takes a default); :func:`dataset_config_from_args` does the same for Megatron-LM-named args
+  (``--data-path`` weighted blends with ``--split``, or ``--train-data-path/--valid-data-path/
+  --test-data-path``, ``--seq-length``, ``--seed``, ``--data-cache-path``, ``--reset-position-ids``, ...).
 - :func:`build_train_valid_test_datasets` runs ``BlendedMegatronDatasetBuilder`` with
-  :class:`IXTGPTDataset`.
+  :class:`IXTGPTDataset`; :func:`build_datasets` gives the trainer its train and eval datasets.
 - :func:`steering_prefix` and :func:`conditioning_configs`: the evaluation conditionings
   (true prefix, no prefix, steering prefix).
 - :func:`train_valid_test_datasets_provider`: drop-in for Megatron-LM's ``pretrain_gpt.py``
@@ -24,30 +25,48 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_ixt.data.dataset import (
-    PREFIX_KIND_CHOICES,
+    NO_PREFIX,
     PREFIX_LOSS_CHOICES,
     IXTGPTDataset,
     IXTGPTDatasetConfig,
+    ixt_default,
+    prefix_kind_choices,
 )
-from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_prefix
+from megatron_ixt.data.prefix_kinds import Level
+from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_stem
+from megatron_ixt.data.templates import recorded_template, steering
 
 if TYPE_CHECKING:
-    from megatron_ixt.training.config import Config
+    from megatron_ixt.training.config import Config, DataConfig
 
-# Megatron-LM's split when --data-path is given without --split.
 DEFAULT_SPLIT = "969,30,1"
+"""Megatron-LM's split when --data-path is given without --split (the one definition of it)."""
+
+# GPTDatasetConfig field <- Megatron-LM arg, passed on when the args have it (else megatron-core's default).
+_MEGATRON_LM_ARGS = {
+    "num_dataset_builder_threads": "num_dataset_builder_threads",
+    "path_to_cache": "data_cache_path",
+    "mmap_bin_files": "mmap_bin_files",
+    "reset_position_ids": "reset_position_ids",
+    "reset_attention_mask": "reset_attention_mask",
+    "eod_mask_loss": "eod_mask_loss",
+    "create_attention_mask": "create_attention_mask_in_dataloader",
+    "mid_level_dataset_surplus": "mid_level_dataset_surplus",
+    "allow_ambiguous_pad_tokens": "allow_ambiguous_pad_tokens",
+}
 
 
 def add_ixt_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the IXT dataset flags to ``parser`` and return it."""
+    """Add the IXT dataset flags to ``parser`` and return it (defaults: ``IXTGPTDatasetConfig``'s)."""
     group = parser.add_argument_group("IXT dataset")
-    group.add_argument("--ixt-prefix-kind", choices=PREFIX_KIND_CHOICES, default="critique",
-                       help="prefix before each document; 'none' is the plain GPTDataset baseline")
-    group.add_argument("--ixt-prefix-loss", choices=PREFIX_LOSS_CHOICES, default="train",
+    group.add_argument("--ixt-prefix-kind", choices=prefix_kind_choices(), default=ixt_default("prefix_kind"),
+                       help="prefix before each document (a kind of megatron_ixt.data.prefix_kinds the shard sets "
+                            "hold); 'none' is the plain GPTDataset baseline")
+    group.add_argument("--ixt-prefix-loss", choices=PREFIX_LOSS_CHOICES, default=ixt_default("prefix_loss"),
                        help="'train': prefix tokens stay in the loss; 'mask': no loss on prefix tokens")
-    group.add_argument("--ixt-prefix-dropout", type=float, default=0.0,
+    group.add_argument("--ixt-prefix-dropout", type=float, default=ixt_default("prefix_dropout"),
                        help="probability a document is shown without its prefix (per document and epoch)")
-    group.add_argument("--ixt-annotated-fraction", type=float, default=1.0,
+    group.add_argument("--ixt-annotated-fraction", type=float, default=ixt_default("annotated_fraction"),
                        help="use annotations of only this deterministic fraction of annotated documents")
     return parser
 
@@ -66,32 +85,35 @@ def blends_from_args(args) -> Tuple[Optional[Tuple[List[str], Optional[List[floa
     raise ValueError("no data: give --data-path or --train-data-path/--valid-data-path/--test-data-path")
 
 
-def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfig:
-    """An :class:`IXTGPTDatasetConfig` from Megatron-LM-named args; ``overrides`` win."""
-    blend, blend_per_split = blends_from_args(args)
+def dataset_config(data: "DataConfig", *, seed: int, sequence_length: int, tokenizer,
+                   **overrides) -> IXTGPTDatasetConfig:
+    """The :class:`IXTGPTDatasetConfig` of ``cfg.data`` (every field read by name); ``overrides`` win."""
+    blend, blend_per_split = blends_from_args(data)
     values = dict(
-        random_seed=args.seed,
-        sequence_length=args.seq_length,
-        blend=blend,
-        blend_per_split=blend_per_split,
-        split=(getattr(args, "split", None) or DEFAULT_SPLIT) if blend is not None else None,
-        num_dataset_builder_threads=getattr(args, "num_dataset_builder_threads", 1),
-        path_to_cache=getattr(args, "data_cache_path", None),
-        mmap_bin_files=getattr(args, "mmap_bin_files", True),
-        tokenizer=tokenizer,
-        reset_position_ids=bool(getattr(args, "reset_position_ids", False)),
-        reset_attention_mask=bool(getattr(args, "reset_attention_mask", False)),
-        eod_mask_loss=bool(getattr(args, "eod_mask_loss", False)),
-        create_attention_mask=getattr(args, "create_attention_mask_in_dataloader", True),
-        mid_level_dataset_surplus=getattr(args, "mid_level_dataset_surplus", 0.005),
-        allow_ambiguous_pad_tokens=getattr(args, "allow_ambiguous_pad_tokens", False),
-        prefix_kind=getattr(args, "ixt_prefix_kind", "critique"),
-        prefix_loss=getattr(args, "ixt_prefix_loss", "train"),
-        prefix_dropout=getattr(args, "ixt_prefix_dropout", 0.0),
-        annotated_fraction=getattr(args, "ixt_annotated_fraction", 1.0),
+        random_seed=seed, sequence_length=sequence_length, tokenizer=tokenizer,
+        blend=blend, blend_per_split=blend_per_split, split=data.split if blend is not None else None,
+        path_to_cache=data.data_cache_path, reset_position_ids=data.reset_position_ids,
+        reset_attention_mask=data.reset_attention_mask, eod_mask_loss=data.eod_mask_loss,
+        create_attention_mask=data.reset_attention_mask,
+        prefix_kind=data.ixt_prefix_kind, prefix_loss=data.ixt_prefix_loss,
+        prefix_dropout=data.ixt_prefix_dropout, annotated_fraction=data.ixt_annotated_fraction,
     )
-    values.update(overrides)
-    return IXTGPTDatasetConfig(**values)
+    return IXTGPTDatasetConfig(**{**values, **overrides})
+
+
+def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfig:
+    """An :class:`IXTGPTDatasetConfig` from Megatron-LM-named args (with :func:`add_ixt_dataset_args`'
+    flags); ``overrides`` win. Megatron-LM args the namespace lacks keep megatron-core's defaults."""
+    blend, blend_per_split = blends_from_args(args)
+    values = {field: getattr(args, name) for field, name in _MEGATRON_LM_ARGS.items() if hasattr(args, name)}
+    values.update(
+        random_seed=args.seed, sequence_length=args.seq_length, tokenizer=tokenizer,
+        blend=blend, blend_per_split=blend_per_split,
+        split=(getattr(args, "split", None) or DEFAULT_SPLIT) if blend is not None else None,
+        prefix_kind=args.ixt_prefix_kind, prefix_loss=args.ixt_prefix_loss,
+        prefix_dropout=args.ixt_prefix_dropout, annotated_fraction=args.ixt_annotated_fraction,
+    )
+    return IXTGPTDatasetConfig(**{**values, **overrides})
 
 
 def build_train_valid_test_datasets(config: IXTGPTDatasetConfig, train_val_test_num_samples: Sequence[Optional[int]],
@@ -108,27 +130,41 @@ def config_paths(config: IXTGPTDatasetConfig) -> List[str]:
     return [path for blend in blends if blend is not None for path in blend[0]]
 
 
-def steering_prefix(paths: Sequence[str], kind: str) -> Tuple[int, ...]:
-    """``steering.<kind>.tokens`` of the IXT shard sets among ``paths`` (text-store paths).
+def steering_prefix(paths: Sequence[str], kind: str, level: Optional[Level] = None, *, tokenizer=None,
+                    critique: Optional[str] = None) -> Tuple[int, ...]:
+    """The ``kind`` steering-prefix tokens of the IXT shard sets among ``paths`` (text-store paths).
 
-    Raises if none of the paths is an IXT shard set, or if their steering prefixes differ.
+    ``level`` None and no ``critique``: the stored top-level prefix, ``steering.<kind>.tokens`` of
+    ``P_ixt.json``. Otherwise the ``kind`` template recorded in the shard sets is rendered for
+    ``level`` (see ``prefix_kinds.steering_annotation``) and tokenized with ``tokenizer``.
+    Raises if none of the paths is an IXT shard set, if one lacks ``kind``, or if they disagree.
     """
     found = {}
     for path in paths:
-        shard_set = shard_set_prefix(path)
-        if shard_set is None:
+        stem = shard_set_stem(path)
+        if stem is None:
             continue
         try:
-            metadata = read_metadata(shard_set)
+            metadata = read_metadata(stem)
         except FileNotFoundError:
             continue
-        found[metadata_path(shard_set)] = tuple(int(t) for t in metadata["steering"][kind]["tokens"])
+        if kind not in metadata["kinds"]:
+            raise ValueError(f"{metadata_path(stem)} holds the prefix kinds {metadata['kinds']}, not {kind!r}")
+        if level is None and critique is None:
+            found[metadata_path(stem)] = tuple(int(t) for t in metadata["steering"][kind]["tokens"])
+        else:
+            found[metadata_path(stem)] = recorded_template(metadata, kind)
     if not found:
         raise ValueError(f"no IXT shard set (P_text_document with P_ixt.json) among {list(paths)}: "
                          "cannot read a steering prefix")
     if len(set(found.values())) > 1:
         raise ValueError(f"the shard sets disagree on the {kind} steering prefix: {sorted(found)}")
-    return next(iter(found.values()))
+    value = next(iter(found.values()))
+    if isinstance(value, tuple):
+        return value
+    if tokenizer is None:
+        raise ValueError("a steering level other than the stored top level needs the tokenizer to tokenize it")
+    return tuple(int(t) for t in tokenizer.tokenize(steering(kind, level, critique=critique, template=value)))
 
 
 def conditioning_configs(config: IXTGPTDatasetConfig,
@@ -137,9 +173,9 @@ def conditioning_configs(config: IXTGPTDatasetConfig,
     dropout, all annotations), ``none`` (no prefix: GPTDataset samples) and, when
     ``steering_tokens`` are given, ``steering`` (every document under that one prefix).
     For ``prefix_kind='none'`` only ``none`` is returned."""
-    plain = dataclasses.replace(config, prefix_kind="none", prefix_dropout=0.0, annotated_fraction=1.0,
+    plain = dataclasses.replace(config, prefix_kind=NO_PREFIX, prefix_dropout=0.0, annotated_fraction=1.0,
                                 steering_prefix=None)
-    if config.prefix_kind == "none":
+    if config.prefix_kind == NO_PREFIX:
         return {"none": plain}
     variants = {
         "prefix": dataclasses.replace(config, prefix_dropout=0.0, annotated_fraction=1.0, steering_prefix=None),
@@ -158,15 +194,13 @@ def build_datasets(cfg: "Config", tokenizer):
     shard sets carry one, ``steering`` (the top-quality prefix of ``P_ixt.json``); the baseline
     arm (``--ixt-prefix-kind none``) has only ``none``.
     """
-    t, d = cfg.train, cfg.data
-    args = argparse.Namespace(**vars(d), seed=t.seed, seq_length=cfg.model.seq_length,
-                              create_attention_mask_in_dataloader=d.reset_attention_mask)
-    config = dataset_config_from_args(args, tokenizer)
+    t = cfg.train
+    config = dataset_config(cfg.data, seed=t.seed, sequence_length=cfg.model.seq_length, tokenizer=tokenizer)
     n_train = t.train_iters * t.global_batch_size
     n_valid = cfg.eval.eval_iters * t.global_batch_size
     train = build_train_valid_test_datasets(_one_split(config, 0), [n_train, 0, 0])[0]
     steer = None
-    if config.prefix_kind != "none":
+    if config.prefix_kind != NO_PREFIX:
         try:
             steer = steering_prefix(config_paths(config), config.prefix_kind)
         except ValueError:

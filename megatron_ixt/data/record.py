@@ -16,8 +16,6 @@ its text. ``TOKENIZE_REASONS`` are the preprocessing tool's equivalents found wh
 """
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from dataclasses import dataclass, field
 
@@ -177,13 +175,3 @@ def parse_line(line: bytes | str, text_key: str = "text") -> Record:
         return Record(None, None, STATUS_MISSING, (Problem("invalid_json", f"invalid JSON: {exc}"),))
     return parse_record(obj, text_key)
 
-
-def open_jsonl(path: str):
-    """Binary line reader for ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst`` files (by extension)."""
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")

@@ -1,18 +1,19 @@
 """IXT shard sets: naming, metadata, and the atomic writer / aligned reader of the stores.
 
-An IXT shard set with output prefix ``P`` is these files (docs/preprocess.md has the details)::
+An IXT shard set with path stem ``P`` (the ``--output-prefix`` of tools/preprocess_ixt.py) is
+these files (docs/preprocess.md has the details)::
 
     P_text_document.{bin,idx}   Megatron IndexedDataset, one document per sequence
                                 (EOD appended when preprocessed with --append-eod).
                                 Plain megatron-core GPTDataset trains on it unchanged.
-    P_critique_prefix.{bin,idx} IndexedDataset aligned 1:1 with the text sequences: the
-                                tokenized natural-language critique prefix of each
-                                document; length 0 for unannotated documents.
-    P_quality_prefix.{bin,idx}  Same, for the templated 5-level quality prefix.
+    P_<kind>_prefix.{bin,idx}   One per prefix kind the set holds (``kinds`` of P_ixt.json; by
+                                default every registered kind: critique, quality, scores):
+                                IndexedDataset aligned 1:1 with the text sequences, the tokenized
+                                ``kind`` prefix of each document; length 0 for unannotated documents.
     P_ixt_docs.npy              Per-document record: source (input file index, line) and
                                 annotation (quality, scores; 0 = unannotated), ``DOC_DTYPE``.
-    P_ixt.json                  Metadata (format version, tokenizer identity, templates,
-                                counts, steering prefixes); see ``IXT_FORMAT_VERSION``.
+    P_ixt.json                  Metadata (format version, prefix kinds, tokenizer identity,
+                                templates, counts, steering prefixes); see ``IXT_FORMAT_VERSION``.
                                 Written last: a shard set without it is incomplete.
 
 ``--data-path`` style paths name the text store (``P_text_document``); the prefix stores
@@ -20,63 +21,69 @@ and metadata are found next to it. A text store without siblings is a plain stor
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
 import re
+from typing import Mapping, Optional, Sequence
 
 import numpy
 
-from megatron_ixt.data.record import SCORE_AXES
+from megatron_ixt.data import prefix_kinds
+from megatron_ixt.data.record import QUALITY_LEVELS, REASONS, SCORE_AXES
 
 TEXT_SUFFIX = "_text_document"
-PREFIX_KINDS = ("critique", "quality")
+TEXT = "text"  # the store name of the text store; the others are named by their prefix kind
 
 
-def text_store_path(output_prefix: str) -> str:
-    """Path prefix (no .bin/.idx) of the text store of shard set ``output_prefix``."""
-    return output_prefix + TEXT_SUFFIX
+def text_store_path(stem: str) -> str:
+    """Path stem (no .bin/.idx) of the text store of shard set ``stem``."""
+    return stem + TEXT_SUFFIX
 
 
-def prefix_store_path(output_prefix: str, kind: str) -> str:
-    """Path prefix (no .bin/.idx) of the ``kind`` prefix store of shard set ``output_prefix``."""
-    if kind not in PREFIX_KINDS:
-        raise ValueError(f"unknown prefix kind {kind!r}; expected one of {PREFIX_KINDS}")
-    return f"{output_prefix}_{kind}_prefix"
+def prefix_store_path(stem: str, kind: str) -> str:
+    """Path stem (no .bin/.idx) of the ``kind`` prefix store of shard set ``stem``."""
+    return f"{stem}_{kind}_prefix"
 
 
-def metadata_path(output_prefix: str) -> str:
-    return output_prefix + "_ixt.json"
+def store_path(stem: str, name: str) -> str:
+    """Path stem of store ``name`` ("text" or a prefix kind) of shard set ``stem``."""
+    return text_store_path(stem) if name == TEXT else prefix_store_path(stem, name)
 
 
-def docs_path(output_prefix: str) -> str:
+def metadata_path(stem: str) -> str:
+    return stem + "_ixt.json"
+
+
+def docs_path(stem: str) -> str:
     """Path of the per-document table (``DOC_DTYPE`` rows, one per text sequence)."""
-    return output_prefix + "_ixt_docs.npy"
+    return stem + "_ixt_docs.npy"
 
 
-def shard_set_prefix(text_path: str) -> str | None:
+def shard_set_stem(text_path: str) -> str | None:
     """Inverse of :func:`text_store_path`: ``P`` for ``P_text_document``, else None."""
     return text_path[: -len(TEXT_SUFFIX)] if text_path.endswith(TEXT_SUFFIX) else None
 
 
-def has_prefix_store(text_path: str, kind: str) -> bool:
-    """Whether the text store at ``text_path`` has an aligned ``kind`` prefix store."""
-    prefix = shard_set_prefix(text_path)
-    if prefix is None:
-        return False
-    store = prefix_store_path(prefix, kind)
-    return os.path.exists(store + ".idx") and os.path.exists(store + ".bin")
+def token_count_key(name: str) -> str:
+    """The ``counts`` key of ``P_ixt.json`` holding the token count of store ``name``."""
+    return "text_tokens" if name == TEXT else f"{name}_prefix_tokens"
 
 
 # ---------------------------------------------------------------------------------------------
 # Metadata (P_ixt.json)
 
 IXT_FORMAT = "megatron-ixt-shards"
-IXT_FORMAT_VERSION = 1
-STORE_NAMES = ("text",) + PREFIX_KINDS
+IXT_FORMAT_VERSION = 2
+"""2: ``kinds`` lists the prefix kinds (and stores) of the set. 1 (still read): always critique, quality."""
+READ_VERSIONS = (1, 2)
+VERSION_1_KINDS = ("critique", "quality")
 # One row per document: where it came from (index into metadata["inputs"], 1-based line) and its
 # annotation (quality and scores in SCORE_AXES order; all 0 for an unannotated document).
 DOC_DTYPE = numpy.dtype([("file", "<u4"), ("line", "<u8"), ("quality", "i1"), ("scores", "i1", (len(SCORE_AXES),))])
+DOCUMENT_COUNTS = ("records", "blank_lines", "documents", "annotated", "unannotated", "degraded", "dropped",
+                   "input_bytes")
 
 
 def token_dtype(vocab_size: int):
@@ -86,14 +93,49 @@ def token_dtype(vocab_size: int):
     return DType.optimal_dtype(vocab_size)
 
 
-def store_path(output_prefix: str, name: str) -> str:
-    """Path prefix of store ``name`` ("text" or a prefix kind) of shard set ``output_prefix``."""
-    return text_store_path(output_prefix) if name == "text" else prefix_store_path(output_prefix, name)
+def build_metadata(*, created_by: str, tokenizer: dict, append_eod: bool, templates: Mapping[str, dict],
+                   steering: Mapping[str, dict], inputs: list, counts: Mapping[str, int],
+                   annotation_status: Mapping[str, int], quality: Mapping, score_sums: Mapping[str, int],
+                   skipped: Mapping[str, int], json_key: str = "text", **extra) -> dict:
+    """The ``P_ixt.json`` dict (without ``stores``, which :meth:`ShardSetWriter.commit` adds).
+
+    ``templates`` (kind -> ``PrefixTemplate.identity()``) names the kinds, in order; ``steering``
+    has the same kinds (``{text, tokens}`` of the top level). ``counts`` holds ``DOCUMENT_COUNTS``
+    (missing ones are 0) and each store's ``token_count_key``; ``quality`` counts documents per
+    quality level (int or str keys); ``score_sums`` per axis over annotated documents; ``skipped``
+    per reason of ``record.REASONS``. ``extra`` keys (e.g. ``merged_from``) are added as given.
+    """
+    kinds = list(templates)
+    if list(steering) != kinds:
+        raise ValueError(f"steering prefixes for {list(steering)}, templates for {kinds}")
+    counts = collections.Counter(counts)
+    quality = collections.Counter({int(q): n for q, n in quality.items()})
+    annotated = counts["annotated"]
+    return {
+        "format": IXT_FORMAT,
+        "version": IXT_FORMAT_VERSION,
+        "created_by": created_by,
+        "kinds": kinds,
+        "tokenizer": dict(tokenizer),
+        "append_eod": bool(append_eod),
+        "json_key": json_key,
+        "templates": {kind: dict(templates[kind]) for kind in kinds},
+        "steering": {kind: {"text": steering[kind]["text"], "tokens": [int(t) for t in steering[kind]["tokens"]]}
+                     for kind in kinds},
+        "inputs": list(inputs),
+        "counts": {k: int(counts[k]) for k in DOCUMENT_COUNTS + tuple(map(token_count_key, (TEXT, *kinds)))},
+        "annotation_status": dict(sorted(annotation_status.items())),
+        "quality_histogram": {str(q): int(quality[q]) for q in QUALITY_LEVELS},
+        "score_sums": {a: int(score_sums.get(a, 0)) for a in SCORE_AXES},
+        "score_means": {a: round(score_sums.get(a, 0) / annotated, 4) if annotated else None for a in SCORE_AXES},
+        "skipped": {reason: int(skipped.get(reason, 0)) for reason in REASONS},
+        **extra,
+    }
 
 
-def write_metadata(output_prefix: str, metadata: dict) -> None:
+def write_metadata(stem: str, metadata: dict) -> None:
     """Write ``P_ixt.json`` atomically (temporary file, then rename)."""
-    path = metadata_path(output_prefix)
+    path = metadata_path(stem)
     tmp = f"{path}.tmp{os.getpid()}"
     text = json.dumps(metadata, indent=1)
     # one line per list of ints (steering tokens) instead of one line per int
@@ -103,11 +145,14 @@ def write_metadata(output_prefix: str, metadata: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_metadata(output_prefix: str) -> dict:
-    """Read ``P_ixt.json`` of shard set ``output_prefix``; refuses unknown formats and versions."""
-    path = metadata_path(output_prefix)
+def read_metadata(stem: str) -> dict:
+    """Read ``P_ixt.json`` of shard set ``stem``; refuses unknown formats and versions.
+
+    A version-1 file (written before ``kinds`` existed) gets ``kinds = ["critique", "quality"]``.
+    """
+    path = metadata_path(stem)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no IXT metadata; is {output_prefix!r} the --output-prefix "
+        raise FileNotFoundError(f"{path}: no IXT metadata; is {stem!r} the --output-prefix "
                                 "of a completed tools/preprocess_ixt.py run?")
     with open(path, encoding="utf-8") as f:
         try:
@@ -116,21 +161,28 @@ def read_metadata(output_prefix: str) -> dict:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(metadata, dict) or metadata.get("format") != IXT_FORMAT:
         raise ValueError(f"{path}: not an IXT shard-set metadata file (format != {IXT_FORMAT!r})")
-    if metadata.get("version") != IXT_FORMAT_VERSION:
+    if metadata.get("version") not in READ_VERSIONS:
         raise ValueError(f"{path}: IXT shard format version {metadata.get('version')!r} is not supported "
-                         f"by this megatron-ixt (it reads version {IXT_FORMAT_VERSION}); re-run "
-                         "tools/preprocess_ixt.py or upgrade megatron-ixt")
+                         f"by this megatron-ixt (it reads versions {', '.join(map(str, READ_VERSIONS))}); "
+                         "re-run tools/preprocess_ixt.py or upgrade megatron-ixt")
+    if metadata["version"] == 1:
+        metadata["kinds"] = list(VERSION_1_KINDS)
+    if not isinstance(metadata.get("kinds"), list) or not all(k in metadata.get("templates", {})
+                                                              for k in metadata["kinds"]):
+        raise ValueError(f"{path}: 'kinds' must list prefix kinds that all have a 'templates' entry")
     return metadata
 
 
 def compatibility_problems(a: dict, b: dict) -> list[str]:
-    """Why two shard sets' metadata cannot be mixed (different tokenizer or templates); [] if they can."""
+    """Why two shard sets' metadata cannot be mixed (different tokenizer, kinds or templates); [] if they can."""
     from megatron_ixt.tokenizer import same_tokenizer
 
     problems = []
     if not same_tokenizer(a["tokenizer"], b["tokenizer"]):
         problems.append(f"tokenizer differs: {a['tokenizer']} vs {b['tokenizer']}")
-    for kind in PREFIX_KINDS:
+    if a["kinds"] != b["kinds"]:
+        problems.append(f"prefix kinds differ: {a['kinds']} vs {b['kinds']}")
+    for kind in (k for k in a["kinds"] if k in b["kinds"]):
         ta, tb = a["templates"][kind], b["templates"][kind]
         if ta["sha256"] != tb["sha256"]:
             problems.append(f"{kind} template differs: {ta.get('name')} ({ta['sha256'][:12]}) vs "
@@ -141,11 +193,13 @@ def compatibility_problems(a: dict, b: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Writer and reader of the three aligned stores
+# Writer and reader of the aligned stores
 
 
 class ShardSetWriter:
-    """Writes the text and prefix stores of one shard set, aligned 1:1, atomically.
+    """Writes the text store and one prefix store per kind of ``kinds`` of one shard set, aligned
+    1:1, atomically. ``kinds`` defaults to every registered prefix kind; ``()`` writes a plain
+    Megatron text store.
 
     A store without any token (e.g. no annotated document) gets one unreferenced padding token
     in its ``.bin`` so that it can be memory-mapped.
@@ -155,12 +209,15 @@ class ShardSetWriter:
     that looks complete. Used as a context manager, an exception aborts (removes the temporaries).
     """
 
-    def __init__(self, output_prefix: str, vocab_size: int, text_only: bool = False):
+    def __init__(self, stem: str, vocab_size: int, kinds: Optional[Sequence[str]] = None):
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-        os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
-        self.output_prefix = output_prefix
-        self.names = ("text",) if text_only else STORE_NAMES
+        os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
+        self.stem = stem
+        self.kinds = prefix_kinds.names() if kinds is None else tuple(kinds)
+        for kind in self.kinds:
+            prefix_kinds.get(kind)
+        self.names = (TEXT,) + self.kinds
         self.dtype = token_dtype(vocab_size)
         self._suffix = f".tmp{os.getpid()}"
         self._builders = {}
@@ -168,17 +225,22 @@ class ShardSetWriter:
         self.tokens = {name: 0 for name in self.names}
         self._docs = []
         for name in self.names:
-            bin_path = store_path(output_prefix, name) + ".bin"
+            bin_path = store_path(stem, name) + ".bin"
             self._builders[name] = IndexedDatasetBuilder(bin_path + self._suffix, dtype=self.dtype)
 
     def _temporaries(self) -> list[str]:
-        paths = [store_path(self.output_prefix, n) + ext for n in self.names for ext in (".bin", ".idx")]
-        return [p + self._suffix for p in paths + [docs_path(self.output_prefix)]]
+        paths = [store_path(self.stem, n) + ext for n in self.names for ext in (".bin", ".idx")]
+        return [p + self._suffix for p in paths + [docs_path(self.stem)]]
 
-    def add(self, text, critique=None, quality=None) -> None:
-        """Append one document: its text tokens and its two prefixes (1-D int arrays, may be empty;
-        omitted when ``text_only``)."""
-        for name, tokens in zip(self.names, (text, critique, quality)):
+    def add(self, text, prefixes: Mapping[str, Sequence[int]]) -> None:
+        """Append one document: its text tokens and ``prefixes`` (kind -> tokens; a kind left out,
+        or given no tokens, is no prefix). Token sequences are 1-D int arrays or lists."""
+        unknown = set(prefixes) - set(self.kinds)
+        if unknown:
+            raise ValueError(f"prefixes for kinds {sorted(unknown)} that this writer does not hold ({self.kinds})")
+        empty = numpy.zeros(0, self.dtype)
+        for name in self.names:
+            tokens = text if name == TEXT else prefixes.get(name, empty)
             self._builders[name].add_document(tokens, [len(tokens)])
             self.tokens[name] += len(tokens)
         self.sequences += 1
@@ -186,18 +248,13 @@ class ShardSetWriter:
     def add_documents(self, tokens: dict, lengths: dict) -> None:
         """Append many documents at once: per store name, their concatenated tokens (1-D array) and
         each document's length (list of int, one per document, 0 = no prefix)."""
-        n = len(lengths["text"])
-        if n == 0:
-            return
+        from megatron_ixt.mcore_private import add_sequences
+
+        n = len(lengths[TEXT])
         for name in self.names:
-            builder = self._builders[name]
-            if isinstance(builder.document_indices, list):
-                builder.add_document(tokens[name], lengths[name])  # one write for all n sequences ...
-                end = len(builder.sequence_lengths)
-                builder.document_indices[-1:] = range(end - n + 1, end + 1)  # ... each its own document
-            else:  # a megatron-core whose builder keeps its index differently: one call per document
-                for doc in numpy.split(tokens[name], numpy.cumsum(lengths[name])[:-1]):
-                    builder.add_document(doc, [len(doc)])
+            if len(lengths[name]) != n:
+                raise ValueError(f"{name}: {len(lengths[name])} lengths for {n} documents")
+            add_sequences(self._builders[name], tokens[name], lengths[name])
             self.tokens[name] += len(tokens[name])
         self.sequences += n
 
@@ -205,70 +262,92 @@ class ShardSetWriter:
         """Append ``DOC_DTYPE`` rows, one per document added (any grouping, same order)."""
         self._docs.append(numpy.asarray(docs, dtype=DOC_DTYPE))
 
-    def add_shard_set(self, output_prefix: str, file_offset: int = 0) -> None:
-        """Append every document of another (complete, same-dtype) shard set; its ``docs.file``
-        indices are shifted by ``file_offset`` (its position in the merged ``inputs`` list)."""
-        reader = ShardSet(output_prefix)
+    def add_shard_set(self, stem: str, file_offset: int = 0) -> None:
+        """Append every document of another (complete, same-dtype) shard set holding this writer's
+        kinds; its ``docs.file`` indices are shifted by ``file_offset`` (its position in the merged
+        ``inputs`` list)."""
+        reader = ShardSet(stem)
         if reader.text.index.dtype != self.dtype:
-            raise ValueError(f"{output_prefix}: token dtype {reader.text.index.dtype} differs from {self.dtype}")
+            raise ValueError(f"{stem}: token dtype {reader.text.index.dtype} differs from {self.dtype}")
+        missing = [k for k in self.kinds if k not in reader.kinds]
+        if missing:
+            raise ValueError(f"{stem}: has no {', '.join(missing)} prefix store (it holds {reader.kinds})")
+        if reader.docs is None:
+            raise ValueError(f"{stem}: no per-document table {docs_path(stem)!r}")
         for name in self.names:
             tokens = int(reader.store(name).sequence_lengths.sum())
             if tokens == 0:  # its .bin holds only the padding token (see commit)
                 for _ in range(len(reader)):
                     self._builders[name].add_document(numpy.zeros(0, self.dtype), [0])
             else:
-                self._builders[name].add_index(store_path(output_prefix, name))
+                self._builders[name].add_index(store_path(stem, name))
             self.tokens[name] += tokens
         self.sequences += len(reader)
-        if reader.docs is None:
-            raise ValueError(f"{output_prefix}: no per-document table {docs_path(output_prefix)!r}")
         docs = numpy.array(reader.docs)
         docs["file"] += file_offset
         self.add_docs(docs)
 
-    def commit(self, metadata: dict | None) -> dict | None:
-        """Finalize and rename into place; ``metadata`` gets ``stores`` and is written last. Returns it.
-
-        A text-only writer (``metadata=None``) leaves a plain Megatron store and removes stale
-        prefix stores and metadata of an earlier shard set with the same prefix.
-        """
-        stale = [metadata_path(self.output_prefix)]
+    def _stale_paths(self, metadata: dict | None) -> list[str]:
+        """Files of an earlier shard set under the same stem that the new one does not replace."""
+        stale_kinds = set(prefix_kinds.names()) if metadata is None else set()
+        try:
+            stale_kinds |= set(read_metadata(self.stem)["kinds"])
+        except (FileNotFoundError, ValueError):
+            pass
+        paths = [metadata_path(self.stem)]
+        paths += [store_path(self.stem, k) + ext for k in sorted(stale_kinds - set(self.kinds)) for ext in (".idx", ".bin")]
         if metadata is None:
-            stale += [store_path(self.output_prefix, n) + ext for n in PREFIX_KINDS for ext in (".idx", ".bin")]
-            stale.append(docs_path(self.output_prefix))
-        for path in stale:
+            paths.append(docs_path(self.stem))
+        return paths
+
+    def commit(self, metadata: dict | None) -> dict | None:
+        """Finalize and rename into place; ``metadata`` (see :func:`build_metadata`; its ``kinds``
+        must be the writer's) gets ``stores`` and is written last. Returns it.
+
+        A text-only writer (``metadata=None``) leaves a plain Megatron store. Prefix stores and
+        metadata of an earlier shard set with the same stem that the new one lacks are removed.
+        """
+        from megatron_ixt.mcore_private import write_raw_tokens
+
+        if (metadata is None) != (not self.kinds):
+            raise ValueError("metadata is written for a shard set with prefix kinds, and only for one")
+        if metadata is not None and list(metadata["kinds"]) != list(self.kinds):
+            raise ValueError(f"metadata kinds {metadata['kinds']} differ from the stores written {list(self.kinds)}")
+        for path in self._stale_paths(metadata):
             if os.path.exists(path):
                 os.remove(path)
         for name in self.names:
             if self.tokens[name] == 0:  # numpy cannot mmap an empty file: pad with one unused token
-                self._builders[name].data_file.write(numpy.zeros(1, self.dtype).tobytes())
-            self._builders[name].finalize(store_path(self.output_prefix, name) + ".idx" + self._suffix)
+                write_raw_tokens(self._builders[name], numpy.zeros(1, self.dtype))
+            self._builders[name].finalize(store_path(self.stem, name) + ".idx" + self._suffix)
         for name in self.names:
             for ext in (".bin", ".idx"):
-                final = store_path(self.output_prefix, name) + ext
+                final = store_path(self.stem, name) + ext
                 os.replace(final + self._suffix, final)
         if metadata is None:
             return None
         docs = numpy.concatenate(self._docs) if self._docs else numpy.zeros(0, DOC_DTYPE)
         if len(docs) != self.sequences:
             raise ValueError(f"{len(docs)} document rows for {self.sequences} documents")
-        with open(docs_path(self.output_prefix) + self._suffix, "wb") as f:
+        with open(docs_path(self.stem) + self._suffix, "wb") as f:
             numpy.save(f, docs)
-        os.replace(docs_path(self.output_prefix) + self._suffix, docs_path(self.output_prefix))
+        os.replace(docs_path(self.stem) + self._suffix, docs_path(self.stem))
         metadata = dict(metadata)
         metadata["stores"] = {
             "dtype": self.dtype.__name__,
             "sequences": self.sequences,
             "tokens": dict(self.tokens),
-            "bin_bytes": {n: os.path.getsize(store_path(self.output_prefix, n) + ".bin") for n in STORE_NAMES},
+            "bin_bytes": {n: os.path.getsize(store_path(self.stem, n) + ".bin") for n in self.names},
         }
-        write_metadata(self.output_prefix, metadata)
+        write_metadata(self.stem, metadata)
         return metadata
 
     def abort(self) -> None:
         """Close and remove the temporaries."""
+        from megatron_ixt.mcore_private import close_builder
+
         for builder in self._builders.values():
-            builder.data_file.close()
+            close_builder(builder)
         for path in self._temporaries():
             if os.path.exists(path):
                 os.remove(path)
@@ -284,35 +363,38 @@ class ShardSetWriter:
 SYNTHETIC = "synthetic"  # template name, input path and steering text of write_token_shard_set sets
 
 
-def write_token_shard_set(output_prefix: str, documents: dict, *, vocab_size: int, steering: dict | None = None,
+def write_token_shard_set(stem: str, documents: dict, *, vocab_size: int, steering: dict | None = None,
                           lengths: dict | None = None, quality=None, scores=None) -> dict | None:
     """Write a complete shard set (or a plain store) from already-tokenized documents; returns the
     metadata written (None for a plain store). For synthetic corpora: tests and benchmarks.
 
-    ``documents[name]`` for each name in ``STORE_NAMES`` ("text", "critique", "quality"): one 1-D
-    int token array (or list) per document; prefixes may be empty (unannotated document). With
-    ``lengths``, ``documents[name]`` is instead all documents' tokens concatenated (1-D array) and
-    ``lengths[name]`` each document's length (the vectorised path of ``add_documents``, for
-    millions of documents). ``documents`` with only "text" gives a plain Megatron store at
-    ``text_store_path(output_prefix)``, no prefix stores, no metadata.
+    ``documents["text"]`` and ``documents[kind]`` for each prefix kind the set is to hold (any
+    registered kinds, e.g. "critique" and "quality"): one 1-D int token array (or list) per
+    document; prefixes may be empty (unannotated document). With ``lengths``, ``documents[name]``
+    is instead all documents' tokens concatenated (1-D array) and ``lengths[name]`` each document's
+    length (the vectorised path of ``add_documents``, for millions of documents). ``documents``
+    with only "text" gives a plain Megatron store at ``text_store_path(stem)``, no prefix stores,
+    no metadata.
 
     Token ids are a NullTokenizer's: ``0..vocab_size-1`` plus EOD ``vocab_size`` (``vocab_size`` is
     its ``--vocab-size``); ``append_eod`` in the metadata says whether every text ends with EOD.
-    ``steering[kind]``: the steering-prefix token ids of each prefix kind (required with prefixes).
-    ``quality`` (per document, 1..5, 0 = unannotated) and ``scores`` (per document, one 1..5 per
-    ``SCORE_AXES``) fill the ``P_ixt_docs.npy`` annotation columns (default 0); every document's
-    source is line ``i + 1`` of input 0, ``"synthetic"``. Written atomically by ``ShardSetWriter``.
+    ``steering[kind]``: the top-level steering-prefix token ids of each prefix kind (required with
+    prefixes). ``quality`` (per document, 1..5, 0 = unannotated) and ``scores`` (per document, one
+    1..5 per ``SCORE_AXES``) fill the ``P_ixt_docs.npy`` annotation columns (default 0); every
+    document's source is line ``i + 1`` of input 0, ``"synthetic"``. Written atomically by
+    ``ShardSetWriter``.
     """
-    names = ("text",) if set(documents) == {"text"} else STORE_NAMES
-    if set(documents) != set(names):
-        raise ValueError(f"documents has stores {sorted(documents)}; expected {list(STORE_NAMES)} or ['text']")
+    if TEXT not in documents:
+        raise ValueError(f"documents has stores {sorted(documents)}; a 'text' store is required")
+    kinds = tuple(name for name in documents if name != TEXT)
+    names = (TEXT,) + kinds
     if lengths is None:
         lengths = {name: [len(doc) for doc in documents[name]] for name in names}
         documents = {name: numpy.concatenate([numpy.zeros(0, numpy.int64)] + [
             numpy.asarray(doc, dtype=numpy.int64) for doc in documents[name]]) for name in names}
     lengths = {name: numpy.asarray(lengths[name], dtype=numpy.int64) for name in names}
     tokens = {name: numpy.asarray(documents[name]) for name in names}
-    n = len(lengths["text"])
+    n = len(lengths[TEXT])
     for name in names:
         if len(lengths[name]) != n:
             raise ValueError(f"{name}: {len(lengths[name])} documents for {n} texts")
@@ -320,17 +402,17 @@ def write_token_shard_set(output_prefix: str, documents: dict, *, vocab_size: in
             raise ValueError(f"{name}: lengths add up to {int(lengths[name].sum())} tokens, {len(tokens[name])} given")
         if len(tokens[name]) and (tokens[name].min() < 0 or tokens[name].max() > vocab_size):
             raise ValueError(f"{name}: token ids outside 0..{vocab_size} (vocab_size {vocab_size} plus EOD)")
-    if names != ("text",) and (steering is None or set(steering) != set(PREFIX_KINDS)):
-        raise ValueError(f"steering must give the token ids of the {' and '.join(PREFIX_KINDS)} steering prefixes")
+    if kinds and (steering is None or set(steering) != set(kinds)):
+        raise ValueError(f"steering must give the token ids of the {' and '.join(kinds)} steering prefixes")
     for field, values in (("quality", quality), ("scores", scores)):
         if values is not None and len(values) != n:
             raise ValueError(f"{field}: {len(values)} values for {n} documents")
-    append_eod = bool(n > 0 and lengths["text"].all()
-                      and (tokens["text"][numpy.cumsum(lengths["text"]) - 1] == vocab_size).all())
+    append_eod = bool(n > 0 and lengths[TEXT].all()
+                      and (tokens[TEXT][numpy.cumsum(lengths[TEXT]) - 1] == vocab_size).all())
 
-    with ShardSetWriter(output_prefix, vocab_size + 1, text_only=names == ("text",)) as writer:
+    with ShardSetWriter(stem, vocab_size + 1, kinds=kinds) as writer:
         writer.add_documents(tokens, {name: lengths[name].tolist() for name in names})
-        if names == ("text",):
+        if not kinds:
             return writer.commit(None)
         docs = numpy.zeros(n, DOC_DTYPE)
         docs["line"] = numpy.arange(1, n + 1)
@@ -339,73 +421,71 @@ def write_token_shard_set(output_prefix: str, documents: dict, *, vocab_size: in
         if scores is not None:
             docs["scores"] = scores
         writer.add_docs(docs)
-        annotated = int(((lengths["critique"] > 0) | (lengths["quality"] > 0)).sum())
+        annotated = int(numpy.any([lengths[kind] > 0 for kind in kinds], axis=0).sum())
         template = {"name": SYNTHETIC, "text": "", "sha256": hashlib.sha256(SYNTHETIC.encode()).hexdigest()}
-        return writer.commit({
-            "format": IXT_FORMAT,
-            "version": IXT_FORMAT_VERSION,
-            "created_by": "megatron_ixt.data.shards.write_token_shard_set",
+        counts = {"records": n, "documents": n, "annotated": annotated, "unannotated": n - annotated}
+        counts.update({token_count_key(name): len(tokens[name]) for name in names})
+        return writer.commit(build_metadata(
+            created_by="megatron_ixt.data.shards.write_token_shard_set",
             # what megatron_ixt.tokenizer.tokenizer_identity gives for NullTokenizer --vocab-size vocab_size
-            "tokenizer": {"type": "NullTokenizer", "model": None, "model_sha256": None,
-                          "vocab_size": vocab_size + 1, "eod": vocab_size},
-            "append_eod": append_eod,
-            "templates": {kind: dict(template) for kind in PREFIX_KINDS},
-            "steering": {kind: {"text": SYNTHETIC, "tokens": [int(t) for t in steering[kind]]}
-                         for kind in PREFIX_KINDS},
-            "inputs": [{"path": SYNTHETIC, "bytes": 0}],
-            "counts": {"documents": n, "annotated": annotated, "unannotated": n - annotated,
-                       "text_tokens": len(tokens["text"]), "critique_prefix_tokens": len(tokens["critique"]),
-                       "quality_prefix_tokens": len(tokens["quality"])},
-            "quality_histogram": {str(q): int((docs["quality"] == q).sum()) for q in range(1, 6)},
-        })
+            tokenizer={"type": "NullTokenizer", "model": None, "model_sha256": None,
+                       "vocab_size": vocab_size + 1, "eod": vocab_size},
+            append_eod=append_eod, templates={kind: template for kind in kinds},
+            steering={kind: {"text": SYNTHETIC, "tokens": steering[kind]} for kind in kinds},
+            inputs=[{"path": SYNTHETIC, "bytes": 0}], counts=counts, annotation_status={},
+            quality=collections.Counter(int(q) for q in docs["quality"] if q),
+            score_sums={a: int(docs["scores"][:, i][docs["quality"] > 0].sum()) for i, a in enumerate(SCORE_AXES)},
+            skipped={}))
 
 
 class ShardSet:
-    """Read access to a complete shard set: metadata, the three aligned IndexedDatasets and the
-    per-document table ``docs`` (``DOC_DTYPE``; None for a set without one).
+    """Read access to a complete shard set: metadata, the aligned IndexedDatasets of its text and
+    of each prefix kind it holds (``kinds``, from ``P_ixt.json``), and the per-document table
+    ``docs`` (``DOC_DTYPE``; None for a set without one).
 
-    ``shard_set[i]`` is ``{"text": array, "critique": array, "quality": array}`` (token ids of
-    document ``i``; prefix arrays are empty for unannotated documents). Construction checks
-    that the stores exist, are aligned, and match the metadata.
+    ``shard_set[i]`` is ``{"text": array, <kind>: array, ...}`` (token ids of document ``i``; prefix
+    arrays are empty for unannotated documents). Construction checks that the stores exist, are
+    aligned, and match the metadata.
     """
 
-    def __init__(self, output_prefix: str, mmap: bool = True):
+    def __init__(self, stem: str, mmap: bool = True):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        self.output_prefix = output_prefix
-        self.metadata = read_metadata(output_prefix)
+        self.stem = stem
+        self.metadata = read_metadata(stem)
+        self.kinds = tuple(self.metadata["kinds"])
         self.stores = {}
         self.docs = None
-        for name in STORE_NAMES:
-            path = store_path(output_prefix, name)
+        for name in (TEXT,) + self.kinds:
+            path = store_path(stem, name)
             if not IndexedDataset.exists(path):
-                raise FileNotFoundError(f"{path}.{{bin,idx}} missing: shard set {output_prefix!r} is incomplete")
+                raise FileNotFoundError(f"{path}.{{bin,idx}} missing: shard set {stem!r} is incomplete")
             self.stores[name] = IndexedDataset(path, mmap=mmap)
         stats = self.metadata.get("stores")  # absent in sets written by hand with write_metadata
-        expected = stats["sequences"] if stats else len(self.stores["text"])
+        expected = stats["sequences"] if stats else len(self.stores[TEXT])
         for name, store in self.stores.items():
             if len(store) != expected:
-                raise ValueError(f"{store_path(output_prefix, name)}: {len(store)} sequences, expected "
+                raise ValueError(f"{store_path(stem, name)}: {len(store)} sequences, expected "
                                  f"{expected}; the shard set is inconsistent")
-            size = os.path.getsize(store_path(output_prefix, name) + ".bin")
+            size = os.path.getsize(store_path(stem, name) + ".bin")
             if stats and size != stats["bin_bytes"][name]:
-                raise ValueError(f"{store_path(output_prefix, name)}.bin: {size} bytes, metadata says "
+                raise ValueError(f"{store_path(stem, name)}.bin: {size} bytes, metadata says "
                                  f"{stats['bin_bytes'][name]}; the shard set is inconsistent")
-        if os.path.exists(docs_path(output_prefix)):
-            self.docs = numpy.load(docs_path(output_prefix), mmap_mode="r")
+        if os.path.exists(docs_path(stem)):
+            self.docs = numpy.load(docs_path(stem), mmap_mode="r")
             if len(self.docs) != expected:
-                raise ValueError(f"{docs_path(output_prefix)}: {len(self.docs)} rows, expected {expected}")
+                raise ValueError(f"{docs_path(stem)}: {len(self.docs)} rows, expected {expected}")
 
     @property
     def text(self):
-        return self.stores["text"]
+        return self.stores[TEXT]
 
     def store(self, name: str):
-        """The IndexedDataset of store ``name`` ("text", "critique" or "quality")."""
+        """The IndexedDataset of store ``name`` ("text" or one of ``kinds``)."""
         return self.stores[name]
 
     def __len__(self) -> int:
-        return len(self.stores["text"])
+        return len(self.stores[TEXT])
 
     def __getitem__(self, i: int) -> dict:
         return {name: store[i] for name, store in self.stores.items()}

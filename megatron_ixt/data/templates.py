@@ -1,19 +1,21 @@
 """Prefix templates: how an annotation becomes the text placed before its document.
 
 A template is a text file in Python ``str.format`` syntax; it is rendered verbatim (including
-its trailing newline) and may use these fields::
+its trailing newline). The fields it may use are those of its prefix kind
+(``megatron_ixt.data.prefix_kinds``); for the built-in kinds::
 
     {quality}        overall quality, 1..5
     {quality_label}  QUALITY_LABELS[quality], e.g. "excellent"
     {critique}       the natural-language critique
     {writing_style} {expertise} {educational_value} {factual_accuracy} {efficiency}   axis scores
+    {axes}           the axes as "writing style 4/5, expertise 3/5, ..." (only those present)
 
 Built-in templates live in ``megatron_ixt/data/templates/<name>.txt`` (``critique_v1``,
-``quality_v1``); a new wording gets a new name, never an edit. A template is identified by its
-name and the sha256 of its text, both recorded in ``P_ixt.json``.
+``quality_v1``, ``scores_v1``); a new wording gets a new name, never an edit. A template is
+identified by its name and the sha256 of its text, both recorded in ``P_ixt.json``.
 
-The *steering* prefix of a kind is its template rendered for :func:`steering_annotation`
-(all scores 5 and, by default, ``STEERING_CRITIQUE``): what evaluation and generation condition on.
+A *steering* prefix is a template rendered for :func:`~megatron_ixt.data.prefix_kinds.steering_annotation`
+of a level (:func:`steering`): what evaluation and generation condition on.
 """
 from __future__ import annotations
 
@@ -21,22 +23,18 @@ import hashlib
 import os
 import string
 from dataclasses import dataclass
+from typing import Optional
 
-from megatron_ixt.data.record import SCORE_AXES, SCORE_MAX, Annotation
+from megatron_ixt.data import prefix_kinds
+from megatron_ixt.data.prefix_kinds import Level, steering_annotation
+from megatron_ixt.data.record import Annotation
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
-DEFAULT_TEMPLATES = {"critique": "critique_v1", "quality": "quality_v1"}
-QUALITY_LABELS = {1: "very poor", 2: "poor", 3: "average", 4: "good", 5: "excellent"}
-FIELDS = ("quality", "quality_label", "critique") + SCORE_AXES
-STEERING_CRITIQUE = (
-    "An excellent document: clear and well organized, written with real expertise, highly "
-    "educational, factually accurate and dense, with no wasted words."
-)
 
 
 @dataclass(frozen=True)
 class PrefixTemplate:
-    """A loaded, validated template. ``name`` is a built-in name or the file path given."""
+    """A loaded, validated template of prefix kind ``kind``. ``name`` is a built-in name or the file path given."""
 
     kind: str
     name: str
@@ -47,9 +45,12 @@ class PrefixTemplate:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     def render(self, annotation: Annotation) -> str:
-        return self.text.format(quality=annotation.quality,
-                                quality_label=QUALITY_LABELS[annotation.quality],
-                                critique=annotation.critique, **annotation.scores)
+        """The prefix text of ``annotation``; ValueError when the annotation (a steering level) lacks a field."""
+        try:
+            return self.text.format(**prefix_kinds.get(self.kind).fields(annotation))
+        except KeyError as exc:
+            raise ValueError(f"{self.kind} template {self.name!r} uses {{{exc.args[0]}}}, which this steering "
+                             "level leaves out; give a level that sets it (e.g. a number 1..5)") from None
 
     def identity(self) -> dict:
         """The ``templates.<kind>`` entry of ``P_ixt.json``."""
@@ -61,38 +62,51 @@ def builtin_templates() -> list[str]:
     return sorted(f[:-4] for f in os.listdir(TEMPLATE_DIR) if f.endswith(".txt"))
 
 
-def _check_fields(text: str, where: str) -> None:
+def check_fields(kind: str, text: str, where: str) -> None:
+    """Raise ValueError (naming ``where``) unless ``text`` is a valid template of ``kind``."""
+    allowed = prefix_kinds.get(kind).field_names
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
         raise ValueError(f"{where}: not a valid template ({exc}); write literal braces as {{{{ }}}}") from None
     for _, field_name, _, _ in parsed:
-        if field_name is not None and field_name not in FIELDS:
+        if field_name is not None and field_name not in allowed:
             raise ValueError(f"{where}: unknown template field {{{field_name}}}; allowed: "
-                             + ", ".join("{" + f + "}" for f in FIELDS))
+                             + ", ".join("{" + f + "}" for f in allowed))
 
 
 def load_template(kind: str, spec: str | None = None) -> PrefixTemplate:
-    """Load the ``kind`` ("critique" or "quality") template.
+    """Load the template of the registered prefix kind ``kind``.
 
-    ``spec`` is None or "default" (the built-in default of ``kind``), a built-in name
+    ``spec`` is None or "default" (the kind's default template), a built-in name
     (see :func:`builtin_templates`), or the path of a user template file.
     """
-    if kind not in DEFAULT_TEMPLATES:
-        raise ValueError(f"unknown prefix kind {kind!r}; expected one of {tuple(DEFAULT_TEMPLATES)}")
-    name = DEFAULT_TEMPLATES[kind] if spec in (None, "default") else spec
+    registered = prefix_kinds.get(kind)
+    name = registered.default_template if spec in (None, "default") else spec
     path = os.path.join(TEMPLATE_DIR, name + ".txt") if name in builtin_templates() else name
     if not os.path.isfile(path):
-        raise ValueError(f"--{kind}-template {spec!r}: no such file and no built-in template of that "
+        raise ValueError(f"{registered.flag} {spec!r}: no such file and no built-in template of that "
                          f"name (built-ins: {', '.join(builtin_templates())})")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if not text.strip():
         raise ValueError(f"{path}: template is empty")
-    _check_fields(text, path)
+    check_fields(kind, text, path)
     return PrefixTemplate(kind, name, text)
 
 
-def steering_annotation(critique: str = STEERING_CRITIQUE) -> Annotation:
-    """The top quality level: every score 5 and ``critique`` (default: the built-in excellent one)."""
-    return Annotation(SCORE_MAX, {axis: SCORE_MAX for axis in SCORE_AXES}, critique)
+def recorded_template(metadata: dict, kind: str) -> PrefixTemplate:
+    """The ``kind`` template recorded in a shard set's ``P_ixt.json`` (``metadata``)."""
+    entry = metadata["templates"][kind]
+    if not entry.get("text"):
+        raise ValueError(f"the shard set records no {kind} template text (template {entry.get('name')!r}); "
+                         "only its stored top-level steering prefix can be used")
+    return PrefixTemplate(kind, entry.get("name", kind), entry["text"])
+
+
+def steering(kind: str, level: Optional[Level] = None, *, critique: Optional[str] = None,
+             template: Optional[PrefixTemplate] = None) -> str:
+    """The steering prefix text of ``kind`` at ``level`` (None: the top), rendered with ``template``
+    (default: the kind's default template); ``critique`` replaces the level's built-in critique."""
+    template = template or load_template(kind)
+    return template.render(steering_annotation(level, critique))

@@ -19,7 +19,8 @@ from typing import List, Optional
 
 from megatron.core.datasets.utils import get_blend_from_list
 
-from megatron_ixt.data.provider import add_ixt_dataset_args, blends_from_args
+from megatron_ixt.data.dataset import ixt_default
+from megatron_ixt.data.provider import DEFAULT_SPLIT, add_ixt_dataset_args, blends_from_args
 from megatron_ixt.tokenizer import TokenizerConfig, add_tokenizer_args
 
 
@@ -101,7 +102,7 @@ class OptimConfig:
 class DataConfig:
     data_path: List[str] = arg(help="dataset blend 'P1 P2 ...' or 'W1 P1 W2 P2 ...' of text-store paths "
                                     "(P_text_document), split by --split", factory=list)
-    split: str = arg("969,30,1", "train,valid,test weights splitting the documents of --data-path")
+    split: str = arg(DEFAULT_SPLIT, "train,valid,test weights splitting the documents of --data-path")
     train_data_path: List[str] = arg(help="training blend (instead of --data-path)", factory=list)
     valid_data_path: List[str] = arg(help="validation blend (instead of --data-path)", factory=list)
     test_data_path: List[str] = arg(help="test blend (instead of --data-path)", factory=list)
@@ -109,11 +110,11 @@ class DataConfig:
     reset_position_ids: bool = arg(False, "restart position ids after each end-of-document token")
     reset_attention_mask: bool = arg(False, "no attention across end-of-document tokens (explicit mask)")
     eod_mask_loss: bool = arg(False, "no loss on end-of-document tokens")
-    # Flags of megatron_ixt.data.provider.add_ixt_dataset_args (same names and defaults):
-    ixt_prefix_kind: str = "critique"  # critique | quality | none (the baseline arm)
-    ixt_prefix_loss: str = "train"  # train (prefix tokens in the loss) | mask
-    ixt_prefix_dropout: float = 0.0
-    ixt_annotated_fraction: float = 1.0
+    # Flags of megatron_ixt.data.provider.add_ixt_dataset_args (defaults: IXTGPTDatasetConfig's):
+    ixt_prefix_kind: str = ixt_default("prefix_kind")  # a registered prefix kind | none (the baseline arm)
+    ixt_prefix_loss: str = ixt_default("prefix_loss")  # train (prefix tokens in the loss) | mask
+    ixt_prefix_dropout: float = ixt_default("prefix_dropout")
+    ixt_annotated_fraction: float = ixt_default("annotated_fraction")
 
 
 @dataclass

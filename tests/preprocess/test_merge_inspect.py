@@ -31,12 +31,16 @@ def test_merge_concatenates_all_stores_consistently(tmp_path, sp_model, write_co
     got = [merged[i] for i in range(len(merged))]
     want = [part[i] for part in parts for i in range(len(part))]
     for g, w in zip(got, want):
-        for name in shards.STORE_NAMES:
+        assert list(g) == ["text", "critique", "quality", "scores"] == list(w)
+        for name in g:
             assert g[name].tolist() == w[name].tolist()
     meta = merged.metadata
-    for key in ("documents", "annotated", "text_tokens", "critique_prefix_tokens", "quality_prefix_tokens"):
+    for key in ("documents", "annotated", "text_tokens", "critique_prefix_tokens", "quality_prefix_tokens",
+                "scores_prefix_tokens"):
         assert meta["counts"][key] == sum(p.metadata["counts"][key] for p in parts)
     assert meta["steering"] == parts[0].metadata["steering"] and meta["tokenizer"] == parts[0].metadata["tokenizer"]
+    assert meta["kinds"] == parts[0].metadata["kinds"] and meta["merged_from"] == [a, b, c]
+    assert meta["quality_histogram"] == {q: sum(p.metadata["quality_histogram"][q] for p in parts) for q in "12345"}
     scores = [r["ixt"]["scores"]["expertise"] for r in ra + rb + rc if r.get("ixt", {}).get("status") == "ok"]
     assert meta["score_means"]["expertise"] == pytest.approx(numpy.mean(scores), abs=1e-4)
     # provenance survives: file indices point into the merged inputs list
@@ -54,7 +58,20 @@ def test_merge_refuses_different_tokenizer_or_template(tmp_path, sp_model, hf_to
     assert "quality template differs" in capsys.readouterr().err
     assert merge_ixt.main(["--input", a, h, "--output-prefix", str(tmp_path / "m")]) == 1
     assert "tokenizer differs" in capsys.readouterr().err
+    k, _ = make_set(tmp_path, "k", sp_model, write_corpus, 4, 8, "--prefix-kinds", "critique", "quality")
+    assert merge_ixt.main(["--input", a, k, "--output-prefix", str(tmp_path / "m")]) == 1
+    assert "prefix kinds differ" in capsys.readouterr().err
     assert not list(tmp_path.glob("m_*"))
+
+
+def test_merge_inputs_by_glob(tmp_path, sp_model, write_corpus):
+    """A glob over whole shard sets keeps the stems it finds, in sorted order, once each."""
+    a, _ = make_set(tmp_path, "part-a", sp_model, write_corpus, 1, 6)
+    b, _ = make_set(tmp_path, "part-b", sp_model, write_corpus, 2, 7)
+    assert merge_ixt.shard_set_stems([str(tmp_path / "part-*"), a]) == [a, b]
+    assert merge_ixt.shard_set_stems([str(tmp_path / "part-*_ixt.json")]) == [a, b]
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        merge_ixt.shard_set_stems([str(tmp_path / "nothing-*")])
 
 
 def test_merge_refuses_unknown_version(tmp_path, sp_model, write_corpus, capsys):
@@ -88,6 +105,8 @@ def test_inspect_shows_prefixes_text_and_annotation(ixt_shard_set, sp_tokenizer,
     assert json.dumps(ann) in block  # the source record's ixt block
     other = out.split(f"document {j} of")[1]
     assert "annotation: none" in other and "critique prefix (0 tokens): ''" in other
+    assert "scores prefix (0 tokens)" in other and "Scores: writing style" in block
+    assert "prefix kinds: critique, quality, scores (format version 2)" in out
 
 
 def test_inspect_rejects_wrong_tokenizer(ixt_shard_set, hf_tokenizer_dir, capsys):

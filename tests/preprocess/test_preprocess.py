@@ -11,9 +11,10 @@ import numpy
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_ixt.data import shards
+from megatron_ixt.data import prefix_kinds, shards
+from megatron_ixt.data.prefix_kinds import steering_annotation
 from megatron_ixt.data.record import SCORE_AXES, parse_annotation
-from megatron_ixt.data.templates import load_template, steering_annotation
+from megatron_ixt.data.templates import load_template
 from megatron_ixt.tokenizer import build_tokenizer, tokenizer_identity
 from tools.preprocess_ixt import CHUNK_LINES, main
 
@@ -24,14 +25,18 @@ def run(inputs, prefix, model, *extra, tokenizer_type="SentencePieceTokenizer"):
     return main(argv + [str(e) for e in extra])
 
 
+KINDS = prefix_kinds.names()  # what preprocess writes by default
+STORE_NAMES = ("text",) + KINDS
+
+
 def expected_documents(records, tokenizer, append_eod=True):
-    """What the stores must hold for valid records: (text, critique, quality) token lists."""
-    templates = {kind: load_template(kind) for kind in shards.PREFIX_KINDS}
+    """What the stores must hold for valid records: (text, critique, quality, scores) token lists."""
+    templates = {kind: load_template(kind) for kind in KINDS}
     eod = [tokenizer.eod] if append_eod else []
     out = []
     for r in records:
         annotation = parse_annotation(r["ixt"])[0] if "ixt" in r else None
-        prefixes = [tokenizer.tokenize(templates[k].render(annotation)) if annotation else [] for k in shards.PREFIX_KINDS]
+        prefixes = [tokenizer.tokenize(templates[k].render(annotation)) if annotation else [] for k in KINDS]
         out.append((tokenizer.tokenize(r["text"]) + eod, *prefixes))
     return out
 
@@ -44,28 +49,30 @@ def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer
                           capsys.readouterr().err, re.M)
     assert [int(n) for n in progress] == [256, 300]  # checked after each chunk of 256 lines
     prefix = str(tmp_path / "out" / "c")
-    stores = {name: IndexedDataset(shards.store_path(prefix, name)) for name in shards.STORE_NAMES}
+    stores = {name: IndexedDataset(shards.store_path(prefix, name)) for name in STORE_NAMES}
     expected = expected_documents(records, sp_tokenizer)
     for name, store in stores.items():  # aligned: one sequence and one document per record
         assert len(store) == len(records)
         assert store.document_indices.tolist() == list(range(len(records) + 1))
     for i, want in enumerate(expected):
-        for name, tokens in zip(shards.STORE_NAMES, want):
+        for name, tokens in zip(STORE_NAMES, want):
             assert stores[name][i].tolist() == tokens, (i, name)
     annotated = [i for i, r in enumerate(records) if r.get("ixt", {}).get("status") == "ok"]
     assert 0 < len(annotated) < len(records)
-    for kind in shards.PREFIX_KINDS:
+    for kind in KINDS:
         lengths = stores[kind].sequence_lengths
         assert sorted(numpy.flatnonzero(lengths).tolist()) == annotated
     assert stores["text"].index.dtype == numpy.uint16  # vocab 1024 < 65500
 
     meta = shards.read_metadata(prefix)
+    assert meta["version"] == 2 and meta["kinds"] == ["critique", "quality", "scores"]
     assert meta["tokenizer"] == tokenizer_identity(tokenizer_type="SentencePieceTokenizer", tokenizer_model=sp_model)
     counts = meta["counts"]
     assert counts["documents"] == len(records) and counts["annotated"] == len(annotated)
     assert counts["unannotated"] == len(records) - len(annotated) and counts["dropped"] == 0
     assert counts["text_tokens"] == sum(len(e[0]) for e in expected)
-    assert counts["critique_prefix_tokens"] == sum(len(e[1]) for e in expected)
+    for k, kind in enumerate(KINDS, 1):
+        assert counts[f"{kind}_prefix_tokens"] == sum(len(e[k]) for e in expected) > 0
     assert counts["input_bytes"] == os.path.getsize(tmp_path / "in.jsonl") - len(records)  # minus newlines
     qualities = [records[i]["ixt"]["quality"] for i in annotated]
     assert meta["quality_histogram"] == {str(q): qualities.count(q) for q in range(1, 6)}
@@ -74,7 +81,7 @@ def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer
             numpy.mean([records[i]["ixt"]["scores"][axis] for i in annotated]), abs=1e-4)
     statuses = [r["ixt"]["status"] if "ixt" in r else "missing" for r in records]
     assert meta["annotation_status"] == {s: statuses.count(s) for s in set(statuses)}
-    for kind in shards.PREFIX_KINDS:
+    for kind in KINDS:
         steering = load_template(kind).render(steering_annotation())
         assert meta["steering"][kind] == {"text": steering, "tokens": sp_tokenizer.tokenize(steering)}
         assert meta["templates"][kind] == load_template(kind).identity()
@@ -97,7 +104,7 @@ def test_deterministic_across_worker_counts(tmp_path, write_corpus, sp_model):
         prefix = tmp_path / f"w{workers}" / "c"
         assert run([tmp_path / "in.jsonl"], prefix, sp_model, "--append-eod", "--workers", workers) == 0
         outputs[workers] = {os.path.basename(f): open(f, "rb").read() for f in _files(prefix)}
-    assert len(outputs[1]) == 8  # 3 stores x (bin, idx) + docs table + metadata
+    assert len(outputs[1]) == 10  # 4 stores (text, critique, quality, scores) x (bin, idx) + docs table + metadata
     assert outputs[1] == outputs[2] == outputs[3]
 
 
@@ -150,7 +157,7 @@ def test_huggingface_tokenizer(tmp_path, write_corpus, hf_tokenizer_dir):
     expected = expected_documents(records, tokenizer)
     reader = shards.ShardSet(str(prefix))
     for i, want in enumerate(expected):
-        assert [reader[i][name].tolist() for name in shards.STORE_NAMES] == list(want)
+        assert [reader[i][name].tolist() for name in STORE_NAMES] == list(want)
     assert tokenizer.detokenize(reader[0]["text"][:-1].tolist()) == records[0]["text"]
     meta = reader.metadata
     assert meta["tokenizer"]["type"] == "HuggingFaceTokenizer" and meta["tokenizer"]["eod"] == 2
@@ -159,23 +166,26 @@ def test_huggingface_tokenizer(tmp_path, write_corpus, hf_tokenizer_dir):
 def test_null_tokenizer_with_numeric_templates(tmp_path):
     (tmp_path / "q.txt").write_text("{quality}\n")
     (tmp_path / "c.txt").write_text("{quality} {writing_style} {expertise} {critique}\n")
+    (tmp_path / "s.txt").write_text("{educational_value} {efficiency}\n")
     ok = {"status": "ok", "quality": 4, "scores": dict.fromkeys(SCORE_AXES, 3), "critique": "17"}
     lines = [{"text": "5 6 7"}, {"text": "1 2", "ixt": ok}, {"text": "9", "ixt": {**ok, "critique": "too wordy"}},
              {"text": "3 x 4"}, {"text": "1 200"}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     prefix = str(tmp_path / "null")
     rc = run([tmp_path / "in.jsonl"], prefix, None, "--vocab-size", 100, "--append-eod", "--critique-template",
-             tmp_path / "c.txt", "--quality-template", tmp_path / "q.txt", "--steering-critique", "99",
+             tmp_path / "c.txt", "--quality-template", tmp_path / "q.txt", "--scores-template", tmp_path / "s.txt", "--steering-critique", "99",
              tokenizer_type="NullTokenizer")
     assert rc == 0
     reader = shards.ShardSet(prefix)
     assert [reader[i]["text"].tolist() for i in range(len(reader))] == [[5, 6, 7, 100], [1, 2, 100], [9, 100]]
     assert reader[1]["critique"].tolist() == [4, 3, 3, 17] and reader[1]["quality"].tolist() == [4]
+    assert reader[1]["scores"].tolist() == [3, 3] and reader[2]["scores"].tolist() == []
     assert reader[2]["critique"].tolist() == [] and reader[2]["quality"].tolist() == []  # degraded, text kept
     assert reader.metadata["skipped"]["prefix_untokenizable"] == 1
     assert reader.metadata["skipped"]["text_untokenizable"] == 2  # "x" and id 200 >= vocab
     assert reader.metadata["steering"]["quality"]["tokens"] == [5]
     assert reader.metadata["steering"]["critique"]["tokens"] == [5, 5, 5, 99]
+    assert reader.metadata["steering"]["scores"]["tokens"] == [5, 5]
 
 
 def test_null_tokenizer_refuses_text_templates(tmp_path, capsys):
@@ -188,7 +198,9 @@ def test_null_tokenizer_refuses_text_templates(tmp_path, capsys):
 
 def test_missing_input_and_bad_flags(tmp_path, sp_model, capsys):
     assert run([tmp_path / "nope*.jsonl"], tmp_path / "o", sp_model) == 1
-    assert "no such file" in capsys.readouterr().err
+    assert "nope*.jsonl': matches no file" in capsys.readouterr().err
+    assert run([tmp_path / "nope.jsonl"], tmp_path / "o", sp_model) == 1
+    assert "nope.jsonl': no such file" in capsys.readouterr().err
     (tmp_path / "in.jsonl").write_text('{"text": "a"}\n')
     assert run([tmp_path / "in.jsonl"], tmp_path / "o", sp_model, "--critique-template", "critique_v9") == 1
     assert "no built-in template of that name" in capsys.readouterr().err

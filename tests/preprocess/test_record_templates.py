@@ -1,4 +1,5 @@
-"""The record schema (megatron_ixt.data.record) and prefix templates (megatron_ixt.data.templates)."""
+"""The record schema (megatron_ixt.data.record), prefix kinds and steering levels
+(megatron_ixt.data.prefix_kinds) and prefix templates (megatron_ixt.data.templates)."""
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,10 @@ import pytest
 
 from megatron_ixt.data.record import (ANNOTATION_REASONS, DOCUMENT_REASONS, SCORE_AXES, STATUS_MISSING,
                                       annotation_problems, parse_annotation, parse_line, parse_record)
-from megatron_ixt.data.templates import (DEFAULT_TEMPLATES, QUALITY_LABELS, STEERING_CRITIQUE, builtin_templates,
-                                         load_template, steering_annotation)
+from megatron_ixt.data import prefix_kinds
+from megatron_ixt.data.prefix_kinds import (QUALITY_LABELS, STEERING_CRITIQUE, STEERING_CRITIQUES, parse_level,
+                                            parse_steer, steering_annotation)
+from megatron_ixt.data.templates import builtin_templates, load_template, steering
 
 SCORES = {"writing_style": 4, "expertise": 2, "educational_value": 5, "factual_accuracy": 3, "efficiency": 1}
 OK = {"status": "ok", "quality": 4, "scores": SCORES, "critique": "  Clear but shallow. ", "reasoning": "r",
@@ -68,7 +71,8 @@ def test_document_problems_drop_the_record(line, reason):
 
 
 def test_builtin_templates_render_and_hash():
-    assert set(DEFAULT_TEMPLATES.values()) <= set(builtin_templates())
+    assert prefix_kinds.names() == ("critique", "quality", "scores")
+    assert {k.default_template for k in prefix_kinds.KINDS.values()} <= set(builtin_templates())
     annotation = parse_annotation(OK)[0]
     critique, quality = load_template("critique"), load_template("quality", "default")
     assert critique.name == "critique_v1" and load_template("critique", "critique_v1") == critique
@@ -83,6 +87,39 @@ def test_builtin_templates_render_and_hash():
     assert quality.render(top) == "Quality: excellent.\n"
     braces = parse_annotation({**OK, "critique": "Uses {x} and {{y}} literally."})[0]
     assert "Uses {x} and {{y}} literally." in critique.render(braces)
+    scores = load_template("scores")
+    assert scores.name == "scores_v1"
+    assert scores.render(annotation) == ("Scores: writing style 4/5, expertise 2/5, educational value 5/5, "
+                                         "factual accuracy 3/5, efficiency 1/5.\n")
+
+
+def test_steering_levels():
+    assert steering("quality", 1) == "Quality: very poor.\n" and steering("quality") == "Quality: excellent.\n"
+    assert steering("quality", 5) == steering("quality")
+    assert steering("scores", 2) == ("Scores: writing style 2/5, expertise 2/5, educational value 2/5, "
+                                     "factual accuracy 2/5, efficiency 2/5.\n")
+    assert steering("scores", {"educational_value": 5}) == "Scores: educational value 5/5.\n"
+    both = steering("scores", {"efficiency": 4, "educational_value": 5})
+    assert both == "Scores: educational value 5/5, efficiency 4/5.\n"  # SCORE_AXES order, whatever the given order
+    low = steering("critique", 1)
+    assert low.startswith("Feedback: quality 1/5 (writing style 1/5,") and STEERING_CRITIQUES[1] in low
+    assert steering("critique", 3, critique="Fine.").endswith("efficiency 3/5). Fine.\n")
+    with pytest.raises(ValueError, match=r"uses \{quality_label\}, which this steering level leaves out"):
+        steering("quality", {"expertise": 5})
+    assert parse_steer("quality") == ("quality", None) and parse_steer("quality:1") == ("quality", 1)
+    assert parse_steer("scores:educational_value=5,expertise=3") == ("scores", {"educational_value": 5, "expertise": 3})
+    assert parse_level("") is None
+    for bad, match in (("quality:0", "not a level 1..5"), ("quality:x", "not a level"),
+                       ("scores:humor=3", "unknown axis 'humor'"), ("scores:expertise=9", "not a level"),
+                       ("style", "unknown prefix kind 'style'")):
+        with pytest.raises(ValueError, match=match):
+            parse_steer(bad)
+    top = steering_annotation()
+    assert (top.quality, top.critique) == (5, STEERING_CRITIQUE)
+    with pytest.raises(ValueError, match="already registered"):
+        prefix_kinds.register(prefix_kinds.PrefixKind("quality", "quality_v1", "again"))
+    with pytest.raises(ValueError, match="lower-case identifier"):
+        prefix_kinds.register(prefix_kinds.PrefixKind("none", "quality_v1", "reserved"))
 
 
 def test_user_templates(tmp_path):
