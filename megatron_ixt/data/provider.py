@@ -47,13 +47,12 @@ _MEGATRON_LM_ARGS = {
     "num_dataset_builder_threads": "num_dataset_builder_threads",
     "path_to_cache": "data_cache_path",
     "mmap_bin_files": "mmap_bin_files",
-    "reset_position_ids": "reset_position_ids",
-    "reset_attention_mask": "reset_attention_mask",
-    "eod_mask_loss": "eod_mask_loss",
     "create_attention_mask": "create_attention_mask_in_dataloader",
     "mid_level_dataset_surplus": "mid_level_dataset_surplus",
     "allow_ambiguous_pad_tokens": "allow_ambiguous_pad_tokens",
 }
+# Megatron-LM store_true flags that GPTDatasetConfig requires: absent means not given (False).
+_MEGATRON_LM_SWITCHES = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
 
 
 def add_ixt_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -106,6 +105,7 @@ def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfi
     flags); ``overrides`` win. Megatron-LM args the namespace lacks keep megatron-core's defaults."""
     blend, blend_per_split = blends_from_args(args)
     values = {field: getattr(args, name) for field, name in _MEGATRON_LM_ARGS.items() if hasattr(args, name)}
+    values.update({name: bool(getattr(args, name, False)) for name in _MEGATRON_LM_SWITCHES})
     values.update(
         random_seed=args.seed, sequence_length=args.seq_length, tokenizer=tokenizer,
         blend=blend, blend_per_split=blend_per_split,

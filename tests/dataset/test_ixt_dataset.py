@@ -16,7 +16,7 @@ from ixt_testlib import (
     token_stream,
 )
 from megatron_ixt.data.dataset import IXTGPTDataset
-from megatron_ixt.data.shards import metadata_path, shard_set_prefix
+from megatron_ixt.data.shards import metadata_path, shard_set_stem
 
 
 def within(measured, p, n, sigmas=4.0):
@@ -207,14 +207,14 @@ def test_misaligned_or_missing_prefix_store_is_a_clear_error(make_shard_set, con
 
     corpus = make_shard_set("a", num_documents=50)
     other = make_shard_set("b", num_documents=40)
-    prefix_a = shard_set_prefix(corpus.path)
+    stem_a = shard_set_stem(corpus.path)
     for ext in (".bin", ".idx"):
-        shutil.copy(shard_set_prefix(other.path) + "_critique_prefix" + ext, prefix_a + "_critique_prefix" + ext)
+        shutil.copy(shard_set_stem(other.path) + "_critique_prefix" + ext, stem_a + "_critique_prefix" + ext)
     with pytest.raises(ValueError, match=r"a_critique_prefix: 40 prefixes for 50 documents"):
         build_dataset(corpus, config(prefix_kind="critique"))
 
-    os.remove(prefix_a + "_quality_prefix.idx")
-    assert os.path.exists(metadata_path(prefix_a))
+    os.remove(stem_a + "_quality_prefix.idx")
+    assert os.path.exists(metadata_path(stem_a))
     with pytest.raises(FileNotFoundError, match="no quality prefix store"):
         build_dataset(corpus, config(prefix_kind="quality"))
 

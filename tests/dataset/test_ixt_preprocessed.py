@@ -25,7 +25,7 @@ def chunks(stream, eod):
     return [c.tolist() for c in numpy.split(stream, ends + 1)[:-1]]  # each chunk ends with its EOD
 
 
-@pytest.mark.parametrize("kind", ["critique", "quality"])
+@pytest.mark.parametrize("kind", ["critique", "quality", "scores"])
 def test_preprocessed_documents_follow_their_prefixes(ixt_shard_set, sp_tokenizer, tmp_path, kind):
     text = IndexedDataset(text_store_path(ixt_shard_set.prefix))
     prefixes = IndexedDataset(prefix_store_path(ixt_shard_set.prefix, kind))

@@ -1,0 +1,55 @@
+"""Pins the megatron-core private behaviour megatron_ixt.mcore_private relies on, on the installed
+megatron-core (the module docstring says how 0.16-0.19 differ)."""
+import numpy
+from megatron.core.datasets.gpt_dataset import GPTDataset
+from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+from ixt_testlib import build_dataset
+from megatron_ixt import mcore_private
+
+
+def test_index_builders_shuffle_whole_epochs_deterministically():
+    documents = numpy.arange(7, dtype=numpy.int32)
+    first = mcore_private.build_document_index(documents, 3, numpy.random.RandomState(5), False)
+    again = mcore_private.build_document_index(documents, 3, numpy.random.RandomState(5), False)
+    assert numpy.array_equal(first, again) and first.dtype == numpy.int32
+    assert sorted(first.tolist()) == sorted(documents.tolist() * 3)
+    separate = mcore_private.build_document_index(documents, 3, numpy.random.RandomState(5), True)
+    assert sorted(separate[-7:].tolist()) == documents.tolist()  # the final epoch is shuffled on its own
+    shuffle = mcore_private.build_shuffle_index(10, 14, numpy.random.RandomState(5))
+    assert sorted(shuffle[:10].tolist()) == list(range(10)) and sorted(shuffle[10:].tolist()) == list(range(10, 14))
+
+
+def test_query_arity_matches_gpt_dataset(make_plain_store, config):
+    """``QUERY_RETURNS_LENGTHS`` says what GPTDataset's own query returns, and IXTGPTDataset returns the same."""
+    corpus = make_plain_store(num_documents=30)
+    plain = build_dataset(corpus, config(), cls=GPTDataset)
+    ixt = build_dataset(corpus, config(prefix_kind="none"))
+    returned = plain._query_document_sample_shuffle_indices(0)
+    assert len(returned) == (3 if mcore_private.QUERY_RETURNS_LENGTHS else 2)
+    ours = ixt._query_document_sample_shuffle_indices(0)
+    assert len(ours) == len(returned)
+    assert all(numpy.array_equal(numpy.asarray(a), numpy.asarray(b)) for a, b in zip(ours, returned))
+
+
+def test_builder_internals(tmp_path):
+    """``add_sequences`` writes the same .bin/.idx as one ``add_document`` per document; the raw
+    tokens of ``write_raw_tokens`` are in the .bin but in no sequence; ``close_builder`` closes the .bin."""
+    docs = [numpy.array(d, dtype=numpy.uint16) for d in ([1, 2, 3], [], [4], [5, 6])]
+    one = IndexedDatasetBuilder(str(tmp_path / "one.bin"), dtype=numpy.uint16)
+    for doc in docs:
+        one.add_document(doc, [len(doc)])
+    one.finalize(str(tmp_path / "one.idx"))
+    many = IndexedDatasetBuilder(str(tmp_path / "many.bin"), dtype=numpy.uint16)
+    mcore_private.add_sequences(many, numpy.concatenate(docs), [len(d) for d in docs])
+    mcore_private.write_raw_tokens(many, numpy.zeros(1, numpy.uint16))
+    many.finalize(str(tmp_path / "many.idx"))
+    assert (tmp_path / "one.idx").read_bytes() == (tmp_path / "many.idx").read_bytes()
+    assert (tmp_path / "many.bin").read_bytes() == (tmp_path / "one.bin").read_bytes() + b"\0\0"
+    store = IndexedDataset(str(tmp_path / "many"))
+    assert [store[i].tolist() for i in range(len(store))] == [d.tolist() for d in docs]
+    assert store.document_indices.tolist() == [0, 1, 2, 3, 4]
+
+    aborted = IndexedDatasetBuilder(str(tmp_path / "aborted.bin"), dtype=numpy.uint16)
+    mcore_private.close_builder(aborted)
+    assert aborted.data_file.closed
