@@ -138,3 +138,14 @@ def test_user_templates(tmp_path):
         load_template("quality", str(tmp_path / "empty.txt"))
     with pytest.raises(ValueError, match="unknown prefix kind"):
         load_template("style")
+
+
+def test_docs_table_lists_every_registered_kind():
+    """docs/dataset.md's prefix-kind table is the registry (name, default template, description)."""
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "dataset.md")
+    section = open(path, encoding="utf-8").read().split("## Prefix kinds")[1].split("\n\n")
+    table = next(block for block in section if block.startswith("| kind |"))
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert rows == [f"| `{k.name}` | `{k.default_template}` | {k.description} |" for k in prefix_kinds.KINDS.values()]
