@@ -107,3 +107,29 @@ def test_steering_prefix_needs_an_ixt_shard_set(make_plain_store):
     plain = make_plain_store(num_documents=10)
     with pytest.raises(ValueError, match="no IXT shard set"):
         steering_prefix([plain.path], "critique")
+
+
+def test_dataset_config_of_cfg_data_reads_every_field(make_shard_set, tokenizer):
+    """The trainer's DataConfig reaches IXTGPTDatasetConfig field by field; a renamed field is an
+    error, never a silent default; every IXT default is the dataset config's own."""
+    import dataclasses
+    import types
+
+    from megatron_ixt.data.dataset import IXT_FIELDS, ixt_default
+    from megatron_ixt.data.provider import DEFAULT_SPLIT, dataset_config
+    from megatron_ixt.training.config import DataConfig
+
+    corpus = make_shard_set(num_documents=40)
+    data = DataConfig(data_path=[corpus.path], eod_mask_loss=True, ixt_prefix_kind="quality", ixt_prefix_loss="mask",
+                      ixt_prefix_dropout=0.25, ixt_annotated_fraction=0.5)
+    cfg = dataset_config(data, seed=3, sequence_length=32, tokenizer=tokenizer)
+    assert (cfg.prefix_kind, cfg.prefix_loss, cfg.prefix_dropout, cfg.annotated_fraction) == ("quality", "mask", 0.25, 0.5)
+    assert cfg.split == DEFAULT_SPLIT and cfg.eod_mask_loss and cfg.random_seed == 3 and cfg.sequence_length == 32
+    renamed = types.SimpleNamespace(**{k: v for k, v in dataclasses.asdict(data).items() if k != "ixt_prefix_loss"},
+                                    ixt_loss="mask")
+    with pytest.raises(AttributeError, match="ixt_prefix_loss"):
+        dataset_config(renamed, seed=3, sequence_length=32, tokenizer=tokenizer)
+    defaults, flags = DataConfig(), add_ixt_dataset_args(argparse.ArgumentParser()).parse_args([])
+    for name in IXT_FIELDS:
+        assert getattr(defaults, f"ixt_{name}") == getattr(flags, f"ixt_{name}") == ixt_default(name)
+    assert DataConfig().split == DEFAULT_SPLIT
