@@ -72,15 +72,14 @@ def install() -> bool:
         return False
     if _installed:
         return True
-    from megatron.core.tensor_parallel import random as mcore_random
+    from megatron_ixt.mcore_private import route_cuda_rng_state
 
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda *args, **kwargs: None
     torch.cuda.manual_seed = torch.manual_seed
     torch.cuda.get_rng_state = _cpu_get_rng_state
     torch.cuda.random.get_rng_state = _cpu_get_rng_state
-    mcore_random._get_cuda_rng_state = _cpu_get_rng_state
-    mcore_random._set_cuda_rng_state = _cpu_set_rng_state
+    route_cuda_rng_state(_cpu_get_rng_state, _cpu_set_rng_state)
     CudaToCpuMode().__enter__()  # process-wide: stays on the mode stack
     _installed = True
     return True

@@ -20,6 +20,13 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
 - ``dist_checkpointing.strategies.filesystem_async``'s results-queue getter
   (:func:`start_checkpoint_writer_helper`): ``_get_write_results_queue()`` in 0.16,
   ``get_write_results_queue(mp_mode="spawn")`` later.
+- ``GPTDataset._pad_token_id`` (0.16-0.19 alike): the id padding a short sample (:func:`pad_token_id`).
+- ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` (0.16-0.19 alike, same
+  signatures): :func:`route_cuda_rng_state` points them at the CPU generator for ``megatron_ixt.compat``.
+
+``IXTGPTDataset`` also overrides GPTDataset's subclass hooks ``_key_config_attributes``,
+``_build_document_sample_shuffle_indices`` and ``_query_document_sample_shuffle_indices``; their
+names and call sites are the same in 0.16-0.19 (only the query's return differs, see above).
 """
 from __future__ import annotations
 
@@ -32,7 +39,8 @@ from megatron.core.datasets.gpt_dataset import _build_document_index as build_do
 from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
 
 __all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "build_document_index", "build_shuffle_index",
-           "close_builder", "start_checkpoint_writer_helper", "write_raw_tokens"]
+           "close_builder", "pad_token_id", "route_cuda_rng_state", "start_checkpoint_writer_helper",
+           "write_raw_tokens"]
 
 QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
     inspect.signature(GPTDataset._query_document_sample_shuffle_indices).return_annotation)) == 3
@@ -79,3 +87,17 @@ def start_checkpoint_writer_helper() -> None:
     getter = getattr(filesystem_async, "get_write_results_queue", None) or \
         filesystem_async._get_write_results_queue
     getter()
+
+
+def pad_token_id(dataset: GPTDataset) -> int:
+    """The token id a ``GPTDataset`` pads short samples with."""
+    return dataset._pad_token_id
+
+
+def route_cuda_rng_state(get_state, set_state) -> None:
+    """Make megatron-core's CUDA RNG tracker read and write its state through ``get_state()`` /
+    ``set_state(new_state)`` (megatron_ixt.compat: the CPU generator when there is no GPU)."""
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    mcore_random._get_cuda_rng_state = get_state
+    mcore_random._set_cuda_rng_state = set_state

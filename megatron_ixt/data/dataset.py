@@ -35,7 +35,7 @@ from megatron.core.utils import log_single_rank
 
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.shards import metadata_path, prefix_store_path, read_metadata, shard_set_stem
-from megatron_ixt.mcore_private import QUERY_RETURNS_LENGTHS, build_document_index, build_shuffle_index
+from megatron_ixt.mcore_private import QUERY_RETURNS_LENGTHS, build_document_index, build_shuffle_index, pad_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ class IXTGPTDataset(GPTDataset):
             cursor += n
 
         if cursor < sample_length:
-            parts.append(numpy.full(sample_length - cursor, self._pad_token_id, dtype=numpy.int64))
+            parts.append(numpy.full(sample_length - cursor, pad_token_id(self), dtype=numpy.int64))
         self._last_prefix_flags = flags
         tokens = numpy.concatenate(parts, dtype=numpy.int64)
         document_ids = document_ids.astype(numpy.int64)

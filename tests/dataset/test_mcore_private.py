@@ -53,3 +53,27 @@ def test_builder_internals(tmp_path):
     aborted = IndexedDatasetBuilder(str(tmp_path / "aborted.bin"), dtype=numpy.uint16)
     mcore_private.close_builder(aborted)
     assert aborted.data_file.closed
+
+
+def test_pad_token_and_subclass_hooks(make_plain_store, config):
+    corpus = make_plain_store(num_documents=5)
+    plain = build_dataset(corpus, config(sequence_length=512), cls=GPTDataset)  # one short, padded sample
+    pad = mcore_private.pad_token_id(plain)
+    tokens = plain._query_document_sample_shuffle_indices(len(plain) - 1)[0]
+    assert int(tokens[-1]) == pad and pad not in numpy.concatenate(corpus.texts).tolist()
+    assert plain[len(plain) - 1]["loss_mask"][-1] == 0  # GPTDataset keeps padding out of the loss
+    for hook in ("_key_config_attributes", "_build_document_sample_shuffle_indices",
+                 "_query_document_sample_shuffle_indices"):
+        assert callable(getattr(GPTDataset, hook))
+
+
+def test_route_cuda_rng_state():
+    from megatron.core.tensor_parallel import random as mcore_random
+
+    saved = mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state
+    get_state, set_state = (lambda *a, **k: "state"), (lambda new_state, *a, **k: None)
+    try:
+        mcore_private.route_cuda_rng_state(get_state, set_state)
+        assert mcore_random._get_cuda_rng_state is get_state and mcore_random._set_cuda_rng_state is set_state
+    finally:
+        mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state = saved
