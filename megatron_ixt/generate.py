@@ -4,9 +4,10 @@ IXT models learn p(document | feedback); steering conditions generation on the f
 The prefix is, in order of precedence: ``--prefix-text`` (any feedback you write, tokenized as is),
 or the shard set's steering prefix for ``--steer KIND[:LEVEL]`` (``--steer quality``: the top
 level, ``steering.<kind>.tokens`` of ``P_ixt.json``; ``--steer quality:1``: the lowest;
-``--steer scores:educational_value=5``: that axis only, the others left out), rendered from the
-template recorded in the shard set of ``--shard-set`` or of the training data paths stored in the
-checkpoint; ``--steer none`` generates unconditioned. The model shape and tokenizer
+``--steer scores:educational_value=5``: that axis only, the others left out; ``--steering-critique``:
+your critique in the kind's template), rendered from the template recorded in the shard set of
+``--shard-set`` or of the training data paths stored in the checkpoint; ``--steer none`` generates
+unconditioned. The model shape and tokenizer
 come from the checkpoint's stored config; the checkpoint may have been saved under any TP/PP layout
 (it is loaded into one process). Greedy decoding without a KV cache: for inspection, not serving.
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-set", default=None, metavar="STEM",
                         help="path stem P of the IXT shard set whose P_ixt.json holds the steering templates "
                              "(default: the checkpoint's training data)")
+    parser.add_argument("--steering-critique", default=None, metavar="TEXT",
+                        help="a critique of your own, rendered into the --steer kind's recorded template in place of "
+                             "the built-in critique of the level (for kinds whose template uses {critique})")
     parser.add_argument("--prefix-text", default=None, help="a feedback prefix of your own (overrides --steer)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt")
     parser.add_argument("--json", action="store_true", help="print one JSON object (tokens and text) per prompt")
@@ -68,7 +72,7 @@ def steering_tokens(args, cfg, tokenizer) -> List[int]:
     paths = [text_store_path(args.shard_set)] if args.shard_set else \
         [p for p in cfg.data.data_path + cfg.data.train_data_path if not _is_number(p)]
     kind, level = args.steer
-    return list(steering_prefix(paths, kind, level, tokenizer=tokenizer))
+    return list(steering_prefix(paths, kind, level, tokenizer=tokenizer, critique=args.steering_critique))
 
 
 def _is_number(text: str) -> bool:

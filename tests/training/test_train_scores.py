@@ -28,14 +28,17 @@ def test_scores_kind_trains_evaluates_and_steers(ixt_shard_set, sp_tokenizer, tm
     (ev,) = read_records(metrics, "eval")
     assert {"prefix/doc_loss", "none/doc_loss", "steering/doc_loss"} <= set(ev)
 
-    def generate(steer):
+    def generate(steer, *extra):
         out = subprocess.run([sys.executable, "-m", "megatron_ixt.generate", "--load", save, "--json", "--steer", steer,
-                              "--prompt", "The", "--max-new-tokens", "2"], capture_output=True, text=True, check=True)
+                              "--prompt", "The", "--max-new-tokens", "2", *extra], capture_output=True, text=True,
+                             check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])["prefix_tokens"]
 
     assert generate("scores:educational_value=5") == sp_tokenizer.tokenize("Scores: educational value 5/5.\n")
     assert generate("scores") == read_metadata(ixt_shard_set.prefix)["steering"]["scores"]["tokens"]
     assert generate("scores:2") == sp_tokenizer.tokenize(steering("scores", 2))
+    assert generate("critique:4", "--steering-critique", "Clear.") == \
+        sp_tokenizer.tokenize(steering("critique", 4, critique="Clear."))
     bad = subprocess.run([sys.executable, "-m", "megatron_ixt.generate", "--load", save, "--steer", "scores:humor=5",
                           "--prompt", "The"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown axis 'humor'" in bad.stderr
