@@ -19,6 +19,8 @@ setup(
         "megatron-core>=0.16,<0.20",
         "numpy>=1.26",
         "sentencepiece>=0.2",
+        "gigatoken>=0.10,<0.11",  # fast tokenization in tools/preprocess_ixt.py (optional at import)
+        "orjson>=3.9",  # fast JSONL parsing (optional at import)
         "psutil>=5.9",
         "aiohttp>=3.9",
     ],

@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import itertools
+import json
 import os
 from dataclasses import dataclass
 
 import numpy
+
+try:  # the fast engine of BatchEncoder; optional: without it every tokenizer keeps a reference path
+    import gigatoken
+except ImportError:
+    gigatoken = None
 
 SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer")
 TOKENIZER_TYPES = SENTENCEPIECE_TYPES + ("HuggingFaceTokenizer", "NullTokenizer")
@@ -43,7 +50,8 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
-def _config(args_or_kwargs=None, **kwargs) -> TokenizerConfig:
+def tokenizer_config(args_or_kwargs=None, **kwargs) -> TokenizerConfig:
+    """A checked TokenizerConfig from an argparse namespace, a dict, a TokenizerConfig or kwargs."""
     if isinstance(args_or_kwargs, TokenizerConfig):
         return args_or_kwargs
     if args_or_kwargs is None:
@@ -68,7 +76,7 @@ def build_tokenizer(args_or_kwargs=None, **kwargs):
     """Build a megatron.core tokenizer from an argparse namespace, a dict, a TokenizerConfig or kwargs."""
     from megatron.core.tokenizers import MegatronTokenizer
 
-    cfg = _config(args_or_kwargs, **kwargs)
+    cfg = tokenizer_config(args_or_kwargs, **kwargs)
     if cfg.tokenizer_type == "NullTokenizer":
         return _build_null(cfg.vocab_size)
     if cfg.tokenizer_type in SENTENCEPIECE_TYPES:
@@ -115,7 +123,7 @@ def model_sha256(path: str | None) -> str | None:
 
 def tokenizer_identity(args_or_kwargs=None, tokenizer=None, **kwargs) -> dict:
     """The ``tokenizer`` entry of ``P_ixt.json``: type, model file name and sha256, vocab size, EOD."""
-    cfg = _config(args_or_kwargs, **kwargs)
+    cfg = tokenizer_config(args_or_kwargs, **kwargs)
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
     return {"type": cfg.tokenizer_type,
             "model": os.path.basename(os.path.normpath(cfg.tokenizer_model)) if cfg.tokenizer_model else None,
@@ -130,98 +138,218 @@ def same_tokenizer(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# Fast batch encoding
+
+ENGINES = ("gigatoken", "sentencepiece-words", "sentencepiece", "reference")  # fastest first
 SPM_SPACE = "\u2581"  # SentencePiece's whitespace symbol
 
 
-def _plain_sentencepiece(tokenizer):
-    """The SentencePieceProcessor behind ``tokenizer`` when ``tokenize`` is exactly its ``encode``."""
-    wrapped = getattr(tokenizer, "_tokenizer", None)
-    sp = getattr(wrapped, "tokenizer", None)
-    if getattr(tokenizer, "library", None) != "sentencepiece" or getattr(wrapped, "legacy", True):
-        return None
-    # the wrapper rewrites runs of spaces itself when told not to ignore them
-    rewrites_spaces = (getattr(wrapped, "removed_extra_spaces", True)
-                       and not getattr(wrapped, "ignore_extra_whitespaces", True))
-    return sp if hasattr(sp, "encode") and not rewrites_spaces else None
+class EngineUnavailable(ValueError):
+    """An engine cannot encode this tokenizer (the message says why)."""
+
+
+class NotApplicable(EngineUnavailable):
+    """An engine is not made for this tokenizer type at all (nothing to warn about)."""
+
+
+def gigatoken_tokenizer(cfg: TokenizerConfig):
+    """The ``gigatoken.Tokenizer`` of ``cfg``'s model: HuggingFace tokenizer directories (their
+    tokenizer.json) and SentencePiece BPE models with byte fallback. Raises EngineUnavailable."""
+    if cfg.tokenizer_type not in SENTENCEPIECE_TYPES + ("HuggingFaceTokenizer",):
+        raise NotApplicable(f"gigatoken does not encode {cfg.tokenizer_type}")
+    if gigatoken is None:
+        raise EngineUnavailable("gigatoken is not installed (pip install gigatoken)")
+    try:
+        if cfg.tokenizer_type == "HuggingFaceTokenizer":
+            return gigatoken.Tokenizer(cfg.tokenizer_model)
+        # gigatoken's own converter (Tokenizer.from_sentencepiece converts and loads in one step): it
+        # refuses models without byte fallback, and makes control pieces (<s>, </s>) added tokens that
+        # are matched in the text, which SentencePiece never does, so those are dropped here.
+        from gigatoken._load.sentencepiece import sentencepiece_to_tokenizer_json
+
+        with open(cfg.tokenizer_model, "rb") as f:
+            config = json.loads(sentencepiece_to_tokenizer_json(f.read()))
+        config["added_tokens"] = [t for t in config["added_tokens"] if not t.get("special")]
+        return gigatoken.Tokenizer.from_json(json.dumps(config))
+    except Exception as exc:  # gigatoken raises ValueError, OSError or its own errors on unsupported models
+        raise EngineUnavailable(f"gigatoken cannot load {cfg.tokenizer_model!r}: {exc}") from None
+
+
+def _sentencepiece(cfg: TokenizerConfig):
+    if cfg.tokenizer_type not in SENTENCEPIECE_TYPES:
+        raise NotApplicable(f"{cfg.tokenizer_type} is not a SentencePiece tokenizer")
+    import sentencepiece
+
+    return sentencepiece.SentencePieceProcessor(model_file=cfg.tokenizer_model)
 
 
 def _splits_at_whitespace(sp) -> bool:
     """Whether encoding = concatenated encodings of the normalized text's words: no piece holds the
     whitespace symbol except at its start and the dummy prefix is on, so no token crosses a word."""
-    if not hasattr(sp, "normalize") or sp.normalize("a  b") != f"{SPM_SPACE}a{SPM_SPACE}b":
+    if sp.normalize("a  b") != f"{SPM_SPACE}a{SPM_SPACE}b":
         return False
     return not any(SPM_SPACE in sp.id_to_piece(i)[1:] for i in range(sp.get_piece_size()))
+
+
+def _flat(lists) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """Token lists -> (concatenated int64 tokens, int64 lengths)."""
+    lengths = numpy.fromiter(map(len, lists), numpy.int64, len(lists))
+    return numpy.fromiter(itertools.chain.from_iterable(lists), numpy.int64, int(lengths.sum())), lengths
+
+
+class _WordCache:
+    """SentencePiece encoding word by word with a cache of word encodings, the way fast BPE
+    tokenizers do: normalize, split at the whitespace symbol, encode unseen words in one batch,
+    concatenate. Exact for models whose tokens never cross words (the default
+    ``split_by_whitespace``); kept for SentencePiece models gigatoken cannot load (no byte
+    fallback), where it is ~4x SentencePiece's own batch encoding (docs/preprocess.md)."""
+
+    LIMIT = 1 << 20  # words; the cache is emptied when it grows past this
+
+    def __init__(self, sp, dtype: numpy.dtype):
+        if not _splits_at_whitespace(sp):
+            raise EngineUnavailable("the model has pieces that cross words (split_by_whitespace=false)")
+        self.sp, self.dtype = sp, dtype
+        self.cache = {"": b""}
+
+    def __call__(self, texts: list[str]) -> tuple[numpy.ndarray, numpy.ndarray]:
+        cache = self.cache
+        if len(cache) > self.LIMIT:
+            cache.clear()
+            cache[""] = b""
+        words = [self.sp.normalize(t).split(SPM_SPACE) for t in texts]
+        missing = list(set(itertools.chain.from_iterable(words)).difference(cache))
+        encoded = self.sp.encode(missing, out_type=int, num_threads=1)
+        cache.update(zip(missing, (numpy.array(ids, self.dtype).tobytes() for ids in encoded)))
+        get = cache.__getitem__
+        per_text = [b"".join(map(get, w)) for w in words]
+        lengths = numpy.fromiter(map(len, per_text), numpy.int64, len(per_text)) // self.dtype.itemsize
+        return numpy.frombuffer(b"".join(per_text), self.dtype), lengths
 
 
 class BatchEncoder:
     """Encodes lists of texts exactly like ``tokenizer.tokenize``, fast.
 
-    ``encode(texts)`` gives token lists; ``encode_bytes(texts)`` gives each text's tokens as the
-    raw bytes of a ``dtype`` array (what the IndexedDataset .bin holds), avoiding Python ints.
+    ``encode(texts) -> (tokens, lengths)``: every text's tokens concatenated into one ``dtype``
+    array, and each text's token count (int64), -1 for a text the tokenizer failed on or that gave
+    ids outside ``0..tokenizer.vocab_size-1`` (its tokens are left out).
 
-    SentencePiece models whose tokens never cross words (true of models trained with the default
-    ``split_by_whitespace``) are encoded word by word with a cache of word encodings, the way fast
-    BPE tokenizers do: normalize, split at the whitespace symbol, encode unseen words in one batch,
-    concatenate. The equivalence is checked on a probe and on the first texts encoded; on any
-    difference the encoder falls back to SentencePiece's own batch encoding (single-threaded, so
-    ``--workers`` stays the unit of parallelism). Other tokenizers are called once per text.
+    Engines (``ENGINES``, fastest first; ``engine="auto"`` takes the first that loads):
+    ``gigatoken`` (HuggingFace tokenizer.json and byte-fallback SentencePiece BPE models),
+    ``sentencepiece-words`` (a word cache over SentencePiece, see ``_WordCache``), ``sentencepiece``
+    (SentencePiece's batch encoding) and ``reference`` (``tokenizer.tokenize`` per text, any
+    tokenizer). All run on the calling thread: worker processes are the unit of parallelism.
+    :meth:`verify` compares the engine with ``tokenizer.tokenize`` on a sample; with "auto" a
+    difference moves on to the next engine (``notes`` says why), with a named engine it raises.
     """
 
     PROBE = ["Hello  world.\nA second\t line ", " leading space", "1 2 3 1234567", "\uff46\uff55\uff4c\uff4c width",
-             f"a{SPM_SPACE}b", "caf\u00e9 \u00fcber \U0001F600", "x"]
-    VERIFY_TEXTS = 64  # real texts also encoded the plain way and compared
-    CACHE_LIMIT = 1 << 20  # words; the cache is emptied when it grows past this
+             f"a{SPM_SPACE}b", "caf\u00e9 \u00fcber \U0001F600", "x", "specials <s> </s> <unk> <|endoftext|> <pad>",
+             "  padded  ", "tabs\t\tand\r\nCRLF", "zero\u200bwidth soft\u00adhyphen \u00a0nbsp \u3000ideographic",
+             "ligature \ufb01 \u2460 \uff21\uff22\uff23 \u6771\u4eac \u0434\u043e\u043c", "quotes \u201clike\u201d \u2014 \u2026"]
 
-    def __init__(self, tokenizer, dtype=numpy.int32, word_cache: bool = True):
+    def __init__(self, tokenizer, config: TokenizerConfig | None = None, dtype=numpy.int32, engine: str = "auto"):
+        if engine != "auto" and engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: choose 'auto' or one of {ENGINES}")
         self.tokenizer = tokenizer
+        self.config = config
         self.dtype = numpy.dtype(dtype)
-        self._sp = _plain_sentencepiece(tokenizer)
-        if self._sp is not None and self._plain(self.PROBE) != [tokenizer.tokenize(t) for t in self.PROBE]:
-            self._sp = None
-        self._cache = None
-        self._to_verify = 0
-        if self._sp is not None and word_cache and _splits_at_whitespace(self._sp):
-            self._cache = {"": b""}
-            if self.encode(self.PROBE) != self._plain(self.PROBE):
-                self._cache = None
-        self._to_verify = self.VERIFY_TEXTS
+        self.vocab_size = int(tokenizer.vocab_size)
+        self.auto = engine == "auto"
+        self.notes: list[str] = []  # why faster engines are not used
+        self._candidates = list(ENGINES if self.auto else (engine,))
+        self._next_engine()
+
+    def _next_engine(self) -> None:
+        while self._candidates:
+            name = self._candidates.pop(0)
+            try:
+                self._encode = self._load(name)
+                self.engine = name
+                return
+            except EngineUnavailable as exc:
+                if not self.auto:
+                    raise
+                if not isinstance(exc, NotApplicable):
+                    self.notes.append(f"{name}: {exc}")
+        raise AssertionError("the reference engine always loads")
+
+    def _load(self, name: str):
+        """The engine's ``texts -> (tokens, lengths)`` function; raises EngineUnavailable."""
+        if name == "reference":
+            return lambda texts: _flat([self.tokenizer.tokenize(t) for t in texts])
+        if self.config is None:
+            raise NotApplicable("no tokenizer config given")
+        if name == "gigatoken":
+            fast = gigatoken_tokenizer(self.config)
+
+            def encode(texts):
+                # an awkward ListOffsetArray over uint32; its buffers directly (ak.flatten/ak.num cost
+                # ~0.5 ms a call, as much as encoding 100 KB)
+                layout = fast.encode_batch(texts, parallel=False).layout
+                offsets = numpy.asarray(layout.offsets.data)
+                return numpy.asarray(layout.content.data)[offsets[0]:offsets[-1]], numpy.diff(offsets)
+            return encode
+        sp = _sentencepiece(self.config)
+        if name == "sentencepiece-words":
+            return _WordCache(sp, self.dtype)
+        return lambda texts: _flat(sp.encode(texts, out_type=int, num_threads=1))
 
     @property
-    def mode(self) -> str:
-        """"words" (cached word encodings), "batch" (SentencePiece batch) or "per-text"."""
-        return "per-text" if self._sp is None else "batch" if self._cache is None else "words"
+    def label(self) -> str:
+        """The engine and, for gigatoken, its version (recorded in P_ixt.json)."""
+        return f"gigatoken {importlib.metadata.version('gigatoken')}" if self.engine == "gigatoken" else self.engine
 
-    def _plain(self, texts: list[str]) -> list[list[int]]:
-        return self._sp.encode(texts, out_type=int, num_threads=1)
+    def encode(self, texts: list[str]) -> tuple[numpy.ndarray, numpy.ndarray]:
+        try:
+            tokens, lengths = self._encode(texts)
+        except Exception:  # find the culprit(s); the others still go through
+            parts = []
+            for text in texts:
+                try:
+                    parts.append(self._encode([text]))
+                except Exception:
+                    parts.append((numpy.zeros(0, self.dtype), numpy.array([-1])))
+            tokens = numpy.concatenate([numpy.zeros(0, self.dtype)] + [p[0] for p in parts])
+            lengths = numpy.concatenate([numpy.zeros(0, numpy.int64)] + [p[1] for p in parts])
+        lengths = numpy.asarray(lengths, numpy.int64)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            valid = (tokens >= 0) & (tokens < self.vocab_size)
+            counted = numpy.maximum(lengths, 0)
+            owner = numpy.repeat(numpy.arange(len(lengths)), counted)
+            bad = numpy.unique(owner[~valid])
+            tokens = tokens[~numpy.isin(owner, bad)]
+            lengths[bad] = -1
+        return tokens.astype(self.dtype, copy=False), lengths
 
-    def _lists(self, texts: list[str]) -> list[list[int]]:
-        return [self.tokenizer.tokenize(t) for t in texts] if self._sp is None else self._plain(texts)
+    def encode_lists(self, texts: list[str]) -> list:
+        """``encode`` as one token list per text (None where it failed); for tests and small inputs."""
+        tokens, lengths = self.encode(texts)
+        ends = numpy.cumsum(numpy.maximum(lengths, 0))
+        return [None if n < 0 else tokens[end - n:end].tolist() for n, end in zip(lengths.tolist(), ends.tolist())]
 
-    def _by_words(self, texts: list[str]) -> list[bytes]:
-        cache = self._cache
-        if len(cache) > self.CACHE_LIMIT:
-            cache.clear()
-            cache[""] = b""
-        words = [self._sp.normalize(t).split(SPM_SPACE) for t in texts]
-        missing = list(set(itertools.chain.from_iterable(words)).difference(cache))
-        dtype = self.dtype
-        cache.update(zip(missing, (numpy.array(ids, dtype).tobytes() for ids in self._plain(missing))))
-        get = cache.__getitem__
-        return [b"".join(map(get, w)) for w in words]
+    def _reference(self, text: str):
+        try:
+            ids = self.tokenizer.tokenize(text)
+        except Exception:
+            return None
+        return ids if all(0 <= i < self.vocab_size for i in ids) else None
 
-    def encode_bytes(self, texts: list[str]) -> list[bytes]:
-        if self._cache is None:
-            return [numpy.array(ids, self.dtype).tobytes() for ids in self._lists(texts)]
-        encoded = self._by_words(texts)
-        if self._to_verify > 0:
-            n = min(self._to_verify, len(texts))
-            self._to_verify -= n
-            if [numpy.frombuffer(b, self.dtype).tolist() for b in encoded[:n]] != self._plain(texts[:n]):
-                self._cache = None
-                return self.encode_bytes(texts)
-        return encoded
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        if self._cache is None:
-            return self._lists(texts)
-        return [numpy.frombuffer(b, self.dtype).tolist() for b in self.encode_bytes(texts)]
+    def verify(self, texts: list[str] = ()) -> None:
+        """Encode ``PROBE`` and ``texts`` with the engine and with ``tokenizer.tokenize``; on any
+        difference fall back to the next engine and check again ("auto", adding to ``notes``) or
+        raise ValueError (a named engine)."""
+        sample = self.PROBE + list(texts)
+        reference = [self._reference(t) for t in sample]
+        while self.engine != "reference":
+            wrong = [i for i, (a, b) in enumerate(zip(self.encode_lists(sample), reference)) if a != b]
+            if not wrong:
+                return
+            note = (f"{self.engine}: differs from the reference tokenizer on {len(wrong)} of {len(sample)} "
+                    f"verification texts, e.g. {sample[wrong[0]][:60]!r}")
+            if not self.auto:
+                raise ValueError(note)
+            self.notes.append(note)
+            self._next_engine()

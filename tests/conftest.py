@@ -8,12 +8,16 @@ Fixtures
                       -> list of records written (JSONL; ``extra_lines`` are raw lines appended)
     sp_model          path of a SentencePiece BPE model (vocab 1024, eos=2) [session]
     sp_tokenizer      megatron.core tokenizer over ``sp_model`` [session]
+    sp_byte_fallback_model  path of the same kind of model with byte fallback (what gigatoken loads) [session]
     hf_tokenizer_dir  directory of a HuggingFace fast BPE tokenizer (tokenizer.json, eos "</s>") [session]
+    disagreeing_hf_dir  a copy of ``hf_tokenizer_dir`` whose tokenizer_config.json adds a special token
+                      "<|mark|>" that its tokenizer.json lacks (gigatoken then disagrees with transformers)
     ixt_shard_set     ShardSetFixture: a preprocessed 200-document corpus (SentencePiece, --append-eod,
                       60% annotated, 10% failed annotations) [session]
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import make_corpus  # examples/data/make_corpus.py (pytest.ini's pythonpath)
@@ -50,6 +54,14 @@ def sp_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def sp_byte_fallback_model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sp_bf")
+    records = make_corpus.generate_records(400, seed=1234)
+    return make_corpus.train_sentencepiece(make_corpus.tokenizer_training_texts(records),
+                                           str(directory / "tok"), 1024, byte_fallback=True)
+
+
+@pytest.fixture(scope="session")
 def sp_tokenizer(sp_model):
     from megatron_ixt.tokenizer import build_tokenizer
 
@@ -58,20 +70,26 @@ def sp_tokenizer(sp_model):
 
 @pytest.fixture(scope="session")
 def hf_tokenizer_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    directory = tmp_path_factory.mktemp("hf")
     records = make_corpus.generate_records(300, seed=4321)
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=800, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(make_corpus.tokenizer_training_texts(records), trainer)
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(str(directory))
-    return str(directory)
+    return make_corpus.train_hf_bpe(make_corpus.tokenizer_training_texts(records),
+                                    str(tmp_path_factory.mktemp("hf")), 800)
+
+
+@pytest.fixture(scope="session")
+def disagreeing_hf_dir(tmp_path_factory, hf_tokenizer_dir):
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    directory = str(tmp_path_factory.mktemp("hf_mark"))
+    tokenizer = AutoTokenizer.from_pretrained(hf_tokenizer_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|mark|>"]})
+    tokenizer.save_pretrained(directory)
+    shutil.copy(os.path.join(hf_tokenizer_dir, "tokenizer.json"), directory)  # the one without <|mark|>
+    with open(os.path.join(directory, "tokenizer_config.json")) as f:
+        assert "<|mark|>" in json.dumps(json.load(f))
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,8 @@ def merged_metadata(parts: list[dict], stems: list[str]) -> dict:
         templates={kind: first["templates"][kind] for kind in first["kinds"]},
         steering={kind: first["steering"][kind] for kind in first["kinds"]},
         inputs=[i for meta in parts for i in meta["inputs"]], counts=counts, annotation_status=status,
-        quality=histogram, score_sums=score_sums, skipped=skipped, merged_from=stems)
+        quality=histogram, score_sums=score_sums, skipped=skipped, merged_from=stems,
+        tokenizer_engines=list(dict.fromkeys(e for meta in parts for e in meta.get("tokenizer_engines", []))))
 
 
 def merge(stems: list[str], output: str) -> dict:

@@ -5,7 +5,7 @@
 
 Flags follow Megatron-LM's tools/preprocess_data.py; see docs/preprocess.md for the record schema,
 the outputs and the bad-input reasons. Output is byte-identical for any --workers: input is cut
-into fixed chunks of lines, encoded in worker processes and written in input order.
+into fixed chunks of whole lines, encoded in worker processes and written in input order.
 """
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ from megatron_ixt.data.inputs import expand_inputs, open_jsonl
 from megatron_ixt.data.prefix_kinds import STEERING_CRITIQUE, steering_annotation
 from megatron_ixt.data.record import REASONS, SCORE_AXES, parse_line
 from megatron_ixt.data.templates import load_template
-from megatron_ixt.tokenizer import BatchEncoder, add_tokenizer_args, build_tokenizer, tokenizer_identity
+from megatron_ixt.tokenizer import (ENGINES, BatchEncoder, add_tokenizer_args, build_tokenizer, tokenizer_config,
+                                    tokenizer_identity)
 
-CHUNK_LINES = 256  # lines per worker task; fixed, so that chunking never depends on --workers
+CHUNK_BYTES = 1 << 20  # input bytes per worker task (whole lines); fixed, so chunking never depends on --workers
 EXAMPLES_PER_REASON = 5  # problems logged as file:line per reason
+VERIFY_DOCS = 32  # first records of the input whose text and prefixes verify the tokenizer engine
+PREFIX_CACHE = 1 << 16  # rendered prefixes whose tokens a worker keeps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "sorted, a file given twice read once)")
     group.add_argument("--json-keys", nargs="+", default=["text"],
                        help="the field holding the document text (exactly one key)")
+    group.add_argument("--num-shards", type=int, default=1,
+                       help="split the input files into this many contiguous parts (one per task of a job "
+                            "array); tools/merge_ixt.py joins the parts, in shard order, into the single run's set")
+    group.add_argument("--shard-index", type=int, default=0, help="the part this task writes, 0..num-shards-1")
     add_tokenizer_args(parser)
     group = parser.add_argument_group("IXT prefixes")
     group.add_argument("--prefix-kinds", nargs="+", choices=prefix_kinds.names(), default=list(prefix_kinds.names()),
@@ -59,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="path stem P of the shard set: P_text_document.bin, P_<kind>_prefix.bin, P_ixt.json, ...")
     group.add_argument("--append-eod", action="store_true", help="append the EOD token to every document")
     group = parser.add_argument_group("runtime")
-    group.add_argument("--workers", type=int, default=1, help="encoding processes")
+    group.add_argument("--workers", type=int, default=1,
+                       help="encoding processes (1: in this process); each tokenizes on one thread")
+    group.add_argument("--tokenizer-engine", default="auto", choices=("auto",) + ENGINES,
+                       help="how texts are tokenized: 'auto' takes the fastest engine that loads and encodes a "
+                            "verification sample exactly like the reference tokenizer; a named engine fails "
+                            "instead of falling back. The output is the same with any engine")
     group.add_argument("--log-interval", type=int, default=10000, help="documents between progress lines")
     group.add_argument("--strict", action="store_true",
                        help="exit non-zero at the first bad record (nothing is written)")
@@ -73,8 +85,19 @@ def get_args(argv=None) -> argparse.Namespace:
         parser.error("--json-keys: IXT shard sets hold one text field; give exactly one key")
     if args.workers < 1:
         parser.error("--workers must be >= 1")
+    if args.num_shards < 1 or not 0 <= args.shard_index < args.num_shards:
+        parser.error(f"--shard-index {args.shard_index} must be in 0..num-shards-1 (--num-shards {args.num_shards})")
     args.prefix_kinds = [kind for kind in prefix_kinds.names() if kind in args.prefix_kinds]  # registry order
     return args
+
+
+def shard_files(files: list[str], num_shards: int, shard_index: int) -> list[str]:
+    """Part ``shard_index`` of ``num_shards`` contiguous, near-equal parts of ``files`` (the first
+    ``len(files) % num_shards`` parts get one file more; a part may be empty). Contiguous, so that
+    merging the parts in shard order gives the files in the order of a single run."""
+    size, extra = divmod(len(files), num_shards)
+    start = shard_index * size + min(shard_index, extra)
+    return files[start:start + size + (shard_index < extra)]
 
 
 @dataclass
@@ -93,57 +116,42 @@ class ChunkResult:
 
 
 class ChunkEncoder:
-    """Parses, validates, renders and tokenizes chunks of JSONL lines (runs in the workers)."""
+    """Parses, validates, renders and tokenizes chunks of JSONL lines (runs in the workers).
+    Pickles as its arguments and engine (a spawned worker rebuilds it; a forked one inherits it)."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, engine: str | None = None):
+        self.args = args
         self.tokenizer = build_tokenizer(args)
         self.dtype = numpy.dtype(shards.token_dtype(self.tokenizer.vocab_size))
-        self.encoder = BatchEncoder(self.tokenizer, self.dtype)
+        self.encoder = BatchEncoder(self.tokenizer, tokenizer_config(args), self.dtype,
+                                    engine or args.tokenizer_engine)
         self.text_key = args.json_keys[0]
         self.text_only = args.text_only
-        self.eod = numpy.array([self.tokenizer.eod] if args.append_eod else [], self.dtype).tobytes()
-        self.check_range = args.tokenizer_type == "NullTokenizer"  # the only one taking ids from the input
-        self.vocab_size = self.tokenizer.vocab_size
+        self.eod = self.tokenizer.eod if args.append_eod else None
         self.templates = {} if args.text_only else templates(args)
+        self._prefix_cache = {}  # rendered prefix -> (tokens, length)
 
-    def encode(self, texts: list[str]) -> list:
-        """Each text's tokens as ``self.dtype`` bytes; None where the tokenizer fails or gives
-        out-of-vocabulary ids."""
-        if not self.check_range:
-            try:
-                return self.encoder.encode_bytes(texts)
-            except Exception:  # find the culprit(s) below; the others still go through
-                pass
-        ids = []
-        for text in texts:
-            try:
-                ids.append(self.tokenizer.tokenize(text))
-            except Exception:
-                ids.append(None)
-        if self.check_range:
-            ids = [t if t is None or all(0 <= i < self.vocab_size for i in t) else None for t in ids]
-        return [None if t is None else numpy.array(t, self.dtype).tobytes() for t in ids]
+    def __getstate__(self) -> tuple:
+        return self.args, self.encoder.engine
 
-    def encode_unique(self, texts: list[str]) -> list:
-        """Like :meth:`encode`, tokenizing each distinct string once (quality prefixes repeat)."""
-        unique = list(dict.fromkeys(texts))
-        if len(unique) == len(texts):
-            return self.encode(texts)
-        encoded = dict(zip(unique, self.encode(unique)))
-        return [encoded[t] for t in texts]
+    def __setstate__(self, state: tuple) -> None:
+        self.__init__(*state)
 
-    def __call__(self, task: tuple) -> ChunkResult:
-        file_index, first_line, lines = task
-        result = ChunkResult(file_index, {}, {})
+    def parse(self, task: tuple, result: ChunkResult) -> tuple[list, list, list, list, list]:
+        """The chunk's valid records: (texts, annotations, line numbers, statuses, rejected);
+        counts and problems go to ``result``."""
+        _, first_line, block = task
         texts, annotations, line_numbers, statuses, rejected = [], [], [], [], []
-        for line_number, raw in enumerate(lines, first_line):
+        for line_number, raw in enumerate(block.split(b"\n"), first_line):
+            raw = raw.rstrip(b"\r")
             result.counts["input_bytes"] += len(raw)
             if not raw.strip():
                 result.counts["blank_lines"] += 1
                 continue
             result.counts["records"] += 1
             record = parse_line(raw, self.text_key)
-            result.problems += [(line_number, p.reason, p.message) for p in record.problems]
+            if record.problems:
+                result.problems += [(line_number, p.reason, p.message) for p in record.problems]
             if record.text is None:
                 result.counts["dropped"] += 1
                 continue
@@ -152,50 +160,94 @@ class ChunkEncoder:
             line_numbers.append(line_number)
             statuses.append(record.status)
             rejected.append(bool(record.problems))  # the text is valid: these are ixt problems
+        return texts, annotations, line_numbers, statuses, rejected
 
-        text_ids = self.encode(texts)
-        prefix_ids = {}
-        annotated = [i for i, a in enumerate(annotations) if a is not None and text_ids[i]]
-        for kind, template in self.templates.items():
-            encoded = self.encode_unique([template.render(annotations[i]) for i in annotated])
-            prefix_ids[kind] = dict(zip(annotated, encoded))
+    def verification_sample(self, task: tuple) -> list[str]:
+        """The texts and rendered prefixes of the first VERIFY_DOCS records of a chunk (what
+        ``BatchEncoder.verify`` checks against the reference tokenizer, which is slow)."""
+        first = b"\n".join(task[2].split(b"\n", VERIFY_DOCS)[:VERIFY_DOCS])
+        texts, annotations, *_ = self.parse(task[:2] + (first,), ChunkResult(0, {}, {}))
+        return texts + [t.render(a) for a in annotations if a is not None for t in self.templates.values()]
 
-        per_store = {name: [] for name in (shards.TEXT,) + tuple(self.templates)}
-        docs = []
-        for i, ids in enumerate(text_ids):
-            if not ids:
-                why = "gave no tokens" if ids == b"" else "failed or gave ids outside the vocabulary"
-                result.problems.append((line_numbers[i], "text_untokenizable", f"the tokenizer {why}"))
-                result.counts["dropped"] += 1
-                continue
-            per_store[shards.TEXT].append(ids + self.eod)  # bytes
-            annotation = annotations[i]
-            prefixes = {kind: prefix_ids[kind].get(i) for kind in self.templates}
-            if annotation is not None and not all(prefixes.values()):
-                bad = [kind for kind, p in prefixes.items() if not p]
-                result.problems.append((line_numbers[i], "prefix_untokenizable",
-                                        f"the tokenizer failed on the rendered {' and '.join(bad)} prefix"))
-                rejected[i] = True
-                annotation = None
-            for kind in self.templates:
-                per_store[kind].append(prefixes[kind] if annotation is not None else b"")
-            result.counts["documents"] += 1
-            result.counts["degraded"] += rejected[i]
-            result.status[statuses[i]] += 1
-            if annotation is not None:
-                result.counts["annotated"] += 1
-                result.quality[annotation.quality] += 1
-                result.score_sums.update(annotation.scores)
-                docs.append((file_index, line_numbers[i], annotation.quality, tuple(annotation.scores.values())))
-            else:
-                docs.append((file_index, line_numbers[i], 0, (0,) * len(SCORE_AXES)))
+    def encode_with_prefixes(self, texts: list[str], prefixes: dict) -> tuple[tuple, dict]:
+        """Tokenize ``texts`` and the strings ``prefixes[kind]`` in one ``BatchEncoder.encode`` call
+        (each call has a fixed cost). Prefixes repeat (the quality prefix has 5 values): each distinct
+        one is tokenized once per process and kept in a cache of PREFIX_CACHE strings.
+        Returns ``(tokens, lengths)`` of the texts and ``{kind: (tokens, lengths)}``."""
+        cache = self._prefix_cache
+        wanted = dict.fromkeys(itertools.chain.from_iterable(prefixes.values()))
+        missing = [p for p in wanted if p not in cache]
+        if len(cache) + len(missing) > PREFIX_CACHE:
+            cache.clear()
+            missing = list(wanted)
+        tokens, lengths = self.encoder.encode(texts + missing)
+        n = len(texts)
+        split = int(numpy.maximum(lengths[:n], 0).sum())
+        if missing:
+            pieces = numpy.split(tokens[split:], numpy.cumsum(numpy.maximum(lengths[n:], 0))[:-1])
+            cache.update(zip(missing, zip((p.copy() for p in pieces), lengths[n:].tolist())))
+        encoded = {}
+        for kind, strings in prefixes.items():
+            hits = [cache[p] for p in strings]
+            encoded[kind] = (numpy.concatenate([numpy.zeros(0, self.dtype)] + [h[0] for h in hits]),
+                             numpy.fromiter((h[1] for h in hits), numpy.int64, len(hits)))
+        return (tokens[:split], lengths[:n]), encoded
 
-        size = self.dtype.itemsize
-        for name, sequences in per_store.items():
-            result.lengths[name] = [len(b) // size for b in sequences]
-            result.tokens[name] = numpy.frombuffer(b"".join(sequences), self.dtype)
+    def __call__(self, task: tuple) -> ChunkResult:
+        file_index = task[0]
+        result = ChunkResult(file_index, {}, {})
+        texts, annotations, line_numbers, statuses, rejected = self.parse(task, result)
+        annotated = numpy.array([i for i, a in enumerate(annotations) if a is not None], numpy.int64)
+        (tokens, lengths), prefixes = self.encode_with_prefixes(texts, {
+            kind: [template.render(annotations[i]) for i in annotated.tolist()]
+            for kind, template in self.templates.items()})
+
+        has_tokens = lengths > 0  # lengths: -1 failed, 0 no tokens
+        for i in numpy.flatnonzero(~has_tokens).tolist():
+            why = "gave no tokens" if lengths[i] == 0 else "failed or gave ids outside the vocabulary"
+            result.problems.append((line_numbers[i], "text_untokenizable", f"the tokenizer {why}"))
+            result.counts["dropped"] += 1
+        kept = numpy.flatnonzero(has_tokens)
+        lengths = lengths[kept]
+        if self.eod is not None:
+            tokens = numpy.insert(tokens, numpy.cumsum(lengths), numpy.array(self.eod, self.dtype))
+            lengths = lengths + 1
+        result.tokens[shards.TEXT], result.lengths[shards.TEXT] = tokens, lengths.tolist()
+
+        # prefixes of the kept annotated documents; a prefix the tokenizer fails on rejects the annotation
+        text_kept = has_tokens[annotated]
+        valid = text_kept.copy()
+        for _, prefix_lengths in prefixes.values():
+            valid &= prefix_lengths > 0
+        for a in numpy.flatnonzero(text_kept & ~valid).tolist():
+            i = int(annotated[a])
+            bad = [kind for kind, (_, n) in prefixes.items() if n[a] <= 0]
+            result.problems.append((line_numbers[i], "prefix_untokenizable",
+                                    f"the tokenizer failed on the rendered {' and '.join(bad)} prefix"))
+            rejected[i] = True
+            annotations[i] = None
+        position = numpy.cumsum(has_tokens) - 1  # of each text among the kept ones
+        for kind, (prefix_tokens, prefix_lengths) in prefixes.items():
+            per_doc = numpy.zeros(len(kept), numpy.int64)
+            per_doc[position[annotated[valid]]] = prefix_lengths[valid]
+            result.tokens[kind] = prefix_tokens[numpy.repeat(valid, numpy.maximum(prefix_lengths, 0))]
+            result.lengths[kind] = per_doc.tolist()
+
+        kept = kept.tolist()
+        final = [annotations[i] for i in kept]
+        rows = [j for j, a in enumerate(final) if a is not None]  # the annotated documents
+        docs = numpy.zeros(len(kept), shards.DOC_DTYPE)
+        docs["file"] = file_index
+        docs["line"] = [line_numbers[i] for i in kept]
+        docs["quality"][rows] = [final[j].quality for j in rows]
+        scores = [tuple(final[j].scores.values()) for j in rows]
+        docs["scores"][rows] = numpy.array(scores, numpy.int8).reshape(len(rows), len(SCORE_AXES))
+        result.counts.update(documents=len(kept), annotated=len(rows), degraded=sum(rejected[i] for i in kept))
+        result.status.update(statuses[i] for i in kept)
+        result.quality.update(docs["quality"][rows].tolist())
+        result.score_sums.update(dict(zip(SCORE_AXES, docs["scores"][rows].sum(axis=0).tolist())))
         if not self.text_only:
-            result.docs = numpy.array(docs, dtype=shards.DOC_DTYPE)
+            result.docs = docs
         result.problems.sort(key=lambda problem: problem[0])  # line order (stable within a line)
         return result
 
@@ -203,9 +255,9 @@ class ChunkEncoder:
 _ENCODER: ChunkEncoder | None = None
 
 
-def _init_worker(args: argparse.Namespace) -> None:
+def _init_worker(encoder: ChunkEncoder) -> None:
     global _ENCODER
-    _ENCODER = ChunkEncoder(args)
+    _ENCODER = encoder
 
 
 def _encode_chunk(task: tuple) -> ChunkResult:
@@ -213,26 +265,40 @@ def _encode_chunk(task: tuple) -> ChunkResult:
 
 
 def read_chunks(files: list[str]):
-    """Yield ``(file index, first line number, [raw lines])`` tasks of CHUNK_LINES lines."""
+    """Yield ``(file index, first line number, block)`` tasks: ``block`` is whole lines of about
+    CHUNK_BYTES (more for a longer line), newline-separated, without the last line's newline.
+    Blocks, not lists of lines: the reading process does no per-line work."""
     for file_index, path in enumerate(files):
         with open_jsonl(path) as f:
-            line_number = 1
+            line_number, rest = 1, b""
             while True:
-                lines = [line.rstrip(b"\r\n") for line in itertools.islice(f, CHUNK_LINES)]
-                if not lines:
+                data = f.read(CHUNK_BYTES)
+                block = rest + data
+                if not data:  # end of file: what is left is the last line, without a newline
+                    if block:
+                        yield file_index, line_number, block
                     break
-                yield file_index, line_number, lines
-                line_number += len(lines)
+                end = block.rfind(b"\n")
+                if end < 0:
+                    rest = block
+                    continue
+                block, rest = block[:end], block[end + 1:]
+                yield file_index, line_number, block
+                line_number += block.count(b"\n") + 1
 
 
-def encode_in_order(args: argparse.Namespace, tasks):
-    """Encode tasks in a pool of ``args.workers`` processes; yields results in input order,
-    keeping at most a few tasks per worker in flight (bounded memory on any input size)."""
-    with Pool(args.workers, initializer=_init_worker, initargs=(args,)) as pool:
+def encode_in_order(encoder: ChunkEncoder, workers: int, tasks):
+    """Encode tasks with ``encoder`` (in this process for 1 worker, else in a pool of ``workers``
+    processes); yields results in input order, keeping at most a few tasks per worker in flight
+    (bounded memory on any input size)."""
+    if workers == 1:
+        yield from map(encoder, tasks)
+        return
+    with Pool(workers, initializer=_init_worker, initargs=(encoder,)) as pool:
         pending = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(_encode_chunk, (task,)))
-            if len(pending) >= 4 * args.workers:
+            if len(pending) >= 4 * workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
@@ -265,18 +331,24 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
     """Run the preprocessing; returns the metadata written (None with --text-only).
     Progress and problems go to ``log`` (default: stderr)."""
     log = log or sys.stderr
-    files = expand_inputs(args.input)
-    tokenizer = build_tokenizer(args)
+    files = shard_files(expand_inputs(args.input), args.num_shards, args.shard_index)
+    encoder = ChunkEncoder(args)
+    tokenizer = encoder.tokenizer
     if args.append_eod and (tokenizer.eod is None or tokenizer.eod < 0):
         raise ValueError(f"--append-eod: the tokenizer {args.tokenizer_model!r} has no EOD/EOS token")
     steering = None if args.text_only else steering_prefixes(args, tokenizer)
     kinds = () if args.text_only else tuple(args.prefix_kinds)
+    first_chunk = next(read_chunks(files), (0, 1, b""))
+    encoder.encoder.verify(encoder.verification_sample(first_chunk))
+    for note in encoder.encoder.notes:
+        print(f"warning: tokenizer engine {note}", file=log)
+    print(f"tokenizer engine: {encoder.encoder.label}", file=log, flush=True)
 
     counts, status, quality, score_sums, skipped = (collections.Counter() for _ in range(5))
     start = time.time()
     next_log = args.log_interval
     with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer:
-        for result in encode_in_order(args, read_chunks(files)):
+        for result in encode_in_order(encoder, args.workers, read_chunks(files)):
             for line_number, reason, message in result.problems:
                 skipped[reason] += 1
                 where = f"{files[result.file_index]}:{line_number}"
@@ -302,7 +374,8 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
             tokenizer=tokenizer_identity(args, tokenizer=tokenizer), append_eod=args.append_eod,
             json_key=args.json_keys[0], templates={k: t.identity() for k, t in templates(args).items()},
             steering=steering, inputs=[{"path": p, "bytes": os.path.getsize(p)} for p in files], counts=counts,
-            annotation_status=status, quality=quality, score_sums=score_sums, skipped=skipped)
+            annotation_status=status, quality=quality, score_sums=score_sums, skipped=skipped,
+            tokenizer_engines=[encoder.encoder.label])
         metadata = writer.commit(metadata)
     print(progress_line(counts, time.time() - start, final=True), file=log, flush=True)
     print(summary(counts, skipped), file=log, flush=True)

@@ -183,8 +183,10 @@ def tokenizer_training_texts(records: list) -> list:
     return [r["text"] for r in records] + [t.render(a) for a in annotations if a is not None for t in templates]
 
 
-def train_sentencepiece(texts, model_prefix: str, vocab_size: int, max_sentences: int = 300000) -> str:
-    """Train a SentencePiece BPE model (unk=0, bos=1, eos=2) on ``texts``; returns ``<model_prefix>.model``.
+def train_sentencepiece(texts, model_prefix: str, vocab_size: int, max_sentences: int = 300000,
+                        byte_fallback: bool = False) -> str:
+    """Train a SentencePiece BPE model (unk=0, bos=1, eos=2; with ``byte_fallback``, unknown
+    characters become <0xNN> byte pieces, as in Llama 2) on ``texts``; returns ``<model_prefix>.model``.
 
     Documents are split into lines/sentences first (SentencePiece skips over-long sentences).
     """
@@ -196,10 +198,29 @@ def train_sentencepiece(texts, model_prefix: str, vocab_size: int, max_sentences
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_writer=(model := io.BytesIO()), vocab_size=vocab_size,
         model_type="bpe", character_coverage=1.0, input_sentence_size=max_sentences,
-        shuffle_input_sentence=True, hard_vocab_limit=False, num_threads=1, minloglevel=2)
+        shuffle_input_sentence=True, hard_vocab_limit=False, byte_fallback=byte_fallback, num_threads=1,
+        minloglevel=2)
     with open(model_prefix + ".model", "wb") as f:
         f.write(model.getvalue())
     return model_prefix + ".model"
+
+
+def train_hf_bpe(texts, directory: str, vocab_size: int) -> str:
+    """Train a HuggingFace byte-level BPE tokenizer (GPT-2/Llama-3 style; specials <unk>, <s>, </s>,
+    EOS "</s>") with ``tokenizers`` on ``texts``; saves it (tokenizer.json and its transformers config)
+    to ``directory`` and returns that."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(directory)
+    return directory
 
 
 def main() -> None:

@@ -19,9 +19,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+try:  # fast JSON decoding; optional (json decodes the same values)
+    import orjson
+except ImportError:
+    orjson = None
+
 SCORE_AXES = ("writing_style", "expertise", "educational_value", "factual_accuracy", "efficiency")
 SCORE_MIN, SCORE_MAX = 1, 5
 QUALITY_LEVELS = tuple(range(SCORE_MIN, SCORE_MAX + 1))
+_AXES = frozenset(SCORE_AXES)
 STATUS_OK = "ok"
 FAILED_PREFIX = "failed:"
 STATUS_MISSING = "missing"  # pseudo-status for records without an ``ixt`` block
@@ -87,12 +93,9 @@ class Record:
     problems: tuple = ()
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_score(value) -> bool:
-    return _is_int(value) and SCORE_MIN <= value <= SCORE_MAX
+    """An int (not a bool: JSON decoders give no other int subclass) in SCORE_MIN..SCORE_MAX."""
+    return type(value) is int and SCORE_MIN <= value <= SCORE_MAX
 
 
 def annotation_problems(ixt) -> list[Problem]:
@@ -111,7 +114,7 @@ def annotation_problems(ixt) -> list[Problem]:
     scores = ixt.get("scores")
     if not isinstance(scores, dict):
         problems.append(Problem("ixt_bad_scores", f"'ixt.scores' is {type(scores).__name__}, expected an object"))
-    else:
+    elif scores.keys() != _AXES or not all(map(_is_score, scores.values())):  # else: valid
         missing = [a for a in SCORE_AXES if a not in scores]
         unknown = sorted(a for a in scores if a not in SCORE_AXES)
         bad = [a for a in SCORE_AXES if a in scores and not _is_score(scores[a])]
@@ -167,10 +170,21 @@ def parse_record(obj, text_key: str = "text") -> Record:
     return Record(text, annotation, status, tuple(problems))
 
 
+def _decode(line: bytes | str):
+    """``json.loads``, through orjson when it takes the line: json decides (and words the error)
+    for what orjson refuses but json reads (NaN, ints beyond 64 bits, lone surrogates)."""
+    if orjson is not None:
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(line)
+
+
 def parse_line(line: bytes | str, text_key: str = "text") -> Record:
     """Decode and validate one JSONL line (without its newline)."""
     try:
-        obj = json.loads(line)
+        obj = _decode(line)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         return Record(None, None, STATUS_MISSING, (Problem("invalid_json", f"invalid JSON: {exc}"),))
     return parse_record(obj, text_key)

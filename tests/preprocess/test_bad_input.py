@@ -12,6 +12,7 @@ import pytest
 
 from megatron_ixt.data import shards
 from megatron_ixt.data.record import ANNOTATION_REASONS, DOCUMENT_REASONS, SCORE_AXES
+from tools import preprocess_ixt
 from tools.preprocess_ixt import main
 
 OK = {"status": "ok", "quality": 3, "scores": dict.fromkeys(SCORE_AXES, 3), "critique": "Plain but fine.",
@@ -99,6 +100,7 @@ def test_strict_fails_on_any_reason(tmp_path, sp_model, capsys, index):
 
 
 def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch):
+    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)  # several chunks
     write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
     calls = []
 

@@ -114,3 +114,33 @@ def test_inspect_rejects_wrong_tokenizer(ixt_shard_set, hf_tokenizer_dir, capsys
     assert "is not the tokenizer this shard set was made with" in capsys.readouterr().err
     assert inspect_ixt.main([ixt_shard_set.prefix, "-i", "100000"]) == 1
     assert "out of range" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sharded_then_merged_equals_the_single_run(tmp_path, sp_model, write_corpus):
+    """--num-shards parts merged in shard order are the single run, byte for byte (a part may be empty)."""
+    inputs = []
+    for i in range(5):
+        write_corpus(tmp_path / f"in{i}.jsonl", n_docs=12 + 5 * i, seed=20 + i,
+                     extra_lines=['{"text": 5}'] if i == 3 else ())  # a dropped record counts in its part
+        inputs.append(str(tmp_path / f"in{i}.jsonl"))
+    args = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model, "--append-eod"]
+    assert preprocess(["--input", str(tmp_path / "in*.jsonl"), "--output-prefix", str(tmp_path / "single"), *args]) == 0
+    for num_shards in (3, 6):  # 2+2+1 files; 1+1+1+1+1+0
+        parts = [str(tmp_path / f"part{i}-of-{num_shards}") for i in range(num_shards)]
+        for i, part in enumerate(parts):
+            assert preprocess(["--input", str(tmp_path / "in*.jsonl"), "--output-prefix", part, *args,
+                               "--num-shards", str(num_shards), "--shard-index", str(i)]) == 0
+        assert len(shards.read_metadata(parts[0])["inputs"]) == (2 if num_shards == 3 else 1)
+        merged = str(tmp_path / f"merged{num_shards}")
+        assert merge_ixt.main(["--input", *parts, "--output-prefix", merged]) == 0
+        for suffix in ("_text_document.bin", "_text_document.idx", "_critique_prefix.bin", "_critique_prefix.idx",
+                       "_quality_prefix.bin", "_quality_prefix.idx", "_ixt_docs.npy"):
+            assert open(merged + suffix, "rb").read() == open(str(tmp_path / "single") + suffix, "rb").read(), suffix
+        single, whole = shards.read_metadata(str(tmp_path / "single")), shards.read_metadata(merged)
+        assert whole.pop("merged_from") == parts
+        assert {k: v for k, v in whole.items() if k != "created_by"} == \
+            {k: v for k, v in single.items() if k != "created_by"}
+    with pytest.raises(SystemExit):
+        preprocess(["--input", inputs[0], "--output-prefix", str(tmp_path / "x"), *args,
+                    "--num-shards", "2", "--shard-index", "2"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import gzip
+import importlib.metadata
 import json
 import os
 import re
@@ -16,7 +17,8 @@ from megatron_ixt.data.prefix_kinds import steering_annotation
 from megatron_ixt.data.record import SCORE_AXES, parse_annotation
 from megatron_ixt.data.templates import load_template
 from megatron_ixt.tokenizer import build_tokenizer, tokenizer_identity
-from tools.preprocess_ixt import CHUNK_LINES, main
+from tools import preprocess_ixt
+from tools.preprocess_ixt import main
 
 
 def run(inputs, prefix, model, *extra, tokenizer_type="SentencePieceTokenizer"):
@@ -41,13 +43,15 @@ def expected_documents(records, tokenizer, append_eod=True):
     return out
 
 
-def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer, capsys):
+def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer, capsys, monkeypatch):
+    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 4096)  # many chunks
     records = write_corpus(tmp_path / "in.jsonl", n_docs=300, seed=3, words=(20, 80))
     assert run([tmp_path / "in.jsonl"], tmp_path / "out" / "c", sp_model, "--append-eod", "--workers", 2,
                "--log-interval", 100) == 0
     progress = re.findall(r"^Processed (\d+) documents \([\d.]+ docs/s, [\d.]+ MB/s, \d+ tokens/s\)",
                           capsys.readouterr().err, re.M)
-    assert [int(n) for n in progress] == [256, 300]  # checked after each chunk of 256 lines
+    progress = [int(n) for n in progress]  # checked after each chunk
+    assert len(progress) == 3 and all(100 * (k + 1) <= n < 100 * (k + 1) + 20 for k, n in enumerate(progress))
     prefix = str(tmp_path / "out" / "c")
     stores = {name: IndexedDataset(shards.store_path(prefix, name)) for name in STORE_NAMES}
     expected = expected_documents(records, sp_tokenizer)
@@ -97,8 +101,9 @@ def _files(prefix):
     return sorted(glob.glob(str(prefix) + "_*"))
 
 
-def test_deterministic_across_worker_counts(tmp_path, write_corpus, sp_model):
-    write_corpus(tmp_path / "in.jsonl", n_docs=2 * CHUNK_LINES + 37, seed=5, words=(10, 40))
+def test_deterministic_across_worker_counts(tmp_path, write_corpus, sp_model, monkeypatch):
+    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)
+    write_corpus(tmp_path / "in.jsonl", n_docs=300, seed=5, words=(10, 40))
     outputs = {}
     for workers in (1, 2, 3):
         prefix = tmp_path / f"w{workers}" / "c"
@@ -206,3 +211,68 @@ def test_missing_input_and_bad_flags(tmp_path, sp_model, capsys):
     assert "no built-in template of that name" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run([tmp_path / "in.jsonl"], tmp_path / "o", sp_model, "--json-keys", "text", "title")
+
+
+def _outputs(prefix):
+    """Every file of a shard set, P_ixt.json without its tokenizer_engines entry."""
+    out = {os.path.basename(f)[len(os.path.basename(str(prefix))):]: open(f, "rb").read() for f in _files(prefix)}
+    meta = json.loads(out.pop("_ixt.json"))
+    return out, meta.pop("tokenizer_engines"), meta
+
+
+@pytest.mark.parametrize("kind", ["hf_tokenizer_dir", "sp_byte_fallback_model"])
+def test_same_bytes_with_any_engine_and_workers(tmp_path, write_corpus, kind, request, capsys, monkeypatch):
+    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)
+    model = request.getfixturevalue(kind)
+    tokenizer_type = "HuggingFaceTokenizer" if kind == "hf_tokenizer_dir" else "SentencePieceTokenizer"
+    write_corpus(tmp_path / "in.jsonl", n_docs=200, seed=8, words=(10, 40),
+                 extra_lines=['{"text": "control pieces in text: <s> </s> <unk>"}'])
+    runs = {"auto-1": ("auto", 1), "auto-2": ("auto", 2), "reference-1": ("reference", 1)}
+    if tokenizer_type == "SentencePieceTokenizer":
+        runs["words-2"] = ("sentencepiece-words", 2)
+    outputs = {}
+    for name, (engine, workers) in runs.items():
+        prefix = tmp_path / name / "c"
+        assert run([tmp_path / "in.jsonl"], prefix, model, "--append-eod", "--workers", workers,
+                   "--tokenizer-engine", engine, tokenizer_type=tokenizer_type) == 0
+        outputs[name] = _outputs(prefix)
+    assert "tokenizer engine: gigatoken 0." in capsys.readouterr().err
+    assert outputs["auto-1"][1] == outputs["auto-2"][1] == [f"gigatoken {importlib.metadata.version('gigatoken')}"]
+    assert outputs["reference-1"][1] == ["reference"]
+    first = outputs["auto-1"]
+    assert len(first[0]) == 7  # 3 stores x (bin, idx) + docs table
+    for name, out in outputs.items():
+        assert out[0] == first[0] and out[2] == first[2], name
+
+
+def test_verification_difference_falls_back_with_a_warning(tmp_path, write_corpus, disagreeing_hf_dir, capsys):
+    records = write_corpus(tmp_path / "in.jsonl", n_docs=20, seed=6, extra_lines=['{"text": "a <|mark|> here"}'])
+    prefix = tmp_path / "m"
+    assert run([tmp_path / "in.jsonl"], prefix, disagreeing_hf_dir, "--append-eod",
+               tokenizer_type="HuggingFaceTokenizer") == 0
+    err = capsys.readouterr().err
+    assert "warning: tokenizer engine gigatoken: differs from the reference tokenizer" in err
+    assert "tokenizer engine: reference" in err
+    reader = shards.ShardSet(str(prefix))
+    assert reader.metadata["tokenizer_engines"] == ["reference"]
+    tokenizer = build_tokenizer(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=disagreeing_hf_dir)
+    assert reader[len(records)]["text"].tolist() == tokenizer.tokenize("a <|mark|> here") + [tokenizer.eod]
+    assert run([tmp_path / "in.jsonl"], tmp_path / "g", disagreeing_hf_dir, "--tokenizer-engine", "gigatoken",
+               tokenizer_type="HuggingFaceTokenizer") == 1
+    assert "error: gigatoken: differs" in capsys.readouterr().err and not _files(tmp_path / "g")
+
+
+def test_chunk_encoder_pickles_as_its_arguments_and_engine(tmp_path, write_corpus, hf_tokenizer_dir):
+    """What a spawned (not forked) worker receives: the arguments and the engine the run verified."""
+    import pickle
+
+    write_corpus(tmp_path / "in.jsonl", n_docs=20, seed=9)
+    args = preprocess_ixt.get_args(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "o"),
+                                    "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+                                    hf_tokenizer_dir, "--append-eod"])
+    encoder = preprocess_ixt.ChunkEncoder(args, engine="reference")
+    copy = pickle.loads(pickle.dumps(encoder))
+    assert copy.encoder.engine == "reference" and copy.args == args
+    task = next(preprocess_ixt.read_chunks([str(tmp_path / "in.jsonl")]))
+    a, b = encoder(task), copy(task)
+    assert all(numpy.array_equal(a.tokens[k], b.tokens[k]) for k in a.tokens) and a.lengths == b.lengths

@@ -1,4 +1,4 @@
-"""megatron_ixt.tokenizer: building real megatron.core tokenizers, identity, exact batch encoding."""
+"""megatron_ixt.tokenizer: building real megatron.core tokenizers, identity, exact batch encoding (every engine)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ import sentencepiece
 
 import make_corpus
 from megatron_ixt.tokenizer import (BatchEncoder, add_tokenizer_args, build_tokenizer, same_tokenizer,
-                                    tokenizer_identity)
+                                    tokenizer_config, tokenizer_identity)
 
 TRICKY = ["Hello  world.\nSecond\tline ", "  padded  ", "ｆｕｌｌ-width ＡＢＣ and ① ligature ﬁ", "a\u2581b ▁ c",
           "café über naïve Ωμέγα дом 東京 😀👍", "numbers 3.14159 1,000,000 -42 1e10", "x", "tabs\t\tand\r\nCRLF",
@@ -27,19 +27,44 @@ def random_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def test_sentencepiece_word_cache_is_exact(sp_tokenizer):
-    encoder = BatchEncoder(sp_tokenizer, numpy.uint16)
-    assert encoder.mode == "words"
-    texts = TRICKY + random_texts(300)
-    assert encoder.encode(texts) == [sp_tokenizer.tokenize(t) for t in texts]
-    again = encoder.encode(texts)  # now from the cache
-    assert again == [sp_tokenizer.tokenize(t) for t in texts]
-    assert [numpy.frombuffer(b, numpy.uint16).tolist() for b in encoder.encode_bytes(texts)] == again
-    assert BatchEncoder(sp_tokenizer, word_cache=False).mode == "batch"
-    assert BatchEncoder(sp_tokenizer, word_cache=False).encode(texts) == again
+def engine(tokenizer_type, model, name="auto", dtype=numpy.int32):
+    tokenizer = build_tokenizer(tokenizer_type=tokenizer_type, tokenizer_model=model)
+    cfg = tokenizer_config(tokenizer_type=tokenizer_type, tokenizer_model=model)
+    return tokenizer, BatchEncoder(tokenizer, cfg, dtype, name)
 
 
-def test_sentencepiece_without_word_boundaries_falls_back(tmp_path):
+@pytest.mark.parametrize("kind, engines", [
+    ("sp_model", ("sentencepiece-words", "sentencepiece", "reference")),  # no byte fallback: no gigatoken
+    ("sp_byte_fallback_model", ("gigatoken", "sentencepiece-words", "sentencepiece", "reference")),
+    ("hf_tokenizer_dir", ("gigatoken", "reference")),
+])
+def test_every_engine_is_exact(kind, engines, request):
+    model = request.getfixturevalue(kind)
+    tokenizer_type = "HuggingFaceTokenizer" if kind == "hf_tokenizer_dir" else "SentencePieceTokenizer"
+    tokenizer, auto = engine(tokenizer_type, model, dtype=numpy.uint16)
+    auto.verify()
+    assert auto.engine == engines[0] and not auto.notes == (kind != "sp_model")
+    texts = TRICKY + random_texts(300) + ["control pieces as text: <s> </s> <unk>"]
+    want = [tokenizer.tokenize(t) for t in texts]
+    for name in engines:
+        _, encoder = engine(tokenizer_type, model, name, numpy.uint16)
+        encoder.verify(texts[:20])
+        assert encoder.engine == name
+        assert encoder.encode_lists(texts) == want, name
+        assert encoder.encode_lists(texts) == want, name  # again (the word cache is warm now)
+        tokens, lengths = encoder.encode(texts)
+        assert tokens.dtype == numpy.uint16 and lengths.tolist() == [len(w) for w in want]
+    if kind == "sp_model":
+        with pytest.raises(ValueError, match="byte_fallback"):
+            engine(tokenizer_type, model, "gigatoken")
+        assert "gigatoken" in auto.notes[0]
+    if kind == "hf_tokenizer_dir":
+        assert auto.label.startswith("gigatoken 0.")
+        with pytest.raises(ValueError, match="not a SentencePiece"):
+            engine(tokenizer_type, model, "sentencepiece")
+
+
+def test_sentencepiece_without_word_boundaries_is_not_encoded_by_words(tmp_path):
     """A model whose pieces span words cannot be encoded word by word: the encoder must notice."""
     texts = make_corpus.tokenizer_training_texts(make_corpus.generate_records(200, seed=9))
     sentences = [s for t in texts for s in t.split("\n") if s.strip()]
@@ -48,23 +73,40 @@ def test_sentencepiece_without_word_boundaries_falls_back(tmp_path):
                                              vocab_size=800, model_type="bpe", split_by_whitespace=False,
                                              hard_vocab_limit=False, minloglevel=2, num_threads=1)
     (tmp_path / "span.model").write_bytes(model.getvalue())
-    tokenizer = build_tokenizer(tokenizer_type="SentencePieceTokenizer", tokenizer_model=str(tmp_path / "span.model"))
-    encoder = BatchEncoder(tokenizer)
-    assert encoder.mode == "batch"
+    tokenizer, encoder = engine("SentencePieceTokenizer", str(tmp_path / "span.model"))
+    encoder.verify()
+    assert encoder.engine == "sentencepiece" and "cross words" in encoder.notes[-1]
     probe = TRICKY + random_texts(50, seed=1)
-    assert encoder.encode(probe) == [tokenizer.tokenize(t) for t in probe]
+    assert encoder.encode_lists(probe) == [tokenizer.tokenize(t) for t in probe]
 
 
-def test_huggingface_and_null(hf_tokenizer_dir):
-    hf = build_tokenizer(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=hf_tokenizer_dir)
-    encoder = BatchEncoder(hf)
-    assert encoder.mode == "per-text"
-    texts = TRICKY[:3] + random_texts(20)
-    assert encoder.encode(texts) == [hf.tokenize(t) for t in texts]
-    assert hf.detokenize(hf.tokenize("The oven bakes bread.")) == "The oven bakes bread."
+def test_verification_falls_back_on_any_difference(disagreeing_hf_dir):
+    """gigatoken reads tokenizer.json; the reference also honours tokenizer_config.json's added
+    tokens: the sample shows the difference and the encoder goes back to the reference."""
+    tokenizer, encoder = engine("HuggingFaceTokenizer", disagreeing_hf_dir)
+    assert encoder.engine == "gigatoken"
+    encoder.verify(["plain text", "a <|mark|> in the text"])
+    assert encoder.engine == "reference" and "differs from the reference tokenizer on 1 of" in encoder.notes[-1]
+    assert encoder.encode_lists(["a <|mark|> b"]) == [tokenizer.tokenize("a <|mark|> b")]
+    _, named = engine("HuggingFaceTokenizer", disagreeing_hf_dir, "gigatoken")
+    with pytest.raises(ValueError, match="gigatoken: differs"):
+        named.verify(["a <|mark|> in the text"])
+
+
+def test_failures_and_null_tokenizer(hf_tokenizer_dir):
     null = build_tokenizer(tokenizer_type="NullTokenizer", vocab_size=50)
     assert null.tokenize("3 1 4") == [3, 1, 4] and null.eod == 50 and null.vocab_size == 51
     assert null.detokenize([3, 1, 4]) == "3 1 4"
+    encoder = BatchEncoder(null, tokenizer_config(tokenizer_type="NullTokenizer", vocab_size=50), numpy.uint16)
+    encoder.verify()
+    assert encoder.engine == "reference" and not encoder.notes  # nothing faster applies: no warning
+    tokens, lengths = encoder.encode(["3 1 4", "not numbers", "7 51", "50"])  # 51 is outside the vocabulary
+    assert lengths.tolist() == [3, -1, -1, 1] and tokens.tolist() == [3, 1, 4, 50]
+    hf, fast = engine("HuggingFaceTokenizer", hf_tokenizer_dir)
+    assert hf.detokenize(hf.tokenize("The oven bakes bread.")) == "The oven bakes bread."
+    lone_surrogate = "bad \ud800 text"
+    assert fast.engine == "gigatoken"
+    assert fast.encode_lists(["ok", lone_surrogate, "", "fine"]) == [hf.tokenize("ok"), None, [], hf.tokenize("fine")]
 
 
 def test_flags_identity_and_errors(sp_model, hf_tokenizer_dir, tmp_path):
