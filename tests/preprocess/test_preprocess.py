@@ -240,7 +240,7 @@ def test_same_bytes_with_any_engine_and_workers(tmp_path, write_corpus, kind, re
     assert outputs["auto-1"][1] == outputs["auto-2"][1] == [f"gigatoken {importlib.metadata.version('gigatoken')}"]
     assert outputs["reference-1"][1] == ["reference"]
     first = outputs["auto-1"]
-    assert len(first[0]) == 7  # 3 stores x (bin, idx) + docs table
+    assert len(first[0]) == 9  # 4 stores (text, critique, quality, scores) x (bin, idx) + docs table
     for name, out in outputs.items():
         assert out[0] == first[0] and out[2] == first[2], name
 
