@@ -163,11 +163,12 @@ def best_of(repeat: int, runs: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=20000)
-    parser.add_argument("--vocab-size", type=int, default=8000)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--docs", type=int, default=20000, help="documents in the generated corpus (~2.1 KB each)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="pieces of both trained tokenizers")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="--workers values of the runs")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per configuration; the best is shown")
-    parser.add_argument("--output-dir", default=os.path.join(REPO, "bench_out", "preprocess"))
+    parser.add_argument("--output-dir", default=os.path.join(REPO, "bench_out", "preprocess"),
+                        help="where the corpus and tokenizers are cached and the runs write")
     args = parser.parse_args()
     corpus, models = prepare(args.output_dir, args.docs, args.vocab_size)
     mb = os.path.getsize(corpus) / 1e6
