@@ -128,3 +128,21 @@ def test_flags_identity_and_errors(sp_model, hf_tokenizer_dir, tmp_path):
         build_tokenizer(tokenizer_type="NullTokenizer")
     with pytest.raises(SystemExit):
         parser.parse_args(["--tokenizer-type", "GPT2BPETokenizer"])
+
+
+def test_without_gigatoken_and_orjson(hf_tokenizer_dir, monkeypatch):
+    """Both are optional at import: without them the next engine and json give the same results."""
+    from megatron_ixt import tokenizer as tokenizer_module
+    from megatron_ixt.data import record
+
+    texts = TRICKY + random_texts(30)
+    hf, fast = engine("HuggingFaceTokenizer", hf_tokenizer_dir)
+    monkeypatch.setattr(tokenizer_module, "gigatoken", None)
+    _, plain = engine("HuggingFaceTokenizer", hf_tokenizer_dir)
+    assert (fast.engine, plain.engine) == ("gigatoken", "reference") and "not installed" in plain.notes[0]
+    assert plain.encode_lists(texts) == fast.encode_lists(texts) == [hf.tokenize(t) for t in texts]
+    lines = [b'{"text": "x", "n": NaN}', b'{"text": "\\ud800"}', b'{"text": 1e400, "big": 123456789012345678901234}',
+             b'{"text": "ok", "ixt": {"status": "failed:http"}}', b'{"text": "trunc']
+    with_orjson = [record.parse_line(line) for line in lines]
+    monkeypatch.setattr(record, "orjson", None)
+    assert [record.parse_line(line) for line in lines] == with_orjson
