@@ -27,11 +27,12 @@ setup(
     extras_require={
         "hf": ["transformers>=4.40", "tokenizers>=0.19"],
         "zstd": ["zstandard>=0.22"],
-        "scaling": ["scipy>=1.11"],
+        "scaling": ["scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1", "pyyaml>=6.0", "submitit>=1.5"],
         "tensorboard": ["tensorboard>=2.15"],
         "sglang": ["sglang"],
         "te": ["transformer-engine[pytorch]"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "scipy>=1.11", "transformers>=4.40",
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1",
+                "pyyaml>=6.0", "submitit>=1.5", "transformers>=4.40",
                 "tokenizers>=0.19", "zstandard>=0.22", "tensorboard>=2.15"],
     },
     entry_points={

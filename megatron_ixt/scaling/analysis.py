@@ -1,0 +1,138 @@
+"""From points to the multiplier table: fits, bootstrap CIs, checks (``fits.json``'s content).
+
+:func:`analyze` returns an :class:`Analysis` whose ``result`` is the ``fits.json`` dict::
+
+    {"reference": NAME, "shared_e": bool,
+     "arms": {NAME: {"E", "A", "alpha", "points": [Point.to_dict(), ...], "metric",
+                     "annotation_flops", "ci": {"E": [lo, hi], "A": [..], "alpha": [..]},
+                     "residual_scale", "extrapolation": {...} | null, "chinchilla": {...} | null}},
+     "multiplier": [{"arm", "target_loss", "k", "ci_low", "ci_high", "reachable"}, ...],
+     "budget_multiplier": [{"arm", "reference_flops", "target_loss", "k", "ci_low", "ci_high",
+                            "reachable"}, ...],
+     "bootstrap": {"resamples", "failed", "seed", "paired"}, "warnings": [str, ...]}
+
+``k`` is None (and ``reachable`` false) where the reference's fitted asymptote is at or above the
+target; ``k`` is 0.0 where only the arm never reaches it; a CI end is None when more than 2.5%
+of the resamples put the reference out of reach (the interval is unbounded above).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from megatron_ixt.scaling import fit as F
+from megatron_ixt.scaling.points import Point, check_comparable, monotonicity_warnings
+
+DEFAULT_TARGETS = 5
+DEFAULT_RESAMPLES = 1000
+
+
+def default_targets(arms: Dict[str, List[Point]], n: int = DEFAULT_TARGETS) -> List[float]:
+    """``n`` losses evenly spread from the best loss any run reached up to the highest loss every
+    arm was observed at (so each target lies inside the data of at least one arm)."""
+    lo = min(p.loss for pts in arms.values() for p in pts)
+    hi = min(max(p.loss for p in pts) for pts in arms.values())
+    if hi <= lo:
+        hi = max(p.loss for pts in arms.values() for p in pts)
+    return [float(f"{v:.4g}") for v in np.linspace(lo, hi, n)]
+
+
+def default_budgets(points: Sequence[Point]) -> List[float]:
+    """The smallest, geometric-middle and largest reference compute."""
+    c = sorted({p.total_compute for p in points})
+    return [float(f"{v:.4g}") for v in (c[0], float(np.exp(np.mean(np.log([c[0], c[-1]])))), c[-1])]
+
+
+def _data(arms: Dict[str, List[Point]]) -> Dict[str, tuple]:
+    return {name: (np.array([p.total_compute for p in pts]), np.array([p.loss for p in pts]))
+            for name, pts in arms.items()}
+
+
+def _row(arm: str, k: Optional[float], ks: np.ndarray, **extra) -> dict:
+    lo, hi = F.percentile_ci(ks)
+    return {"arm": arm, **extra, "k": k, "ci_low": lo if k is not None else None,
+            "ci_high": hi if k is not None else None, "reachable": k is not None}
+
+
+def _finite(v: float) -> Optional[float]:
+    return float(v) if np.isfinite(v) else None
+
+
+@dataclass
+class Analysis:
+    """``result``: the ``fits.json`` dict; ``fits``/``boot``: the full-data and bootstrap fits."""
+    result: dict
+    fits: Dict[str, F.PowerLaw]
+    boot: F.Bootstrap
+    targets: List[float]
+
+
+def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequence[float]] = None,
+            budgets: Optional[Sequence[float]] = None, shared_e: bool = False,
+            resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Analysis:
+    """Fit every arm, the multiplier of each non-reference arm against ``reference`` at
+    ``targets`` (losses) and ``budgets`` (reference FLOPs), with paired-bootstrap CIs."""
+    if reference not in arms:
+        raise F.FitError(f"--reference {reference!r} is not one of the arms {sorted(arms)}")
+    if len(arms) < 2:
+        raise F.FitError("a multiplier needs the reference and at least one other arm")
+    check_comparable(arms)
+    data = _data(arms)
+    fits = F.fit_power_laws(data, shared_e=shared_e)
+    keys = {name: [p.key for p in pts] for name, pts in arms.items()}
+    boot = F.bootstrap(data, keys, resamples, seed=seed, shared_e=shared_e, full=fits)
+    targets = list(targets) if targets else default_targets(arms)
+    budgets = list(budgets) if budgets else default_budgets(arms[reference])
+    warnings: List[str] = []
+
+    out_arms = {}
+    for name, pts in arms.items():
+        law = fits[name]
+        c, loss = data[name]
+        residuals = np.log(law.loss(c)) - np.log(loss)
+        scale = max(1.4826 * float(np.median(np.abs(residuals))), 1e-3)
+        warnings += monotonicity_warnings(name, pts, scale)
+        ci = {}
+        good = [f[name] for f in boot.fits if f is not None]
+        for param in ("E", "A", "alpha"):
+            values = np.array([getattr(g, param) for g in good])
+            ci[param] = list(F.percentile_ci(values))
+        params = [p.params for p in pts]
+        extrapolation = chinchilla = None
+        if all(v is not None for v in params):
+            extrapolation = F.leave_largest_out(c, loss, params, name)
+            tokens = [p.tokens for p in pts]
+            if all(t is not None for t in tokens) and F.chinchilla_grid_ok(params, tokens):
+                chinchilla = F.fit_chinchilla(params, tokens, loss, name).to_dict()
+        out_arms[name] = {**law.to_dict(), "points": [p.to_dict() for p in pts], "metric": pts[0].metric,
+                          "annotation_flops": pts[0].annotation_flops, "ci": ci, "residual_scale": scale,
+                          "extrapolation": extrapolation, "chinchilla": chinchilla}
+
+    rows, budget_rows = [], []
+    ref = fits[reference]
+    for name in arms:
+        if name == reference:
+            continue
+        for target in targets:
+            k = F.multiplier(ref, fits[name], target)
+            rows.append(_row(name, k, boot.multipliers(reference, name, target), target_loss=float(target)))
+        for budget in budgets:
+            target = float(ref.loss(budget))
+            ks = np.array([F.multiplier(f[reference], f[name], float(f[reference].loss(budget)))
+                           for f in boot.fits if f is not None], dtype=float)
+            budget_rows.append(_row(name, F.multiplier(ref, fits[name], target), ks,
+                                    reference_flops=float(budget), target_loss=target))
+    for row in rows + budget_rows:
+        if row["k"] is not None:
+            row["k"] = _finite(row["k"])
+    failed = sum(f is None for f in boot.fits)
+    if failed:
+        warnings.append(f"{failed} of {resamples} bootstrap resamples could not be fitted (too few distinct "
+                        f"compute values drawn); the CIs use the other {resamples - failed}")
+    result = {"reference": reference, "shared_e": shared_e, "arms": out_arms, "multiplier": rows,
+            "budget_multiplier": budget_rows,
+            "bootstrap": {"resamples": resamples, "failed": failed, "seed": seed, "paired": boot.paired},
+            "warnings": warnings}
+    return Analysis(result, fits, boot, targets)

@@ -1,0 +1,100 @@
+"""Command line of ``python -m megatron_ixt.scaling``.
+
+``fit``: ``--arm NAME=GLOB[:METRIC]`` (repeatable; GLOB matches run directories holding a
+``metrics.jsonl``), ``--reference NAME``, optional annotation FLOPs (``--annotation-stats
+NAME=GLOB --annotator-params N`` or ``--annotation-flops NAME=FLOPS``), ``--target-loss``,
+``--reference-budget``, ``--shared-e``, ``--bootstrap``, ``--output DIR``. Exit status 0, or 2
+with a message naming the run or file on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import List, Optional
+
+from megatron_ixt.scaling.fit import FitError
+from megatron_ixt.scaling.points import PointError
+
+
+def _pair(text: str, flag: str):
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"{flag} expects NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _arm(text: str):
+    name, spec = _pair(text, "--arm")
+    pattern, sep, metric = spec.rpartition(":")
+    return (name, pattern, metric) if sep and pattern else (name, spec, None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m megatron_ixt.scaling",
+                                     description="Scaling-law sweeps and the IXT compute multiplier.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="fit L(C) per arm and the compute multiplier against a reference arm")
+    fit.add_argument("--arm", action="append", type=_arm, required=True, metavar="NAME=GLOB[:METRIC]",
+                     help="an arm: run directories matching GLOB; METRIC is a key of the last eval record "
+                          "(default: none/doc_loss for --ixt-prefix-kind none, else steering/doc_loss)")
+    fit.add_argument("--reference", required=True, help="the arm k is measured against (the baseline)")
+    fit.add_argument("--annotation-stats", action="append", default=[], type=lambda t: _pair(t, "--annotation-stats"),
+                     metavar="NAME=GLOB", help="annotate *.stats.json files of arm NAME's corpus; their "
+                                               "prompt+completion tokens x 2 x --annotator-params are added to its compute")
+    fit.add_argument("--annotator-params", type=float, default=None,
+                     help="parameters of the annotating (reward) model, for --annotation-stats")
+    fit.add_argument("--annotation-flops", action="append", default=[],
+                     type=lambda t: _pair(t, "--annotation-flops"), metavar="NAME=FLOPS",
+                     help="annotation FLOPs of arm NAME given directly")
+    fit.add_argument("--target-loss", type=float, nargs="+", default=None,
+                     help="losses at which to report k (default: 5 spread over the observed range)")
+    fit.add_argument("--reference-budget", type=float, nargs="+", default=None,
+                     help="reference-arm FLOPs at which to report k (default: smallest, middle, largest run)")
+    fit.add_argument("--shared-e", action="store_true", help="fit one asymptote E shared by all arms")
+    fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    fit.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap")
+    fit.add_argument("--output", required=True, help="directory for fits.json, multiplier.{md,csv} and the PNGs")
+    return parser
+
+
+def cmd_fit(args) -> int:
+    from megatron_ixt.scaling.analysis import analyze
+    from megatron_ixt.scaling.points import add_annotation, annotation_tokens, read_arm
+    from megatron_ixt.scaling.report import write_outputs
+
+    arms = {}
+    for name, pattern, metric in args.arm:
+        if name in arms:
+            raise PointError(f"--arm {name!r} given twice")
+        arms[name] = read_arm(name, pattern, metric)
+    for name, pattern in args.annotation_stats:
+        if name not in arms:
+            raise PointError(f"--annotation-stats {name}=...: no such arm ({sorted(arms)})")
+        if not args.annotator_params:
+            raise PointError("--annotation-stats needs --annotator-params")
+        add_annotation(arms[name], args.annotator_params, annotation_tokens(pattern))
+    for name, value in args.annotation_flops:
+        if name not in arms:
+            raise PointError(f"--annotation-flops {name}=...: no such arm ({sorted(arms)})")
+        for p in arms[name]:
+            p.annotation_flops = float(value)
+    analysis = analyze(arms, args.reference, targets=args.target_loss, budgets=args.reference_budget,
+                       shared_e=args.shared_e, resamples=args.bootstrap, seed=args.seed)
+    command = "python -m megatron_ixt.scaling " + " ".join(shlex.quote(a) for a in args.argv)
+    for path in write_outputs(analysis, args.output, command):
+        print(path)
+    for warning in analysis.result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return {"fit": cmd_fit}[args.command](args)
+    except (PointError, FitError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
