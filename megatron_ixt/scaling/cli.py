@@ -3,8 +3,11 @@
 ``fit``: ``--arm NAME=GLOB[:METRIC]`` (repeatable; GLOB matches run directories holding a
 ``metrics.jsonl``), ``--reference NAME``, optional annotation FLOPs (``--annotation-stats
 NAME=GLOB --annotator-params N`` or ``--annotation-flops NAME=FLOPS``), ``--target-loss``,
-``--reference-budget``, ``--shared-e``, ``--bootstrap``, ``--output DIR``. Exit status 0, or 2
-with a message naming the run or file on bad input.
+``--reference-budget``, ``--shared-e``, ``--bootstrap``, ``--output DIR``.
+
+``launch SPEC``: train every unfinished run of a sweep spec (``--executor local|slurm``,
+``--dry-run``); ``status SPEC``: the grid. Exit status 0, 2 with a message naming the run, file
+or key on bad input; ``launch`` also 1 (some runs failed) and 75 (stopped; relaunch to resume).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import List, Optional
 
 from megatron_ixt.scaling.fit import FitError
 from megatron_ixt.scaling.points import PointError
+from megatron_ixt.scaling.spec import SpecError
 
 
 def _pair(text: str, flag: str):
@@ -55,7 +59,38 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     fit.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap")
     fit.add_argument("--output", required=True, help="directory for fits.json, multiplier.{md,csv} and the PNGs")
+    for name, text in (("launch", "train every unfinished run of a sweep spec (idempotent)"),
+                       ("status", "show the state of every run of a sweep spec")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("spec", help="sweep spec (YAML; docs/scaling.md)")
+        p.add_argument("--root", default=None, help="run root (default: the spec's 'root')")
+        if name == "launch":
+            p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                           help="local: one run after another here; slurm: one job array through submitit")
+            p.add_argument("--dry-run", action="store_true",
+                           help="print every command (and, for slurm, the job script) without running anything")
+            p.add_argument("--resubmit", action="store_true",
+                           help="slurm: also submit runs recorded as submitted/running (their jobs are gone)")
+        else:
+            p.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
+
+
+def cmd_launch(args) -> int:
+    from megatron_ixt.scaling.launch import launch_local, launch_slurm
+    from megatron_ixt.scaling.spec import load_spec
+
+    spec = load_spec(args.spec, args.root)
+    if args.executor == "slurm":
+        return launch_slurm(spec, dry_run=args.dry_run, resubmit=args.resubmit)
+    return launch_local(spec, dry_run=args.dry_run)
+
+
+def cmd_status(args) -> int:
+    from megatron_ixt.scaling.launch import print_status
+    from megatron_ixt.scaling.spec import load_spec
+
+    return print_status(load_spec(args.spec, args.root), as_json=args.json)
 
 
 def cmd_fit(args) -> int:
@@ -94,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return {"fit": cmd_fit}[args.command](args)
-    except (PointError, FitError) as e:
+        return {"fit": cmd_fit, "launch": cmd_launch, "status": cmd_status}[args.command](args)
+    except (PointError, FitError, SpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

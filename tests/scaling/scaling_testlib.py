@@ -54,3 +54,48 @@ def write_arm(root: str, arm: str, law: PowerLaw, *, kind: str, budgets=(1e15, 3
                 runs.append(write_run(os.path.join(root, arm, f"{size}_{tokens}_s{seed}"), loss, flops,
                                       kind=kind, hidden=hidden, tokens=tokens, seed=seed))
     return runs
+
+
+VOCAB = 127
+
+
+def write_tiny_corpus(prefix: str, num_documents: int = 200, seed: int = 0) -> str:
+    """A learnable plain text store (NullTokenizer ``--vocab-size 127``): each document counts up
+    from a random start; returns the ``--data-path``."""
+    from megatron_ixt.data.shards import text_store_path, write_token_shard_set
+
+    rng = np.random.default_rng(seed)
+    docs = [np.append((int(rng.integers(1, 100)) + np.arange(int(rng.integers(20, 80)))) % 120 + 1, VOCAB)
+            for _ in range(num_documents)]
+    write_token_shard_set(prefix, {"text": docs}, vocab_size=VOCAB)
+    return text_store_path(prefix)
+
+
+def tiny_spec(path: str, data_path: str, root: str, *, lr: float = 3e-3, budgets=(1536, 3072), arms=None,
+              gbs: int = 4, extra: str = "") -> str:
+    """A 1-size sweep spec of a 1-layer toy model (4 x 32 tokens per iteration)."""
+    arms = arms or {"baseline": "--ixt-prefix-kind none"}
+    arm_lines = "".join(f"  {name}: \"{flags}\"\n" for name, flags in arms.items())
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"""root: {root}
+common:
+  - --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 32 --micro-batch-size 4
+  - --log-interval 5 --weight-decay 0.01
+data:
+  data_path: [{data_path}]
+  split: "90,10,0"
+  tokenizer_type: NullTokenizer
+  vocab_size: {VOCAB}
+  data_cache_path: {root}/cache
+sizes:
+  h32: {{flags: "--ffn-hidden-size 64"}}
+budgets: {list(budgets)}
+arms:
+{arm_lines}seeds: [7]
+hyperparameters:
+  lr: {{rule: {{value: {lr}, scale_with: hidden_size, reference: 32, exponent: -1.0}}}}
+  global_batch_size: {{table: {{h32: {gbs}}}}}
+eval_iters: 2
+checkpoints_per_run: 2
+{extra}""")
+    return path

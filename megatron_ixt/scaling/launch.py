@@ -1,0 +1,343 @@
+"""Launch and inspect a sweep: ``python -m megatron_ixt.scaling launch|status SPEC``.
+
+Each run of a :class:`~megatron_ixt.scaling.spec.Spec` lives in ``ROOT/<arm>/<size>_<tokens>_s<seed>/``:
+
+    run.json       the run's record: arm, size, tokens, seed, params, train_iters, world_size,
+                   digest and argv of its command, state (running | interrupted | failed |
+                   finished), exit_code, and once finished its held-out point (``point``: the
+                   last eval record's FLOPs and default-metric loss; ``eval``: that whole record)
+    metrics.jsonl  the trainer's metrics (``--metrics-file``)
+    ckpt/          its checkpoints (``--save``; a relaunch resumes from here with ``--load``)
+    train.log      the trainer's output
+
+``launch`` is idempotent: finished runs are skipped, interrupted or failed ones resume from their
+latest checkpoint (``--load``), and a run whose recorded command differs from the spec's is
+refused before anything starts (its results would mix two specs). Executors: ``local`` runs the
+grid one run after another on this machine (SIGTERM/SIGINT are forwarded to the trainer, which
+saves and exits 75; the launch then stops with 75); ``slurm`` submits one job array through
+submitit; a job whose trainer exits 75 (SIGTERM, ``--exit-duration-in-mins``) or that Slurm
+preempts or times out is checkpointed and requeued by submitit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import List, Optional
+
+from megatron_ixt.pretrain import EXIT_RESUMABLE
+from megatron_ixt.scaling.points import PointError, read_point
+from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
+from megatron_ixt.training.checkpoint import TRACKER_FILE
+from megatron_ixt.training.metrics import read_metrics
+
+RECORD = "run.json"
+MASTER_PORT = 29500
+QUEUED = ("submitted", "running")  # states a Slurm relaunch leaves alone unless --resubmit
+
+
+def read_record(plan: RunPlan) -> Optional[dict]:
+    path = os.path.join(plan.run_dir, RECORD)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise SpecError(f"{path}: unreadable run record ({e}); inspect it and remove it to restart the run") from None
+
+
+def write_record(plan: RunPlan, **fields) -> dict:
+    record = {**(read_record(plan) or {}), "arm": plan.arm, "size": plan.size, "tokens": plan.tokens,
+              "seed": plan.seed, "params": plan.params, "train_iters": plan.train_iters,
+              "world_size": plan.world_size, "digest": plan.digest, "argv": plan.argv, **fields,
+              "updated": time.time()}
+    os.makedirs(plan.run_dir, exist_ok=True)
+    tmp = os.path.join(plan.run_dir, RECORD + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, os.path.join(plan.run_dir, RECORD))
+    return record
+
+
+def latest_iteration(plan: RunPlan) -> Optional[int]:
+    tracker = os.path.join(plan.ckpt_dir, TRACKER_FILE)
+    if not os.path.isfile(tracker):
+        return None
+    return int(open(tracker, encoding="utf-8").read().strip())
+
+
+def run_state(plan: RunPlan) -> str:
+    """``pending``, ``submitted`` (queued on Slurm), ``running``, ``interrupted``, ``failed``,
+    ``finished`` or ``changed`` (recorded with a different command)."""
+    record = read_record(plan)
+    if record is None:
+        return "interrupted" if latest_iteration(plan) is not None else "pending"
+    if record.get("digest") != plan.digest:
+        return "changed"
+    return record.get("state", "pending")
+
+
+def check_unchanged(spec: Spec) -> None:
+    """Refuse a spec that changed what an already started run computes."""
+    changed = []
+    for plan in spec.runs:
+        if run_state(plan) == "changed":
+            old, new = _flag_groups(read_record(plan).get("argv") or []), _flag_groups(plan.argv)
+            removed = [g for g in old if g not in new]
+            added = [g for g in new if g not in old]
+            changed.append(f"{plan.run_dir}: recorded flags {removed} -> spec flags {added}")
+    if changed:
+        raise SpecError("the spec changed runs that already started; their results would mix two specs. Use a "
+                        "new root (--root) or remove these run directories:\n  " + "\n  ".join(changed))
+
+
+def _flag_groups(argv: List[str]) -> List[str]:
+    """``["--lr", "3e-3", "--bf16"]`` -> ``["--lr 3e-3", "--bf16"]`` (each flag with its values)."""
+    groups: List[List[str]] = []
+    for word in argv:
+        if word.startswith("--") or not groups:
+            groups.append([word])
+        else:
+            groups[-1].append(word)
+    return [" ".join(g) for g in groups]
+
+
+def trainer_command(plan: RunPlan, spec: Spec, python: str = sys.executable, node_rank="0",
+                    master_addr="127.0.0.1") -> List[str]:
+    """The trainer's command for ``plan``; ``--load`` when it has a checkpoint. One process per run
+    without GPUs and ``nproc_per_node == 1``, else torchrun (multi-node: ``node_rank``/``master_addr``)."""
+    launcher = spec.launcher
+    nproc, nodes = int(launcher["nproc_per_node"]), int(launcher["nodes"])
+    if nproc == 1 and nodes == 1:
+        prefix = [python]
+    elif nodes == 1:
+        prefix = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    else:
+        prefix = [python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
+                  f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={MASTER_PORT}"]
+    load = ["--load", plan.ckpt_dir] if latest_iteration(plan) is not None else []
+    return prefix + ["-m", "megatron_ixt.pretrain", *plan.argv, *load]
+
+
+def finish(plan: RunPlan, exit_code: int) -> str:
+    """Record the outcome of a trainer exit; a finished run gets its held-out point. Returns the state."""
+    if exit_code == 0:
+        try:
+            point = read_point(plan.run_dir)
+        except PointError as e:
+            state = "interrupted" if latest_iteration(plan) is not None else "failed"
+            write_record(plan, state=state, exit_code=exit_code, error=str(e))
+            return state
+        last_eval = [r for r in read_metrics(os.path.join(plan.run_dir, "metrics.jsonl")) if r["kind"] == "eval"][-1]
+        write_record(plan, state="finished", exit_code=0, error=None, point=point.to_dict(), eval=last_eval,
+                     training_flops=point.compute)
+        return "finished"
+    state = "interrupted" if exit_code == EXIT_RESUMABLE else "failed"
+    write_record(plan, state=state, exit_code=exit_code)
+    return state
+
+
+class _Forward:
+    """Forward SIGTERM/SIGINT to the running trainer (which saves and exits 75) and remember it."""
+
+    def __init__(self):
+        self.proc = None
+        self.stopped = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.stopped = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _run(cmd: List[str], log_path: str, forward: _Forward) -> int:
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {shlex.join(cmd)}\n")
+        log.flush()
+        forward.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                return forward.proc.wait()
+            except InterruptedError:
+                continue
+
+
+def launch_local(spec: Spec, dry_run: bool = False) -> int:
+    """Run every unfinished run in order; 0 when all finished, 75 when stopped by a signal, 1 when
+    some failed (the others still ran)."""
+    check_unchanged(spec)
+    failed = []
+    with _Forward() as forward:
+        for plan in spec.runs:
+            state = run_state(plan)
+            if state == "finished":
+                print(f"skip {plan.name}: finished", flush=True)
+                continue
+            cmd = trainer_command(plan, spec)
+            if dry_run:
+                print(shlex.join(cmd), flush=True)
+                continue
+            print(f"run {plan.name} ({state}{', resuming' if '--load' in cmd else ''})", flush=True)
+            write_record(plan, state="running", exit_code=None)
+            exit_code = _run(cmd, os.path.join(plan.run_dir, "train.log"), forward)
+            state = finish(plan, exit_code)
+            print(f"  {plan.name}: {state} (exit {exit_code})", flush=True)
+            if forward.stopped or exit_code == EXIT_RESUMABLE:
+                print("stopped; relaunch the same command to resume", flush=True)
+                return EXIT_RESUMABLE
+            if state == "failed":
+                failed.append(plan.name)
+    if failed:
+        print(f"{len(failed)} run(s) failed (see their train.log): {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- Slurm (submitit)
+SLURM_DEFAULTS = {"time": 240, "ntasks_per_node": 1, "signal_delay_s": 120, "array_parallelism": 64}
+
+
+class RunJob:
+    """The callable of one Slurm array task (submitit ``Checkpointable`` protocol): runs the trainer,
+    records the outcome, and requeues through submitit when the trainer exits 75."""
+
+    def __init__(self, plan: RunPlan, spec: Spec, python: str):
+        self.plan, self.spec, self.python = plan, spec, python
+        self._proc = None
+
+    def __call__(self) -> str:
+        import submitit
+
+        env = submitit.JobEnvironment()
+        cmd = trainer_command(self.plan, self.spec, self.python, node_rank=str(env.node),
+                              master_addr=env.hostnames[0])
+        if env.global_rank == 0:
+            write_record(self.plan, state="running", exit_code=None, slurm_job_id=env.job_id)
+        with open(os.path.join(self.plan.run_dir, f"train.node{env.node}.log"), "a", encoding="utf-8") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            exit_code = self._proc.wait()
+        state = finish(self.plan, exit_code) if env.global_rank == 0 else None
+        if exit_code == EXIT_RESUMABLE:
+            # the trainer saved and asked to be resumed: raise submitit's own preemption signal,
+            # whose handler calls checkpoint() below and requeues this array task
+            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+            time.sleep(60)
+        if exit_code != 0:
+            raise RuntimeError(f"{self.plan.name}: the trainer exited {exit_code} (see {self.plan.run_dir})")
+        return f"{self.plan.name}: {state}"
+
+    def checkpoint(self, *args, **kwargs):
+        """Preempted or timed out (or the trainer exited 75): stop the trainer with SIGTERM so it
+        saves, then resubmit this callable; the requeued task resumes with ``--load``."""
+        import submitit
+
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=SLURM_DEFAULTS["signal_delay_s"] - 20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._proc = None
+        return submitit.helpers.DelayedSubmission(RunJob(self.plan, self.spec, self.python))
+
+
+def slurm_executor(spec: Spec):
+    import submitit
+
+    params = {**SLURM_DEFAULTS, "job_name": os.path.basename(spec.root), **spec.slurm}
+    launcher = spec.launcher
+    params.setdefault("nodes", int(launcher["nodes"]))
+    if launcher["gpus"]:
+        params.setdefault("gpus_per_node", int(launcher["nproc_per_node"]))
+    executor = submitit.SlurmExecutor(folder=os.path.join(spec.root, "slurm", "%j"), max_num_timeout=20)
+    executor.update_parameters(**params)
+    return executor
+
+
+def slurm_job_script(executor, count: int) -> str:
+    """The sbatch script submitit would submit for a ``count``-task array (its own rendering)."""
+    executor.parameters["map_count"] = count  # what submitit sets for an array submission
+    try:
+        return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+    finally:
+        executor.parameters.pop("map_count")
+
+
+def launch_slurm(spec: Spec, dry_run: bool = False, python: str = sys.executable, resubmit: bool = False) -> int:
+    """Submit every unfinished run as one job array; ``dry_run`` prints the commands and the script.
+    Runs already submitted or running are left alone unless ``resubmit`` (their job is gone)."""
+    check_unchanged(spec)
+    pending = []
+    for plan in spec.runs:
+        state = run_state(plan)
+        if state == "finished" or (state in QUEUED and not resubmit):
+            print(f"skip {plan.name}: {state}", flush=True)
+        else:
+            pending.append(plan)
+    if not pending:
+        return 0
+    executor = slurm_executor(spec)
+    if dry_run:
+        for i, plan in enumerate(pending):
+            cmd = trainer_command(plan, spec, python, node_rank="$SLURM_NODEID", master_addr="$MASTER_ADDR")
+            print(f"# array task {i}: {plan.name}\n{shlex.join(cmd)}")
+        print(f"# job script ({len(pending)}-task array; each task runs python -m submitit.core._submit, which "
+              f"calls the command above):")
+        print(slurm_job_script(executor, len(pending)))
+        return 0
+    with executor.batch():
+        jobs = [executor.submit(RunJob(plan, spec, python)) for plan in pending]
+    for plan, job in zip(pending, jobs):
+        write_record(plan, state="submitted", slurm_job_id=job.job_id)
+    print(f"submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]}; "
+          f"python -m megatron_ixt.scaling status {spec.path} shows the grid")
+    return 0
+
+
+# --------------------------------------------------------------------------- status
+def status_rows(spec: Spec) -> List[dict]:
+    rows = []
+    for plan in spec.runs:
+        record = read_record(plan) or {}
+        state = run_state(plan)
+        point = record.get("point") or {}
+        rows.append({"run": plan.name, "state": state, "iteration": latest_iteration(plan),
+                     "train_iters": plan.train_iters, "loss": point.get("loss"), "metric": point.get("metric"),
+                     "flops": point.get("compute")})
+    return rows
+
+
+def print_status(spec: Spec, as_json: bool = False) -> int:
+    rows = status_rows(spec)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    width = max(len(r["run"]) for r in rows)
+    print(f"{'run':<{width}}  {'state':<11} {'checkpoint':>12} {'loss':>8} {'FLOPs':>10}")
+    for r in rows:
+        ckpt = f"{r['iteration'] or 0}/{r['train_iters']}"
+        loss = "" if r["loss"] is None else f"{r['loss']:.4f}"
+        flops = "" if r["flops"] is None else f"{r['flops']:.3g}"
+        print(f"{r['run']:<{width}}  {r['state']:<11} {ckpt:>12} {loss:>8} {flops:>10}")
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" of {len(rows)} runs under {spec.root}")
+    return 0

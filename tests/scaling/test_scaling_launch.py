@@ -1,0 +1,105 @@
+"""Sweep specs and ``python -m megatron_ixt.scaling launch|status``: planning, idempotent relaunch,
+resume of an interrupted sweep (real toy training runs), refusal of a changed spec, Slurm dry-run."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megatron_ixt.scaling.cli import main
+from megatron_ixt.scaling.launch import run_state, trainer_command
+from megatron_ixt.scaling.spec import SpecError, load_spec
+
+from scaling_testlib import tiny_spec, write_tiny_corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(str(tmp_path_factory.mktemp("corpus") / "count"))
+
+
+def test_plan_expands_the_grid_with_per_size_rules(tmp_path, corpus):
+    spec_path = tiny_spec(str(tmp_path / "s.yaml"), corpus, str(tmp_path / "runs"), lr=0.004,
+                          arms={"baseline": "--ixt-prefix-kind none", "ixt-quality": "--ixt-prefix-kind quality"})
+    spec = load_spec(spec_path)
+    assert [p.name for p in spec.runs] == ["baseline/h32_1536_s7", "baseline/h32_3072_s7",
+                                           "ixt-quality/h32_1536_s7", "ixt-quality/h32_3072_s7"]
+    plan = spec.runs[1]
+    assert plan.run_dir == str(tmp_path / "runs" / "baseline" / "h32_3072_s7")
+    assert plan.train_iters == 3072 // (4 * 32)
+    argv = " ".join(plan.argv)
+    for flags in ("--lr 0.004", "--min-lr 0.0004", "--global-batch-size 4", "--lr-decay-style cosine",
+                  "--train-tokens 3072", "--seed 7", "--eval-interval 24", "--save-interval 12",
+                  f"--metrics-file {plan.run_dir}/metrics.jsonl", "--exit-signal-handler"):
+        assert flags in argv
+    assert run_state(plan) == "pending" and "--load" not in trainer_command(plan, spec)
+    with pytest.raises(SpecError, match="bad/h32_1536_s7: the trainer refuses(.|\n)*num-query-groups 3"):
+        load_spec(tiny_spec(str(tmp_path / "bad.yaml"), corpus, str(tmp_path / "r2"),
+                            arms={"bad": "--num-query-groups 3"}))
+    with pytest.raises(SpecError, match="unknown key"):
+        load_spec(tiny_spec(str(tmp_path / "bad2.yaml"), corpus, str(tmp_path / "r3"), extra="budget: [1]\n"))
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_and_relaunch_is_idempotent(tmp_path, corpus, capsys):
+    root = str(tmp_path / "runs")
+    spec_path = tiny_spec(str(tmp_path / "s.yaml"), corpus, root)
+    spec = load_spec(spec_path)
+    first = spec.runs[0]
+    # an interrupted sweep: the first run stopped after 6 of its 12 iterations with a checkpoint
+    # (what a killed launch leaves behind), through the trainer's own CLI
+    os.makedirs(first.run_dir)
+    subprocess.run(trainer_command(first, spec) + ["--exit-interval", "6"], check=True, capture_output=True)
+    assert run_state(first) == "interrupted"
+
+    assert main(["launch", spec_path]) == 0
+    out = capsys.readouterr().out
+    assert "run baseline/h32_1536_s7 (interrupted, resuming)" in out
+    log = open(os.path.join(first.run_dir, "train.log")).read()
+    assert f"--load {first.ckpt_dir}" in log and "at iteration 6" in log
+    for plan in spec.runs:
+        record = json.load(open(os.path.join(plan.run_dir, "run.json")))
+        assert record["state"] == "finished" and record["arm"] == "baseline" and record["tokens"] == plan.tokens
+        assert record["point"]["iteration"] == plan.train_iters and record["point"]["metric"] == "none/doc_loss"
+        assert record["training_flops"] > 0 and record["eval"]["none/doc_loss"] == record["point"]["loss"]
+    headers = [json.loads(line) for line in open(os.path.join(first.run_dir, "metrics.jsonl"))
+               if '"header"' in line]
+    assert len(headers) == 2  # the first launch and the resumed one append to one metrics file
+
+    # idempotent: nothing left to do
+    mtime = os.path.getmtime(os.path.join(first.run_dir, "metrics.jsonl"))
+    assert main(["launch", spec_path]) == 0
+    assert capsys.readouterr().out.count(": finished") == 2
+    assert os.path.getmtime(os.path.join(first.run_dir, "metrics.jsonl")) == mtime
+    assert main(["status", spec_path]) == 0
+    assert "2 finished of 2 runs" in capsys.readouterr().out
+
+    # a changed spec (another lr) is refused: it would mix results in the same directories
+    tiny_spec(spec_path, corpus, root, lr=1e-3)
+    assert main(["launch", spec_path]) == 2
+    err = capsys.readouterr().err
+    assert "the spec changed runs that already started" in err and "--lr" in err
+
+
+def test_slurm_dry_run_prints_every_command_and_the_job_array_script(tmp_path, corpus):
+    extra = ("launcher: {nproc_per_node: 8, nodes: 1, gpus: true}\n"
+             "slurm: {partition: h100, account: proj, time: 600, array_parallelism: 2, "
+             "setup: [\"source /opt/venv/bin/activate\"]}\n")
+    spec_path = tiny_spec(str(tmp_path / "s.yaml"), corpus, str(tmp_path / "runs"), extra=extra, gbs=32,
+                          arms={"baseline": "--ixt-prefix-kind none", "ixt-quality": "--ixt-prefix-kind quality"})
+    proc = subprocess.run([sys.executable, "-m", "megatron_ixt.scaling", "launch", spec_path, "--executor", "slurm",
+                           "--dry-run"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert out.count("-m torch.distributed.run --standalone --nproc-per-node=8 -m megatron_ixt.pretrain") == 4
+    for i, name in enumerate(["baseline/h32_1536_s7", "baseline/h32_3072_s7", "ixt-quality/h32_1536_s7",
+                              "ixt-quality/h32_3072_s7"]):
+        assert f"# array task {i}: {name}" in out
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --partition=h100", "#SBATCH --account=proj",
+                 "#SBATCH --time=600", "#SBATCH --gpus-per-node=8", "#SBATCH --signal=USR2@120",
+                 "source /opt/venv/bin/activate", "submitit.core._submit"):
+        assert line in out
+    assert not os.path.exists(str(tmp_path / "runs" / "baseline"))  # nothing ran or was recorded
