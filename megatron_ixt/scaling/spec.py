@@ -132,6 +132,17 @@ def _per_size(name: str, setting, size: str, shape: dict, where: str) -> float:
     return float(rule["value"]) * (x / float(rule["reference"])) ** float(rule["exponent"])
 
 
+def _tokens(value, path: str) -> int:
+    """A token budget; YAML reads ``2.5e9`` (no exponent sign) as a string, so parse it here."""
+    try:
+        tokens = float(value)
+    except (TypeError, ValueError):
+        raise SpecError(f"{path}: budgets: {value!r} is not a number of tokens") from None
+    if tokens <= 0 or tokens != int(tokens):
+        raise SpecError(f"{path}: budgets: {value!r} must be a positive whole number of tokens")
+    return int(tokens)
+
+
 def _format(name: str, value: float) -> str:
     return str(int(round(value))) if name in INTEGER_FLAGS else f"{value:.6g}"
 
@@ -175,7 +186,8 @@ def load_spec(path: str, root: Optional[str] = None) -> Spec:
             arm_flags = _flags(arm_value, f"{path}: arms.{arm}")
             for tokens in raw["budgets"]:
                 for seed in seeds:
-                    plan = _plan(spec, size, size_flags, arm, arm_flags, int(tokens), int(seed), common, schedule,
+                    plan = _plan(spec, size, size_flags, arm, arm_flags, _tokens(tokens, path), int(seed), common,
+                                 schedule,
                                  world, per_ckpt, launcher, parse_args, ConfigError)
                     spec.runs.append(plan)
     return spec
