@@ -44,6 +44,7 @@ setup(
             "ixt-inspect-samples=megatron_ixt_tools.inspect_samples:main",
             "ixt-pretrain=megatron_ixt.pretrain:main",
             "ixt-generate=megatron_ixt.generate:main",
+            "ixt-scaling=megatron_ixt.scaling.cli:main",
         ],
     },
 )
