@@ -41,16 +41,15 @@ CORPORA = {  # name -> annotate synth flags
 }
 
 
-def annotated(name: str) -> str:
-    return os.path.join(DATA, "annotated", name, name + ".jsonl")
-
-
-def prepare_data(py: str) -> None:
-    logs = os.path.join(DATA, "logs")
+def prepare_data(py: str, data: str = DATA, corpora: dict = CORPORA) -> None:
+    """Write ``data/{train,heldout}_*`` shard sets and ``data/tokenizer.model`` (steps already done
+    are skipped); ``corpora``: name -> ``annotate synth`` flags."""
+    annotated = lambda name: os.path.join(data, "annotated", name, name + ".jsonl")  # noqa: E731
+    logs = os.path.join(data, "logs")
     os.makedirs(logs, exist_ok=True)
     log = lambda name: os.path.join(logs, name + ".log")  # noqa: E731
-    for name, flags in CORPORA.items():
-        raw = os.path.join(DATA, "raw", name + ".jsonl")
+    for name, flags in corpora.items():
+        raw = os.path.join(data, "raw", name + ".jsonl")
         if not os.path.exists(raw):
             os.makedirs(os.path.dirname(raw), exist_ok=True)
             run([py, "-m", "annotate", "synth", "--output", raw] +
@@ -58,13 +57,13 @@ def prepare_data(py: str) -> None:
         if not os.path.exists(annotated(name)):
             run([py, "-m", "annotate", "run", "--backend", "verifier", "--input", raw,
                  "--output", os.path.dirname(annotated(name))], log("annotate_" + name))
-    tokenizer = os.path.join(DATA, "tokenizer.model")
+    tokenizer = os.path.join(data, "tokenizer.model")
     if not os.path.exists(tokenizer):
-        train_tokenizer(annotated("train"), os.path.join(DATA, "tokenizer"), vocab_size=512)
-    for name in CORPORA:
-        if not os.path.exists(os.path.join(DATA, name + "_text_document.idx")):
+        train_tokenizer(annotated("train"), os.path.join(data, "tokenizer"), vocab_size=512)
+    for name in corpora:
+        if not os.path.exists(os.path.join(data, name + "_text_document.idx")):
             run([py, "tools/preprocess_ixt.py", "--input", annotated(name),
-                 "--output-prefix", os.path.join(DATA, name), "--tokenizer-type", "SentencePieceTokenizer",
+                 "--output-prefix", os.path.join(data, name), "--tokenizer-type", "SentencePieceTokenizer",
                  "--tokenizer-model", tokenizer, "--append-eod", "--workers", "2"], log("preprocess_" + name))
 
 

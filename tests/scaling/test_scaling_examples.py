@@ -3,6 +3,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+import yaml
+
+from megatron_ixt.scaling.points import read_point
 from megatron_ixt.scaling.spec import load_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -34,3 +38,38 @@ def test_h100_ladder_dry_run_is_one_75_task_job_array(tmp_path):
     assert "--transformer-impl transformer_engine" in out and "--exit-signal-handler" in out
     assert f"--save {tmp_path}/ixt-critique/1.5b_40000000000_s1234/ckpt" in out
     assert not os.listdir(tmp_path)  # a dry run writes nothing
+
+
+@pytest.mark.slow
+def test_cpu_tiny_pipeline_smoke_at_toy_scale(tmp_path):
+    """run_cpu_tiny's data step (synth, verifier, tokenizer, preprocess) at toy size, then one toy run
+    per arm through ``launch`` with cpu_tiny's data section: both arms judged on the same held-out
+    shard set of correct documents, the IXT arm under its steering prefix."""
+    sys.path.insert(0, EXAMPLES)
+    import run_cpu_tiny
+
+    data = str(tmp_path / "data")
+    corpora = {name: {**flags, "num_docs": 150 if name == "train" else 40}
+               for name, flags in run_cpu_tiny.CORPORA.items()}
+    run_cpu_tiny.prepare_data(sys.executable, data, corpora)
+    with open(os.path.join(EXAMPLES, "cpu_tiny.yaml"), encoding="utf-8") as f:
+        spec = yaml.safe_load(f)
+    spec["data"] = {k: ([v[0].replace("scaling_out/cpu_tiny/data", data)] if isinstance(v, list) else
+                        v.replace("scaling_out/cpu_tiny/data", data)) for k, v in spec["data"].items()}
+    spec.update(root=str(tmp_path / "runs"), sizes={"s1": spec["sizes"]["s1"]}, budgets=[8192], eval_iters=2)
+    spec["common"] = [c.replace("--seq-length 256 --max-position-embeddings 256", "--seq-length 64 "
+                                "--max-position-embeddings 64") for c in spec["common"]]
+    spec_path = str(tmp_path / "smoke.yaml")
+    with open(spec_path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(spec, f)
+    proc = subprocess.run([sys.executable, "-m", "megatron_ixt.scaling", "launch", spec_path],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    points = {arm: read_point(os.path.join(str(tmp_path / "runs"), arm, "s1_8192_s1234"))
+              for arm in ("baseline", "ixt-quality")}
+    assert points["baseline"].metric == "none/doc_loss" and points["ixt-quality"].metric == "steering/doc_loss"
+    assert points["baseline"].heldout == points["ixt-quality"].heldout
+    assert "heldout_text_document" in points["baseline"].heldout
+    assert points["baseline"].tokenizer == points["ixt-quality"].tokenizer
+    # the IXT arm trains on prefix + document tokens at the same sequence length: the same FLOPs
+    assert points["baseline"].compute == points["ixt-quality"].compute
