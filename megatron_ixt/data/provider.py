@@ -205,13 +205,20 @@ def build_datasets(cfg: "Config", tokenizer):
             steer = steering_prefix(config_paths(config), config.prefix_kind)
         except ValueError:
             steer = None  # plain stores only: no steering conditioning to evaluate
-    valid = {}
-    if n_valid:
-        for name, variant in conditioning_configs(config, steer).items():
-            dataset = build_train_valid_test_datasets(_one_split(variant, 1), [0, n_valid, 0])[1]
-            if dataset is not None:
-                valid[name] = dataset
+    valid = valid_datasets(conditioning_configs(config, steer), n_valid) if n_valid else {}
     return train, valid
+
+
+def valid_datasets(variants: Dict[str, IXTGPTDatasetConfig], num_samples: int) -> Dict[str, object]:
+    """``{conditioning: validation-split dataset of num_samples samples}`` for each config variant
+    (the trainer's eval and ``python -m megatron_ixt.evaluate``); variants without a validation
+    split are left out."""
+    out = {}
+    for name, variant in variants.items():
+        dataset = build_train_valid_test_datasets(_one_split(variant, 1), [0, num_samples, 0])[1]
+        if dataset is not None:
+            out[name] = dataset
+    return out
 
 
 def _one_split(config, split: int):

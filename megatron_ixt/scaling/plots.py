@@ -47,13 +47,7 @@ def _loss_vs_flops(analysis: Analysis, path: str) -> str:
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("training FLOPs (IXT arms: + annotation FLOPs)")
     ax.set_ylabel("held-out document loss (nats/token)")
-    ax.set_title("L(C) = E + A C^-alpha, 95% bootstrap band")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, ax, "L(C) = E + A C^-alpha, 95% bootstrap band", path)
 
 
 def _multiplier_vs_loss(analysis: Analysis, path: str) -> str:
@@ -80,8 +74,12 @@ def _multiplier_vs_loss(analysis: Analysis, path: str) -> str:
     ax.set_yscale("log")
     ax.set_xlabel("target held-out loss L (nats/token)")
     ax.set_ylabel(f"k(L) = C_{reference}(L) / C_arm(L)")
-    ax.set_title("compute multiplier, 95% paired-bootstrap band")
     ax.invert_xaxis()
+    return _save(fig, ax, "compute multiplier, 95% paired-bootstrap band", path)
+
+
+def _save(fig, ax, title: str, path: str) -> str:
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_ixt.tokenizer import model_sha256
 from megatron_ixt.training.flops import annotation_flops
@@ -86,19 +87,16 @@ def _tokenizer_id(config: dict) -> str:
 
 
 def _heldout_id(config: dict) -> str:
+    """The held-out documents: the validation blend, or the split of the ``--data-path`` blend."""
     d = config["data"]
-    real = lambda paths: [p if _is_number(p) else os.path.realpath(p) for p in paths]  # noqa: E731
+
+    def blend(paths):
+        prefixes, weights = get_blend_from_list(paths or None) or ([], None)
+        return " ".join(os.path.realpath(p) for p in prefixes) + (f" weights {weights}" if weights else "")
+
     if d.get("valid_data_path"):
-        return "valid " + " ".join(real(d["valid_data_path"]))
-    return f"split {d.get('split')} of " + " ".join(real(d.get("data_path") or []))
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+        return "valid " + blend(d["valid_data_path"])
+    return f"split {d.get('split')} of " + blend(d.get("data_path") or [])
 
 
 def read_point(run: str, metric: Optional[str] = None) -> Point:

@@ -1,0 +1,202 @@
+"""Held-out loss of a checkpoint under each conditioning: ``python -m megatron_ixt.evaluate``.
+
+    python -m megatron_ixt.evaluate --load ckpt/ixt [--data-path HELDOUT_text_document ...] \\
+        [--steer-text "Quality: excellent.\\n"] [--steer-file prefixes.txt] [--output eval.json]
+    torchrun --nproc-per-node 8 -m megatron_ixt.evaluate --load ... --tensor-model-parallel-size 2
+
+The model is built from the checkpoint's stored config and its weights loaded under any TP/PP
+layout (dist_checkpointing). The loss is over document tokens only, on the validation split of the
+checkpoint's data, or on ALL of the ``--data-path`` shard sets (e.g. the high-quality documents, so
+that every arm is judged on the same tokens). Conditionings: ``prefix`` (each document under its
+own prefix), ``none`` (no prefix), ``steering`` (the shard set's top-level steering prefix of the
+checkpoint's prefix kind), ``quality_1`` .. ``quality_5`` (the shard set's quality template at
+each level), ``steer_text_<i>`` (each ``--steer-text``, then each line of ``--steer-file``); the
+IXT-only ones are left out for a baseline checkpoint unless steering text is given.
+The same loop (megatron_ixt/evaluation.py) runs the trainer's periodic eval.
+
+Output (stdout, or ``--output``): ``{"checkpoint", "iteration", "data", "eval_samples",
+"conditionings": {NAME: {"loss", "tokens", "stderr", "sequences", "prefix_loss"}}}``; losses in
+mean nats per token, ``stderr`` the standard error of ``loss`` (sequences as units).
+Exit status: 0, 2 bad flags or data, 3 unusable checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from functools import partial
+from typing import Dict, List, Optional
+
+import torch
+
+from megatron_ixt.training.checkpoint import CheckpointError, iteration_dir, read_config, read_latest_iteration
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m megatron_ixt.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--load", required=True, help="checkpoint directory (as given to --save)")
+    parser.add_argument("--data-path", nargs="+", default=None,
+                        help="held-out shard set(s) (text-store paths, e.g. P_text_document), used whole; "
+                             "default: the validation split of the checkpoint's data")
+    parser.add_argument("--eval-samples", type=int, default=None,
+                        help="sequences per conditioning, rounded up to a multiple of micro-batch x data-parallel "
+                             "size (default: the checkpoint's --eval-iters x --global-batch-size)")
+    parser.add_argument("--micro-batch-size", type=int, default=None,
+                        help="sequences per forward pass (default: the checkpoint's)")
+    parser.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP degree of this evaluation")
+    parser.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="PP degree of this evaluation")
+    parser.add_argument("--steer-text", action="append", default=[],
+                        help="a steering prefix of your own (repeatable): every document under it")
+    parser.add_argument("--steer-file", default=None, help="a file of steering prefixes, one per line")
+    parser.add_argument("--no-quality-levels", action="store_true",
+                        help="skip the quality_1..quality_5 conditionings")
+    parser.add_argument("--output", default=None, help="write the JSON here (default: stdout)")
+    return parser
+
+
+def steering_texts(args) -> List[str]:
+    texts = list(args.steer_text)
+    if args.steer_file:
+        with open(args.steer_file, encoding="utf-8") as f:
+            texts += [line.rstrip("\n").replace("\\n", "\n") for line in f if line.strip()]
+    return texts
+
+
+def quality_level_prefixes(paths: List[str], tokenizer) -> Dict[str, tuple]:
+    """``quality_<q>``: the shard set's quality template rendered at level q, tokenized; empty when
+    the shard sets record no quality template."""
+    from megatron_ixt.data.shards import read_metadata, shard_set_prefix
+    from megatron_ixt.data.templates import PrefixTemplate, steering_annotation
+
+    for path in paths:
+        try:
+            template = read_metadata(shard_set_prefix(path))["templates"]["quality"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        t = PrefixTemplate("quality", template["name"], template["text"])
+        return {f"quality_{q}": tuple(tokenizer.tokenize(t.render(dataclasses.replace(steering_annotation(),
+                                                                                       quality=q))))
+                for q in range(1, 6)}
+    return {}
+
+
+def conditionings(args, cfg, tokenizer, config) -> Dict[str, object]:
+    """``{name: dataset config}`` of every conditioning this evaluation runs."""
+    from megatron_ixt.data.provider import conditioning_configs, config_paths, steering_prefix
+
+    steer = None
+    if config.prefix_kind != "none":
+        try:
+            steer = steering_prefix(config_paths(config), config.prefix_kind)
+        except ValueError:
+            steer = None
+    variants = conditioning_configs(config, steer)
+    kind = config.prefix_kind if config.prefix_kind != "none" else "quality"
+    extra = {} if args.no_quality_levels or config.prefix_kind == "none" else \
+        quality_level_prefixes(config_paths(config), tokenizer)
+    for i, text in enumerate(steering_texts(args)):
+        extra[f"steer_text_{i}"] = tuple(tokenizer.tokenize(text))
+    for name, tokens in extra.items():
+        variants[name] = dataclasses.replace(config, prefix_kind=kind, prefix_dropout=0.0, annotated_fraction=1.0,
+                                             steering_prefix=tokens)
+    return variants
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.transformer.module import Float16Module
+
+    from megatron_ixt.data.provider import dataset_config, valid_datasets
+    from megatron_ixt.distributed import init_distributed, set_seed
+    from megatron_ixt.evaluation import eval_loss_func, evaluate
+    from megatron_ixt.model import model_from_config, padded_vocab_size, transformer_config
+    from megatron_ixt.tokenizer import build_tokenizer
+    from megatron_ixt.training.config import ConfigError, config_from_dict, validate
+    from megatron_ixt.training.trainer import MicroBatches, forward_step
+
+    try:
+        cfg = config_from_dict(read_config(args.load))
+        iteration = read_latest_iteration(args.load)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    p = cfg.parallel
+    p.tensor_model_parallel_size, p.pipeline_model_parallel_size = (args.tensor_model_parallel_size,
+                                                                    args.pipeline_model_parallel_size)
+    p.use_distributed_optimizer = p.overlap_grad_reduce = False
+    p.sequence_parallel = p.sequence_parallel and p.tensor_model_parallel_size > 1
+    p.distributed_backend = "nccl" if cuda else "gloo"
+    cfg.train.use_cpu_initialization = not cuda
+    if not cuda:
+        cfg.model.transformer_impl, cfg.train.bf16 = "local", False
+    if args.data_path:
+        cfg.data.data_path, cfg.data.train_data_path, cfg.data.valid_data_path = [], list(args.data_path), \
+            list(args.data_path)
+    trainer_eval_samples = cfg.eval.eval_iters * cfg.train.global_batch_size  # what its periodic eval read
+    mbs = args.micro_batch_size or cfg.train.micro_batch_size
+    cfg.train.micro_batch_size = mbs
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    dp = world // (tp * pp) if world % (tp * pp) == 0 else 0
+    cfg.train.global_batch_size = mbs * max(dp, 1)
+    try:
+        if dp < 1:
+            raise ConfigError(f"world size {world} is not a multiple of TP {tp} x PP {pp}")
+        validate(cfg, world_size=world, cuda=cuda)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    per_batch = cfg.train.global_batch_size  # micro-batch x data-parallel size
+    samples = math.ceil((args.eval_samples or trainer_eval_samples) / per_batch) * per_batch
+    init_distributed(tp, pp, p.distributed_backend)
+    set_seed(cfg.train.seed)
+    tokenizer = build_tokenizer(cfg.tokenizer)
+    config = transformer_config(cfg)
+    model = model_from_config(cfg, config, padded_vocab_size(tokenizer.vocab_size,
+                                                             cfg.model.make_vocab_size_divisible_by, tp))
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    model.to(device)
+    path = iteration_dir(args.load, iteration)
+    try:
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
+        model.load_state_dict(state["model"], strict=True)
+    except Exception as e:  # dist_checkpointing raises many types for an unreadable or mismatched checkpoint
+        print(f"error: {path}: cannot load model weights ({type(e).__name__}: {e})", file=sys.stderr)
+        return 3
+    if cfg.train.bf16:
+        model = Float16Module(config, model)
+    try:
+        data_config = dataset_config(cfg.data, seed=cfg.train.seed, sequence_length=cfg.model.seq_length,
+                                     tokenizer=tokenizer)
+        datasets = valid_datasets(conditionings(args, cfg, tokenizer, data_config), samples)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    streams = {name: MicroBatches(ds, 0, mbs, dp_rank, dp_size, device) for name, ds in datasets.items()}
+    results = evaluate(model, get_forward_backward_func(), partial(forward_step, loss=eval_loss_func), streams,
+                       iters=samples // per_batch, num_microbatches=1, micro_batch_size=mbs,
+                       seq_length=cfg.model.seq_length, device=device)
+    out = {"checkpoint": os.path.abspath(args.load), "iteration": iteration,
+           "data": cfg.data.valid_data_path or cfg.data.data_path, "eval_samples": samples,
+           "conditionings": {name: {**r["doc"].to_dict(), "prefix_loss": r["prefix"].loss}
+                             for name, r in results.items()}}
+    if torch.distributed.get_rank() == 0:
+        text = json.dumps(out, indent=1)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        else:
+            print(text)
+    torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
