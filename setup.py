@@ -45,6 +45,7 @@ setup(
             "ixt-pretrain=megatron_ixt.pretrain:main",
             "ixt-generate=megatron_ixt.generate:main",
             "ixt-scaling=megatron_ixt.scaling.cli:main",
+            "ixt-evaluate=megatron_ixt.evaluate:main",
         ],
     },
 )

@@ -66,8 +66,8 @@ def steering_texts(args) -> List[str]:
 
 
 def quality_level_prefixes(paths: List[str], tokenizer) -> Dict[str, tuple]:
-    """``quality_<q>``: the shard set's quality template rendered at level q, tokenized; empty when
-    the shard sets record no quality template."""
+    """``quality_<q>``: the first shard set's quality template (``P_ixt.json``) rendered at level q
+    (all scores 5, the built-in steering critique), tokenized; empty without a template text."""
     from megatron_ixt.data.shards import read_metadata, shard_set_prefix
     from megatron_ixt.data.templates import PrefixTemplate, steering_annotation
 
@@ -76,6 +76,8 @@ def quality_level_prefixes(paths: List[str], tokenizer) -> Dict[str, tuple]:
             template = read_metadata(shard_set_prefix(path))["templates"]["quality"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
+        if not template.get("text"):
+            continue  # a synthetic shard set (write_token_shard_set) has no template text
         t = PrefixTemplate("quality", template["name"], template["text"])
         return {f"quality_{q}": tuple(tokenizer.tokenize(t.render(dataclasses.replace(steering_annotation(),
                                                                                        quality=q))))

@@ -1,4 +1,5 @@
 """The example sweep specs plan as documented: cpu_tiny's grid, the H100 ladder's Slurm dry-run."""
+import json
 import os
 import subprocess
 import sys
@@ -73,3 +74,22 @@ def test_cpu_tiny_pipeline_smoke_at_toy_scale(tmp_path):
     assert points["baseline"].tokenizer == points["ixt-quality"].tokenizer
     # the IXT arm trains on prefix + document tokens at the same sequence length: the same FLOPs
     assert points["baseline"].compute == points["ixt-quality"].compute
+    # python -m megatron_ixt.evaluate on the IXT checkpoint, on the held-out shard set: the trainer's
+    # last eval and this command share one loop, so on the same samples they agree
+    ixt_run = os.path.join(str(tmp_path / "runs"), "ixt-quality", "s1_8192_s1234")
+    out = str(tmp_path / "eval.json")
+    proc = subprocess.run([sys.executable, "-m", "megatron_ixt.evaluate", "--load", os.path.join(ixt_run, "ckpt"),
+                           "--data-path", os.path.join(data, "heldout_text_document"),
+                           "--steer-text", "Quality: very poor.\n", "--output", out],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(out))
+    conds = result["conditionings"]
+    assert set(conds) == {"prefix", "none", "steering", "steer_text_0"} | {f"quality_{q}" for q in range(1, 6)}
+    for c in conds.values():
+        assert c["tokens"] > 0 and c["stderr"] > 0 and c["sequences"] > 1
+    last_eval = json.load(open(os.path.join(ixt_run, "run.json")))["eval"]
+    for name in ("prefix", "none", "steering"):
+        assert conds[name]["loss"] == pytest.approx(last_eval[f"{name}/doc_loss"], rel=1e-5)
+    # quality_5 renders the same template at the same level as the shard set's steering prefix
+    assert conds["quality_5"]["loss"] == pytest.approx(conds["steering"]["loss"], rel=1e-6)
