@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--reference-budget", type=float, nargs="+", default=None,
                      help="reference-arm FLOPs at which to report k (default: smallest, middle, largest run)")
     fit.add_argument("--shared-e", action="store_true", help="fit one asymptote E shared by all arms")
+    fit.add_argument("--frontier", action="store_true",
+                     help="fit only each arm's compute-optimal envelope (runs no cheaper run beats), not every run")
     fit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     fit.add_argument("--seed", type=int, default=0, help="random seed of the bootstrap")
     fit.add_argument("--output", required=True, help="directory for fits.json, multiplier.{md,csv} and the PNGs")
@@ -95,7 +97,7 @@ def cmd_status(args) -> int:
 
 def cmd_fit(args) -> int:
     from megatron_ixt.scaling.analysis import analyze
-    from megatron_ixt.scaling.points import add_annotation, annotation_tokens, read_arm
+    from megatron_ixt.scaling.points import add_annotation, annotation_tokens, frontier, read_arm
     from megatron_ixt.scaling.report import write_outputs
 
     arms = {}
@@ -114,6 +116,8 @@ def cmd_fit(args) -> int:
             raise PointError(f"--annotation-flops {name}=...: no such arm ({sorted(arms)})")
         for p in arms[name]:
             p.annotation_flops = float(value)
+    if args.frontier:
+        arms = {name: frontier(points) for name, points in arms.items()}
     analysis = analyze(arms, args.reference, targets=args.target_loss, budgets=args.reference_budget,
                        shared_e=args.shared_e, resamples=args.bootstrap, seed=args.seed)
     command = "python -m megatron_ixt.scaling " + " ".join(shlex.quote(a) for a in args.argv)

@@ -180,6 +180,16 @@ def add_annotation(points: Sequence[Point], annotator_params: float, tokens: int
     return flops
 
 
+def frontier(points: Sequence[Point]) -> List[Point]:
+    """The compute-optimal envelope: runs that no run with less or equal compute beats on loss."""
+    kept, best = [], math.inf
+    for p in sorted(points, key=lambda p: (p.total_compute, p.loss)):
+        if p.loss < best:
+            kept.append(p)
+            best = p.loss
+    return kept
+
+
 def check_comparable(arms: Dict[str, List[Point]]) -> None:
     """Refuse mixed tokenizers or held-out sets across the runs of one comparison."""
     for attr, what in (("tokenizer", "tokenizers"), ("heldout", "held-out sets")):

@@ -11,7 +11,7 @@ import pytest
 
 from megatron_ixt.scaling.cli import main
 from megatron_ixt.scaling.fit import PowerLaw
-from megatron_ixt.scaling.points import PointError, read_point
+from megatron_ixt.scaling.points import PointError, frontier, read_point
 
 from scaling_testlib import write_arm, write_run
 
@@ -130,3 +130,9 @@ def test_non_monotone_data_is_a_warning(tmp_path, capsys):
     assert _fit([f"baseline={root}/baseline/*", f"ixt={root}/ixt/*"], str(tmp_path / "out")) == 0
     err = capsys.readouterr().err
     assert "warning: arm 'ixt': loss rises" in err and target[-1] in err
+
+
+def test_frontier_keeps_the_compute_optimal_envelope(tmp_path):
+    runs = {"a": (1e15, 3.0), "b": (2e15, 3.1), "c": (3e15, 2.9), "d": (3e15, 2.95), "e": (5e15, 2.7)}
+    points = [read_point(write_run(str(tmp_path / k), loss, c)) for k, (c, loss) in runs.items()]
+    assert [p.key for p in frontier(points)] == ["a", "c", "e"]
