@@ -169,12 +169,9 @@ def _run(cmd: List[str], log_path: str, forward: _Forward) -> int:
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        forward.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                return forward.proc.wait()
-            except InterruptedError:
-                continue
+        # own session: a terminal's Ctrl-C reaches only this launcher, which forwards SIGTERM
+        forward.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return forward.proc.wait()
 
 
 def launch_local(spec: Spec, dry_run: bool = False) -> int:
@@ -212,6 +209,15 @@ def launch_local(spec: Spec, dry_run: bool = False) -> int:
 SLURM_DEFAULTS = {"time": 240, "ntasks_per_node": 1, "signal_delay_s": 120, "array_parallelism": 64}
 
 
+def _preempt_signal() -> int:
+    """submitit's preemption signal (``SUBMITIT_PREEMPT_SIGNAL``, default USR2)."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"))
+
+
+def _ignore_preempt_signal() -> None:
+    signal.signal(_preempt_signal(), signal.SIG_IGN)
+
+
 class RunJob:
     """The callable of one Slurm array task (submitit ``Checkpointable`` protocol): runs the trainer,
     records the outcome, and requeues through submitit when the trainer exits 75."""
@@ -231,13 +237,16 @@ class RunJob:
         with open(os.path.join(self.plan.run_dir, f"train.node{env.node}.log"), "a", encoding="utf-8") as log:
             log.write(f"$ {shlex.join(cmd)}\n")
             log.flush()
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            # the trainer ignores submitit's preemption signal (Slurm may signal every process of
+            # the step); checkpoint() stops it with SIGTERM, on which it saves
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                          preexec_fn=_ignore_preempt_signal)
             exit_code = self._proc.wait()
         state = finish(self.plan, exit_code) if env.global_rank == 0 else None
         if exit_code == EXIT_RESUMABLE:
             # the trainer saved and asked to be resumed: raise submitit's own preemption signal,
             # whose handler calls checkpoint() below and requeues this array task
-            os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
+            os.kill(os.getpid(), _preempt_signal())
             time.sleep(60)
         if exit_code != 0:
             raise RuntimeError(f"{self.plan.name}: the trainer exited {exit_code} (see {self.plan.run_dir})")
