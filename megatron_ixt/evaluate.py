@@ -8,10 +8,12 @@ The model is built from the checkpoint's stored config and its weights loaded un
 layout (dist_checkpointing). The loss is over document tokens only, on the validation split of the
 checkpoint's data, or on ALL of the ``--data-path`` shard sets (e.g. the high-quality documents, so
 that every arm is judged on the same tokens). Conditionings: ``prefix`` (each document under its
-own prefix), ``none`` (no prefix), ``steering`` (the shard set's top-level steering prefix of the
-checkpoint's prefix kind), ``quality_1`` .. ``quality_5`` (the shard set's quality template at
-each level), ``steer_text_<i>`` (each ``--steer-text``, then each line of ``--steer-file``); the
-IXT-only ones are left out for a baseline checkpoint unless steering text is given.
+own prefix), ``none`` (no prefix), ``steering`` (the shard set's stored top-level steering prefix
+of the checkpoint's prefix kind), ``<kind>_1`` .. ``<kind>_5`` (that kind's recorded template at
+each steering level, e.g. ``quality_1``; not for a synthetic shard set without template text),
+``steer_<KIND[:LEVEL]>`` for each ``--steer`` (e.g. ``scores:educational_value=5``) and
+``steer_text_<i>`` for each ``--steer-text``, then each line of ``--steer-file``. A baseline
+checkpoint gets ``none`` and the ``--steer*`` ones.
 The same loop (megatron_ixt/evaluation.py) runs the trainer's periodic eval.
 
 Output (stdout, or ``--output``): ``{"checkpoint", "iteration", "data", "eval_samples",
@@ -51,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steer-text", action="append", default=[],
                         help="a steering prefix of your own (repeatable): every document under it")
     parser.add_argument("--steer-file", default=None, help="a file of steering prefixes, one per line")
-    parser.add_argument("--no-quality-levels", action="store_true",
-                        help="skip the quality_1..quality_5 conditionings")
+    parser.add_argument("--steer", action="append", default=[], metavar="KIND[:LEVEL]",
+                        help="a steering prefix rendered from the shard set's recorded KIND template (repeatable), "
+                             "e.g. quality:1 or scores:educational_value=5; conditioning steer_KIND[:LEVEL]")
+    parser.add_argument("--no-levels", action="store_true",
+                        help="skip the <kind>_1 .. <kind>_5 conditionings (the checkpoint's kind at each level)")
     parser.add_argument("--output", default=None, help="write the JSON here (default: stdout)")
     return parser
 
@@ -65,45 +70,36 @@ def steering_texts(args) -> List[str]:
     return texts
 
 
-def quality_level_prefixes(paths: List[str], tokenizer) -> Dict[str, tuple]:
-    """``quality_<q>``: the first shard set's quality template (``P_ixt.json``) rendered at level q
-    (all scores 5, the built-in steering critique), tokenized; empty without a template text."""
-    from megatron_ixt.data.shards import read_metadata, shard_set_prefix
-    from megatron_ixt.data.templates import PrefixTemplate, steering_annotation
-
-    for path in paths:
-        try:
-            template = read_metadata(shard_set_prefix(path))["templates"]["quality"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if not template.get("text"):
-            continue  # a synthetic shard set (write_token_shard_set) has no template text
-        t = PrefixTemplate("quality", template["name"], template["text"])
-        return {f"quality_{q}": tuple(tokenizer.tokenize(t.render(dataclasses.replace(steering_annotation(),
-                                                                                       quality=q))))
-                for q in range(1, 6)}
-    return {}
-
-
-def conditionings(args, cfg, tokenizer, config) -> Dict[str, object]:
-    """``{name: dataset config}`` of every conditioning this evaluation runs."""
+def conditionings(args, tokenizer, config) -> Dict[str, object]:
+    """``{name: dataset config}`` of every conditioning this evaluation runs (module docstring)."""
+    from megatron_ixt.data import prefix_kinds
+    from megatron_ixt.data.dataset import NO_PREFIX
     from megatron_ixt.data.provider import conditioning_configs, config_paths, steering_prefix
 
+    paths, kind = config_paths(config), config.prefix_kind
     steer = None
-    if config.prefix_kind != "none":
+    if kind != NO_PREFIX:
         try:
-            steer = steering_prefix(config_paths(config), config.prefix_kind)
+            steer = steering_prefix(paths, kind)
         except ValueError:
-            steer = None
+            steer = None  # plain stores: no steering prefix
     variants = conditioning_configs(config, steer)
-    kind = config.prefix_kind if config.prefix_kind != "none" else "quality"
-    extra = {} if args.no_quality_levels or config.prefix_kind == "none" else \
-        quality_level_prefixes(config_paths(config), tokenizer)
+    extra = {}
+    if kind != NO_PREFIX and steer is not None and not args.no_levels:
+        try:
+            extra = {f"{kind}_{q}": steering_prefix(paths, kind, q, tokenizer=tokenizer) for q in range(1, 6)}
+        except ValueError:
+            extra = {}  # the shard set records no template text: only its stored top-level prefix
+    for spec in args.steer:
+        steer_kind, level = prefix_kinds.parse_steer(spec)
+        extra[f"steer_{spec}"] = steering_prefix(paths, steer_kind, level, tokenizer=tokenizer)
     for i, text in enumerate(steering_texts(args)):
         extra[f"steer_text_{i}"] = tuple(tokenizer.tokenize(text))
+    # a steering prefix replaces the prefix store, so any registered kind carries it
+    carrier = kind if kind != NO_PREFIX else prefix_kinds.names()[0]
     for name, tokens in extra.items():
-        variants[name] = dataclasses.replace(config, prefix_kind=kind, prefix_dropout=0.0, annotated_fraction=1.0,
-                                             steering_prefix=tokens)
+        variants[name] = dataclasses.replace(config, prefix_kind=carrier, prefix_dropout=0.0, annotated_fraction=1.0,
+                                             steering_prefix=tuple(tokens))
     return variants
 
 
@@ -176,7 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         data_config = dataset_config(cfg.data, seed=cfg.train.seed, sequence_length=cfg.model.seq_length,
                                      tokenizer=tokenizer)
-        datasets = valid_datasets(conditionings(args, cfg, tokenizer, data_config), samples)
+        datasets = valid_datasets(conditionings(args, tokenizer, data_config), samples)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
