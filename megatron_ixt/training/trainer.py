@@ -22,13 +22,14 @@ from __future__ import annotations
 import enum
 import time
 from functools import partial
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_ixt import evaluation
 from megatron_ixt.data.provider import build_datasets
 from megatron_ixt.distributed import init_distributed, set_seed
 from megatron_ixt.model import padded_vocab_size, training_model, transformer_config
@@ -103,12 +104,13 @@ def loss_func(loss_mask: torch.Tensor, prefix_mask: Optional[torch.Tensor], outp
     return total, mask.sum().to(torch.int), report
 
 
-def forward_step(data_iterator: Iterator, model):
-    """megatron-core ``forward_step_func``: one micro-batch through this pipeline stage."""
+def forward_step(data_iterator: Iterator, model, loss: Callable = loss_func):
+    """megatron-core ``forward_step_func``: one micro-batch through this pipeline stage; ``loss``
+    (:func:`loss_func`, or evaluation's ``eval_loss_func``) gets the batch's masks and the output."""
     batch = next(data_iterator)
     output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
                    labels=batch["labels"])
-    return output, partial(loss_func, batch["loss_mask"], batch.get("prefix_mask"))
+    return output, partial(loss, batch["loss_mask"], batch.get("prefix_mask"))
 
 
 class Trainer:
@@ -187,20 +189,21 @@ class Trainer:
         self.scheduler.step(increment=1)
         return {"totals": self._reduce_reports(reports), "grad_norm": grad_norm}
 
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Mean document-token loss per conditioning over the first ``--eval-iters`` global batches."""
-        self.model.eval()
-        result = {}
-        for name, dataset in self.valid_ds.items():
-            stream = self._stream(dataset, 0)
-            totals = torch.zeros(len(LOSS_KEYS), 2, dtype=torch.float64, device=self.device)
-            for _ in range(self.cfg.eval.eval_iters):
-                totals += self._reduce_reports(self._run_schedule(stream, forward_only=True))
-            result[f"{name}/doc_loss"] = _mean(totals[1])
-            if name == "prefix" and totals[2, 1] > 0:
-                result["prefix/prefix_loss"] = _mean(totals[2])
+        """Mean document-token loss per conditioning over the first ``--eval-iters`` global batches
+        (megatron_ixt/evaluation.py, the loop ``python -m megatron_ixt.evaluate`` runs too)."""
+        streams = {name: self._stream(dataset, 0) for name, dataset in self.valid_ds.items()}
+        stats = evaluation.evaluate(
+            self.model, self.forward_backward, partial(forward_step, loss=evaluation.eval_loss_func), streams,
+            iters=self.cfg.eval.eval_iters, num_microbatches=self.num_microbatches,
+            micro_batch_size=self.cfg.train.micro_batch_size, seq_length=self.cfg.model.seq_length,
+            device=self.device)
         self.model.train()
+        result = {}
+        for name, s in stats.items():
+            result[f"{name}/doc_loss"] = s["doc"].loss
+            if name == "prefix" and s["prefix"].tokens > 0:
+                result["prefix/prefix_loss"] = s["prefix"].loss
         return result
 
     # ------------------------------------------------------------------ loop
