@@ -28,6 +28,14 @@ def _pair(text: str, flag: str):
     return name, value
 
 
+def _flops(text: str):
+    name, value = _pair(text, "--annotation-flops")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--annotation-flops {text!r}: FLOPS must be a number") from None
+
+
 def _arm(text: str):
     name, spec = _pair(text, "--arm")
     pattern, sep, metric = spec.rpartition(":")
@@ -48,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "prompt+completion tokens x 2 x --annotator-params are added to its compute")
     fit.add_argument("--annotator-params", type=float, default=None,
                      help="parameters of the annotating (reward) model, for --annotation-stats")
-    fit.add_argument("--annotation-flops", action="append", default=[],
-                     type=lambda t: _pair(t, "--annotation-flops"), metavar="NAME=FLOPS",
+    fit.add_argument("--annotation-flops", action="append", default=[], type=_flops, metavar="NAME=FLOPS",
                      help="annotation FLOPs of arm NAME given directly")
     fit.add_argument("--target-loss", type=float, nargs="+", default=None,
                      help="losses at which to report k (default: 5 spread over the observed range)")
@@ -115,7 +122,7 @@ def cmd_fit(args) -> int:
         if name not in arms:
             raise PointError(f"--annotation-flops {name}=...: no such arm ({sorted(arms)})")
         for p in arms[name]:
-            p.annotation_flops = float(value)
+            p.annotation_flops = value
     if args.frontier:
         arms = {name: frontier(points) for name, points in arms.items()}
     analysis = analyze(arms, args.reference, targets=args.target_loss, budgets=args.reference_budget,

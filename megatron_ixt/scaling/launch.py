@@ -259,8 +259,9 @@ class RunJob:
 
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
+            grace = int(self.spec.slurm.get("signal_delay_s", SLURM_DEFAULTS["signal_delay_s"]))
             try:
-                self._proc.wait(timeout=SLURM_DEFAULTS["signal_delay_s"] - 20)
+                self._proc.wait(timeout=max(grace - 20, 10))  # leave submitit time to requeue
             except subprocess.TimeoutExpired:
                 self._proc.kill()
         self._proc = None

@@ -31,7 +31,7 @@ import math
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import yaml
 
@@ -100,7 +100,7 @@ def _flags(value, where: str) -> List[str]:
     raise SpecError(f"{where}: expected a flag string or a list of them, got {value!r}")
 
 
-def _key_flags(mapping: dict, where: str) -> List[str]:
+def _key_flags(mapping: dict) -> List[str]:
     out = []
     for key, value in (mapping or {}).items():
         flag = "--" + str(key).replace("_", "-")
@@ -176,7 +176,7 @@ def load_spec(path: str, root: Optional[str] = None) -> Spec:
                         f"fully decayed run)")
     launcher = spec.launcher
     world = int(launcher["nproc_per_node"]) * int(launcher["nodes"])
-    common = _flags(raw.get("common"), f"{path}: common") + _key_flags(raw.get("data"), f"{path}: data")
+    common = _flags(raw.get("common"), f"{path}: common") + _key_flags(raw.get("data"))
     seeds = raw.get("seeds") or [1234]
     per_ckpt = int(raw.get("checkpoints_per_run", 2))
     for size, size_value in raw["sizes"].items():
