@@ -2,8 +2,10 @@
 resume of an interrupted sweep (real toy training runs), refusal of a changed spec, Slurm dry-run."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -103,3 +105,27 @@ def test_slurm_dry_run_prints_every_command_and_the_job_array_script(tmp_path, c
                  "source /opt/venv/bin/activate", "submitit.core._submit"):
         assert line in out
     assert not os.path.exists(str(tmp_path / "runs" / "baseline"))  # nothing ran or was recorded
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_local_launch_saves_and_stops_with_75(tmp_path, corpus):
+    spec_path = tiny_spec(str(tmp_path / "s.yaml"), corpus, str(tmp_path / "runs"), budgets=(256000,),
+                          extra="checkpoints_per_run: 8\n")
+    with open(spec_path) as f:  # one checkpoints_per_run key: the extra one (every 250 of 2000 iterations)
+        text = f.read().replace("checkpoints_per_run: 2\n", "")
+    with open(spec_path, "w") as f:
+        f.write(text)
+    plan = load_spec(spec_path).runs[0]
+    tracker = os.path.join(plan.ckpt_dir, "latest_checkpointed_iteration.txt")
+    launcher = subprocess.Popen([sys.executable, "-m", "megatron_ixt.scaling", "launch", spec_path], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not os.path.exists(tracker) and launcher.poll() is None:
+        time.sleep(0.2)
+    assert launcher.poll() is None, launcher.stdout.read()
+    launcher.send_signal(signal.SIGTERM)  # forwarded to the trainer, which saves and exits 75
+    assert launcher.wait(timeout=300) == 75
+    record = json.load(open(os.path.join(plan.run_dir, "run.json")))
+    assert record["state"] == "interrupted" and record["exit_code"] == 75
+    saved = int(open(tracker).read())
+    assert 250 < saved < plan.train_iters  # saved on stopping, before the end
+    assert run_state(plan) == "interrupted" and "--load" in trainer_command(plan, load_spec(spec_path))
