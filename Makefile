@@ -44,4 +44,4 @@ bench-train: $(STAMP)
 	$(BENCH) benchmarks/bench_train.py
 
 clean:
-	rm -rf $(VENV) demo_out bench_out build *.egg-info
+	rm -rf $(VENV) demo_out bench_out scaling_out build *.egg-info

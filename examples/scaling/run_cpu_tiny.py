@@ -1,7 +1,7 @@
 """The CPU scaling sweep end to end: data, ``launch examples/scaling/cpu_tiny.yaml``, ``fit``.
 
-One command from the repository root (about 40 minutes on 2 quiet cores; rerunning it resumes,
-finished runs are skipped)::
+One command from the repository root (sized for under 45 minutes on 2 idle cores; rerunning it
+resumes, finished runs are skipped)::
 
     python examples/scaling/run_cpu_tiny.py
 
