@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train clean
+.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train clean scaling-cpu
 
 $(STAMP): requirements-cpu.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ install: $(STAMP)
 ## The main job: an end-to-end run on the bundled example corpus.
 demo: $(STAMP)
 	$(PY) examples/demo/run_demo.py --output demo_out
+
+## The CPU scaling sweep (examples/scaling/cpu_tiny.yaml) and its fit into examples/scaling/results/.
+scaling-cpu: $(STAMP)
+	$(PY) examples/scaling/run_cpu_tiny.py
 
 ## The default test suite (what CI runs). Slow multi-process tests are included unless -m says otherwise.
 test: $(STAMP)
