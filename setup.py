@@ -43,6 +43,7 @@ setup(
             "ixt-inspect-samples=megatron_ixt_tools.inspect_samples:main",
             "ixt-pretrain=megatron_ixt.pretrain:main",
             "ixt-generate=megatron_ixt.generate:main",
+            "ixt-convert-to-hf=megatron_ixt_tools.convert_to_hf:main",
         ],
     },
 )

@@ -1,0 +1,18 @@
+"""Fixtures for the export / fast-generation / lm-eval tests; helpers live in ``export_testlib.py``."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+@pytest.fixture(scope="session")
+def dist():
+    """megatron-core's parallel state in this process (a gloo world of one, TP = PP = 1)."""
+    from megatron_ixt.distributed import init_distributed
+
+    init_distributed(backend="gloo")
