@@ -102,15 +102,16 @@ def _is_number(text: str) -> bool:
 
 @torch.no_grad()
 def greedy(model, tokens: List[int], max_new_tokens: int, eod: Optional[int], max_length: int,
-           device) -> List[int]:
-    """Append up to ``max_new_tokens`` argmax tokens to ``tokens`` (stops at ``eod``); returns the new ones."""
+           device, vocab_size: int) -> List[int]:
+    """Append up to ``max_new_tokens`` argmax tokens to ``tokens`` (stops at ``eod``); returns the new ones.
+    The argmax is over the tokenizer's ``vocab_size`` ids (not the padding rows of the output layer)."""
     out = list(tokens)
     for _ in range(max_new_tokens):
         window = out[-max_length:]
         ids = torch.tensor([window], dtype=torch.long, device=device)
         positions = torch.arange(len(window), device=device)[None]
         logits = model(ids, positions, None)  # [1, s, vocab]
-        next_id = int(logits[0, -1].float().argmax())
+        next_id = int(logits[0, -1, :vocab_size].float().argmax())
         out.append(next_id)
         if next_id == eod:
             break
@@ -259,7 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     if args.no_kv_cache:
-        outputs = [greedy(model, t, args.max_new_tokens, tokenizer.eod, limit, device) for t in inputs]
+        outputs = [greedy(model, t, args.max_new_tokens, tokenizer.eod, limit, device, tokenizer.vocab_size) for t in inputs]
     else:
         from megatron_ixt.export.hf import to_hf_model
         from megatron_ixt.model import transformer_config
