@@ -25,14 +25,17 @@ setup(
         "aiohttp>=3.9",
     ],
     extras_require={
-        "hf": ["transformers>=4.40", "tokenizers>=0.19"],
+        "hf": ["transformers>=5.0", "tokenizers>=0.19", "safetensors>=0.4", "protobuf>=4"],
+        "eval": ["lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "transformers>=5.0", "tokenizers>=0.19",
+                 "safetensors>=0.4", "protobuf>=4"],
         "zstd": ["zstandard>=0.22"],
         "scaling": ["scipy>=1.11"],
         "tensorboard": ["tensorboard>=2.15"],
         "sglang": ["sglang"],
         "te": ["transformer-engine[pytorch]"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "scipy>=1.11", "transformers>=4.40",
-                "tokenizers>=0.19", "zstandard>=0.22", "tensorboard>=2.15"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "scipy>=1.11", "transformers>=5.0",
+                "tokenizers>=0.19", "zstandard>=0.22", "tensorboard>=2.15", "lm-eval>=0.4.9,<0.5",
+                "accelerate>=0.26", "safetensors>=0.4", "protobuf>=4"],
     },
     entry_points={
         "console_scripts": [
@@ -44,6 +47,7 @@ setup(
             "ixt-pretrain=megatron_ixt.pretrain:main",
             "ixt-generate=megatron_ixt.generate:main",
             "ixt-convert-to-hf=megatron_ixt_tools.convert_to_hf:main",
+            "ixt-lm-eval=megatron_ixt.evaluation.__main__:main",
         ],
     },
 )
