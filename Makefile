@@ -2,11 +2,12 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# Benchmarks run from the checkout: its packages (tools/ included) and examples/data's make_corpus.
-BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data $(PY)
+# Benchmarks run from the checkout: its packages (tools/ included), examples/data's make_corpus and
+# examples/demo's run_demo (the demo model's shape).
+BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train clean
+.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean
 
 $(STAMP): requirements-cpu.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,7 +30,7 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"
 
-bench: bench-preprocess bench-dataset bench-annotate bench-train
+bench: bench-preprocess bench-dataset bench-annotate bench-train bench-generate
 
 bench-preprocess: $(STAMP)
 	$(BENCH) benchmarks/bench_preprocess.py
@@ -42,6 +43,9 @@ bench-annotate: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BENCH) benchmarks/bench_train.py
+
+bench-generate: $(STAMP)
+	$(BENCH) benchmarks/bench_generate.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out build *.egg-info
