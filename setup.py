@@ -47,7 +47,6 @@ setup(
             "ixt-pretrain=megatron_ixt.pretrain:main",
             "ixt-generate=megatron_ixt.generate:main",
             "ixt-convert-to-hf=megatron_ixt_tools.convert_to_hf:main",
-            "ixt-lm-eval=megatron_ixt.evaluation.__main__:main",
         ],
     },
 )

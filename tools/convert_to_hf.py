@@ -22,7 +22,7 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PARITY_TOLERANCE = 1e-4  # max |logit difference| of the fp32 reload check
 
 
-def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ixt-convert-to-hf", description=__doc__.split("\n")[0])
     parser.add_argument("--load", required=True, help="checkpoint directory (as given to --save)")
     parser.add_argument("--iteration", type=int, default=None, help="iteration to export (default: the latest)")
@@ -32,7 +32,11 @@ def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              "(default: the training data paths stored in the checkpoint)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="weight dtype of the export (default: bf16 if the model trained in bf16, else fp32)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def training_data_paths(cfg) -> List[str]:

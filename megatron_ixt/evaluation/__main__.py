@@ -1,6 +1,6 @@
-"""``python -m megatron_ixt.evaluation`` / ``ixt-lm-eval``: lm-eval's command line with ``ixt_hf`` registered.
+"""``python -m megatron_ixt.evaluation``: lm-eval's command line (its flags and help) with ``ixt_hf`` registered.
 
-    ixt-lm-eval run --model ixt_hf --model_args pretrained=hf/ixt,steer=quality:5 --tasks gsm8k
+    python -m megatron_ixt.evaluation run --model ixt_hf --model_args pretrained=hf/ixt,steer=quality:5 --tasks gsm8k
 """
 import sys
 

@@ -1,13 +1,7 @@
 """Fixtures for the export / fast-generation / lm-eval tests; helpers live in ``export_testlib.py``."""
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 
 @pytest.fixture(scope="session")
