@@ -39,7 +39,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=256, help="number of prompts")
     parser.add_argument("--new-tokens", type=int, default=48, help="greedy tokens per prompt")
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per batch of the new path")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's; on a shared machine 1 avoids "
+                             "threads spinning against other processes)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cfg = parse_args(["--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB), "--train-iters", "1",
                       "--data-path", "unused", *MODEL_ARGS])

@@ -70,7 +70,7 @@ def convert(args: argparse.Namespace) -> dict:
     model = model.cpu()
     tconfig = transformer_config(cfg)
     paths = [text_store_path(args.shard_set)] if args.shard_set else training_data_paths(cfg)
-    steering = steering_table(paths)
+    steering = steering_table(paths, tokenizer)
     if args.shard_set and not steering:
         raise ValueError(f"--shard-set {args.shard_set}: no P_ixt.json there")
     sample = [level["text"] for levels in steering.values() for level in levels.values()]
@@ -85,7 +85,7 @@ def convert(args: argparse.Namespace) -> dict:
     os.makedirs(args.output, exist_ok=True)
     hf.to(dtype).save_pretrained(args.output)
     hf_tok.save_pretrained(args.output)
-    write_steering(args.output, paths)
+    write_steering(args.output, paths, steering)
 
     # reload what was written and compare with the megatron model on a probe sequence
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(args.output, dtype=torch.float32).eval()

@@ -46,7 +46,8 @@ def _sentencepiece(model_file: str, eod, unk_fallback: str = "<unk>"):
     for name, idx in (("unk_token", sp.unk_id()), ("bos_token", sp.bos_id()), ("eos_token", eod)):
         if idx is not None and 0 <= idx < len(pieces):
             special[name] = pieces[idx]
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
+    # SentencePiece reads "<s>", "</s>", ... in text as plain text: so does the export
+    return PreTrainedTokenizerFast(tokenizer_object=backend, split_special_tokens=True, **special)
 
 
 def _null(vocab_size: int, eod: int):

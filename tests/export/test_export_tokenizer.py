@@ -21,6 +21,7 @@ def export_with(tmp_path, tok_cfg, data_path=()):
 def test_sentencepiece_export_and_steering(dist, tmp_path, ixt_shard_set, sp_tokenizer):
     from transformers import AutoTokenizer
 
+    from megatron_ixt.data.provider import steering_prefix
     from megatron_ixt.data.shards import read_metadata, text_store_path
     from megatron_ixt.export.steering import steering_tokens
     from megatron_ixt.tokenizer import TokenizerConfig
@@ -28,21 +29,27 @@ def test_sentencepiece_export_and_steering(dist, tmp_path, ixt_shard_set, sp_tok
     tok_cfg = TokenizerConfig("SentencePieceTokenizer", ixt_shard_set.tokenizer_model)
     out, summary = export_with(tmp_path, tok_cfg, [text_store_path(ixt_shard_set.prefix)])
     hf_tok = AutoTokenizer.from_pretrained(out)
-    texts = [r["text"] for r in ixt_shard_set.records[:80]]
+    texts = [r["text"] for r in ixt_shard_set.records[:80]] + ["special-token names as text: <s> </s> <unk>"]
     assert [hf_tok.encode(t, add_special_tokens=False) for t in texts] == [sp_tokenizer.tokenize(t) for t in texts]
     assert hf_tok.eos_token_id == sp_tokenizer.eod
 
-    stored = read_metadata(ixt_shard_set.prefix)["steering"]
+    metadata = read_metadata(ixt_shard_set.prefix)
+    paths = [text_store_path(ixt_shard_set.prefix)]
     table = json.load(open(os.path.join(out, "ixt_steering.json")))
-    assert summary["steering"] == {"critique": ["5"], "quality": ["5"]}
-    for kind in ("critique", "quality"):
-        entry = table["kinds"][kind]["5"]
-        assert entry == {"text": stored[kind]["text"], "tokens": stored[kind]["tokens"]}
-        assert hf_tok.encode(entry["text"], add_special_tokens=False) == entry["tokens"]
-        assert steering_tokens(out, kind) == steering_tokens(out, f"{kind}:5") == entry["tokens"]
+    levels = ["1", "2", "3", "4", "5"]
+    assert summary["steering"] == {kind: levels for kind in metadata["kinds"]} and len(metadata["kinds"]) >= 2
+    for kind in metadata["kinds"]:
+        top = table["kinds"][kind]["5"]
+        assert top == {"text": metadata["steering"][kind]["text"], "tokens": metadata["steering"][kind]["tokens"]}
+        assert steering_tokens(out, kind) == steering_tokens(out, f"{kind}:5") == top["tokens"]
+        for level in levels:
+            entry = table["kinds"][kind][level]
+            assert hf_tok.encode(entry["text"], add_special_tokens=False) == entry["tokens"]
+            assert entry["tokens"] == list(steering_prefix(paths, kind, int(level), tokenizer=sp_tokenizer))
+        assert table["kinds"][kind]["1"]["tokens"] != top["tokens"]
     assert steering_tokens(out, "none") == []
     with pytest.raises(ValueError, match="quality:5"):
-        steering_tokens(out, "quality:3")
+        steering_tokens(out, "nokind:5")
 
 
 def test_huggingface_tokenizer_passes_through(dist, tmp_path, hf_tokenizer_dir):
