@@ -2,11 +2,12 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# Benchmarks run from the checkout: its packages (tools/ included) and examples/data's make_corpus.
-BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data $(PY)
+# Benchmarks run from the checkout: its packages (tools/ included), examples/data's make_corpus and
+# examples/demo's run_demo (the demo model's shape).
+BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train clean scaling-cpu
+.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
 
 $(STAMP): requirements-cpu.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +34,7 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow"
 
-bench: bench-preprocess bench-dataset bench-annotate bench-train
+bench: bench-preprocess bench-dataset bench-annotate bench-train bench-generate
 
 bench-preprocess: $(STAMP)
 	$(BENCH) benchmarks/bench_preprocess.py
@@ -46,6 +47,9 @@ bench-annotate: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BENCH) benchmarks/bench_train.py
+
+bench-generate: $(STAMP)
+	$(BENCH) benchmarks/bench_generate.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out scaling_out build *.egg-info

@@ -25,15 +25,17 @@ setup(
         "aiohttp>=3.9",
     ],
     extras_require={
-        "hf": ["transformers>=4.40", "tokenizers>=0.19"],
+        "hf": ["transformers>=5.0", "tokenizers>=0.19", "safetensors>=0.4", "protobuf>=4"],
+        "eval": ["lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "transformers>=5.0", "tokenizers>=0.19",
+                 "safetensors>=0.4", "protobuf>=4"],
         "zstd": ["zstandard>=0.22"],
         "scaling": ["scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1", "pyyaml>=6.0", "submitit>=1.5"],
         "tensorboard": ["tensorboard>=2.15"],
         "sglang": ["sglang"],
         "te": ["transformer-engine[pytorch]"],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1",
-                "pyyaml>=6.0", "submitit>=1.5", "transformers>=4.40",
-                "tokenizers>=0.19", "zstandard>=0.22", "tensorboard>=2.15"],
+                "pyyaml>=6.0", "submitit>=1.5", "transformers>=5.0", "tokenizers>=0.19", "zstandard>=0.22",
+                "tensorboard>=2.15", "lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "safetensors>=0.4", "protobuf>=4"],
     },
     entry_points={
         "console_scripts": [
@@ -46,6 +48,7 @@ setup(
             "ixt-generate=megatron_ixt.generate:main",
             "ixt-scaling=megatron_ixt.scaling.cli:main",
             "ixt-evaluate=megatron_ixt.evaluate:main",
+            "ixt-convert-to-hf=megatron_ixt_tools.convert_to_hf:main",
         ],
     },
 )

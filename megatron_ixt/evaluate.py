@@ -14,7 +14,7 @@ each steering level, e.g. ``quality_1``; not for a synthetic shard set without t
 ``steer_<KIND[:LEVEL]>`` for each ``--steer`` (e.g. ``scores:educational_value=5``) and
 ``steer_text_<i>`` for each ``--steer-text``, then each line of ``--steer-file``. A baseline
 checkpoint gets ``none`` and the ``--steer*`` ones.
-The same loop (megatron_ixt/evaluation.py) runs the trainer's periodic eval.
+The same loop (megatron_ixt/evaluation/heldout.py) runs the trainer's periodic eval.
 
 Output (stdout, or ``--output``): ``{"checkpoint", "iteration", "data", "eval_samples",
 "conditionings": {NAME: {"loss", "tokens", "stderr", "sequences", "prefix_loss"}}}``; losses in
@@ -111,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from megatron_ixt.data.provider import dataset_config, valid_datasets
     from megatron_ixt.distributed import init_distributed, set_seed
-    from megatron_ixt.evaluation import eval_loss_func, evaluate
+    from megatron_ixt.evaluation.heldout import eval_loss_func, evaluate
     from megatron_ixt.model import model_from_config, padded_vocab_size, transformer_config
     from megatron_ixt.tokenizer import build_tokenizer
     from megatron_ixt.training.config import ConfigError, config_from_dict, validate

@@ -62,6 +62,17 @@ def read_latest_iteration(root: str) -> int:
     return iteration
 
 
+def checkpoint_path(root: str, iteration: int | None = None) -> str:
+    """The directory of ``root``'s checkpoint of ``iteration`` (default: the latest); CheckpointError
+    if it does not exist."""
+    if iteration is None:
+        return iteration_dir(root, read_latest_iteration(root))
+    path = iteration_dir(root, iteration)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--load {root} --iteration {iteration}: {path} does not exist")
+    return path
+
+
 def _unwrap(model):
     """The module that owns ``sharded_state_dict`` (inside DDP)."""
     return model.module if hasattr(model, "module") else model
@@ -124,9 +135,10 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
     return path
 
 
-def read_config(root: str) -> dict:
-    """The training config (``Config.to_dict()``) stored in ``root``'s latest checkpoint."""
-    path = iteration_dir(root, read_latest_iteration(root))
+def read_config(root: str, iteration: int | None = None) -> dict:
+    """The training config (``Config.to_dict()``) stored in ``root``'s checkpoint of ``iteration``
+    (default: the latest)."""
+    path = checkpoint_path(root, iteration)
     try:
         return dist_checkpointing.load_common_state_dict(path)["config"]
     except Exception as e:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_ixt import evaluation
+from megatron_ixt.evaluation import heldout
 from megatron_ixt.data.provider import build_datasets
 from megatron_ixt.distributed import init_distributed, set_seed
 from megatron_ixt.model import padded_vocab_size, training_model, transformer_config
@@ -191,10 +191,10 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Mean document-token loss per conditioning over the first ``--eval-iters`` global batches
-        (megatron_ixt/evaluation.py, the loop ``python -m megatron_ixt.evaluate`` runs too)."""
+        (megatron_ixt/evaluation/heldout.py, the loop ``python -m megatron_ixt.evaluate`` runs too)."""
         streams = {name: self._stream(dataset, 0) for name, dataset in self.valid_ds.items()}
-        stats = evaluation.evaluate(
-            self.model, self.forward_backward, partial(forward_step, loss=evaluation.eval_loss_func), streams,
+        stats = heldout.evaluate(
+            self.model, self.forward_backward, partial(forward_step, loss=heldout.eval_loss_func), streams,
             iters=self.cfg.eval.eval_iters, num_microbatches=self.num_microbatches,
             micro_batch_size=self.cfg.train.micro_batch_size, seq_length=self.cfg.model.seq_length,
             device=self.device)

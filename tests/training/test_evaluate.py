@@ -1,4 +1,4 @@
-"""``python -m megatron_ixt.evaluate``: the trainer's eval loop (megatron_ixt/evaluation.py) on a
+"""``python -m megatron_ixt.evaluate``: the trainer's eval loop (megatron_ixt/evaluation/heldout.py) on a
 checkpoint, under any TP layout, and its loss statistics."""
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from megatron_ixt.distributed import free_port
-from megatron_ixt.evaluation import LossStats, eval_loss_func
+from megatron_ixt.evaluation.heldout import LossStats, eval_loss_func
 
 from train_testlib import read_records, run_pretrain, tiny_model_args
 

@@ -1,0 +1,1 @@
+"""Export of megatron-ixt checkpoints to other formats (``hf``: Hugging Face transformers)."""
