@@ -12,6 +12,7 @@ requeued job resumes with ``--load`` (``StopReason.exit_code``); 2 bad flags; 3 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import List, Optional
 
@@ -31,10 +32,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from megatron_ixt.training.checkpoint import CheckpointError
-    from megatron_ixt.training.trainer import Trainer
+    from megatron_ixt.training.trainer import EXIT_RESUMABLE, Trainer
 
     try:
-        return Trainer(cfg).train().exit_code
+        code = Trainer(cfg).train().exit_code
+        if code == EXIT_RESUMABLE:
+            # Every rank has saved; what is left is exiting. `srun --kill-on-bad-exit` SIGTERMs the
+            # other ranks as soon as the first one exits 75: they must still exit 75, not 143.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3

@@ -1,0 +1,47 @@
+"""Fixtures for the Slurm tests: a real Slurm cluster and the environment of test jobs.
+
+By default the session starts its own one-node cluster (:class:`cluster.LocalSlurm`: munged,
+slurmctld, slurmd as root, packages from ``.ci/run``) and stops it at the end. With
+``IXT_SLURM=existing`` the tests submit to the cluster the Slurm commands already reach instead
+(docs/slurm.md): ``IXT_SLURM_PARTITION``, ``IXT_SLURM_ACCOUNT`` and ``IXT_SBATCH_ARGS`` place the jobs,
+``IXT_SLURM_WORKDIR`` is a directory every node sees (default: pytest's tmp dir).
+
+Fixtures
+    slurm      the Cluster [session]; skipped, with a warning, where this machine cannot run one
+
+Helpers (job environment, work directories) are in ``slurm_testlib.py``.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import warnings
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path[:0] = [HERE, os.path.join(REPO, "tests", "training"), os.path.join(REPO, "tests", "annotate")]
+
+from cluster import Cluster, LocalSlurm, unavailable_reason  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    if os.environ.get("IXT_SLURM") == "existing":
+        args = [f"--partition={os.environ['IXT_SLURM_PARTITION']}"] if os.environ.get("IXT_SLURM_PARTITION") else []
+        if os.environ.get("IXT_SLURM_ACCOUNT"):
+            args.append(f"--account={os.environ['IXT_SLURM_ACCOUNT']}")
+        yield Cluster(args + shlex.split(os.environ.get("IXT_SBATCH_ARGS", "")))
+        return
+    reason = unavailable_reason()
+    if reason:
+        warnings.warn(pytest.PytestWarning(f"tests/slurm SKIPPED, the Slurm scripts are untested here: {reason}"))
+        pytest.skip(f"cannot start a local Slurm cluster: {reason}")
+    cluster = LocalSlurm(str(tmp_path_factory.mktemp("slurm")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

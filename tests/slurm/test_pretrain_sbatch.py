@@ -1,0 +1,122 @@
+"""examples/slurm/pretrain_ixt.sbatch, unchanged, on a real Slurm: 2 tasks, gloo, TP=2, tiny model.
+
+The GPU-sized #SBATCH lines are overridden on the sbatch command line (CPU_ARGS) and the model by
+the script's MODEL_ARGS variable. What a user relies on: ``scancel --signal=TERM`` (what
+``--signal=TERM@300`` and preemption do: every process of the step gets it) gives a checkpoint, exit
+75 and the script's ``scontrol requeue``; the requeued job resumes and its losses equal an
+uninterrupted run's; a job killed without warning resumes, when resubmitted, from the last complete
+checkpoint.
+"""
+import os
+
+import pytest
+
+from megatron_ixt.data.shards import text_store_path
+from megatron_ixt.training.checkpoint import CheckpointError, read_latest_iteration
+from slurm_testlib import REPO, job_env, read_text, workdir
+from train_testlib import train_losses
+
+SCRIPT = os.path.join(REPO, "examples", "slurm", "pretrain_ixt.sbatch")
+CPU_ARGS = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:30:00"]
+ITERS = 24  # long enough that the signal lands mid-run, with checkpoints every 3 (tiny_cpu.args)
+JOB_TIMEOUT = 420
+
+pytestmark = pytest.mark.slow
+
+
+def _submit(slurm, shards, work: str) -> str:
+    env = job_env(DATA=text_store_path(shards.prefix), TOKENIZER_MODEL=shards.tokenizer_model,
+                  MODEL_ARGS=os.path.join(REPO, "tests", "slurm", "tiny_cpu.args"),
+                  ARM_ARGS=os.path.join(REPO, "examples", "configs", "ixt.args"),
+                  CKPT=os.path.join(work, "ckpt"), TP="2", EXTRA_ARGS=f"--train-iters {ITERS}")
+    return slurm.sbatch(SCRIPT, CPU_ARGS, env, cwd=work)
+
+
+def _log(work: str, job: str) -> str:
+    return read_text(os.path.join(work, f"ixt-pretrain-{job}.out"))
+
+
+def _last_iteration(work: str) -> int:
+    try:
+        return max(train_losses(os.path.join(work, "ckpt", "metrics.jsonl")), default=0)
+    except (FileNotFoundError, ValueError):  # not written yet / a line being written
+        return 0
+
+
+def _tracker(work: str) -> int:
+    try:
+        return read_latest_iteration(os.path.join(work, "ckpt"))
+    except CheckpointError:
+        return 0
+
+
+def _alive(slurm, job: str, work: str) -> bool:
+    """True while ``job`` is pending or running; fails the test if it ended."""
+    state = slurm.jobs(job)[0]["JobState"]
+    assert state in ("PENDING", "CONFIGURING", "RUNNING"), f"job {job} is {state}:\n{_log(work, job)[-4000:]}"
+    return True
+
+
+def _assert_completed(record: dict, log: str) -> None:
+    assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", f"{record}\n{log[-4000:]}"
+
+
+def _assert_losses_match(work: str, reference: dict) -> None:
+    got = train_losses(os.path.join(work, "ckpt", "metrics.jsonl"))
+    assert sorted(got) == list(range(1, ITERS + 1))
+    for it in range(1, ITERS + 1):
+        assert got[it]["consumed_samples"] == reference[it]["consumed_samples"], it
+        assert got[it]["loss"] == pytest.approx(reference[it]["loss"], rel=1e-5), it
+
+
+@pytest.fixture(scope="module")
+def reference(slurm, ixt_shard_set, tmp_path_factory):
+    """Train records (iteration -> record) of the same job run uninterrupted."""
+    work = workdir(tmp_path_factory, "pretrain_reference")
+    job = _submit(slurm, ixt_shard_set, work)
+    [record] = slurm.wait_done(job, JOB_TIMEOUT)
+    log = _log(work, job)
+    _assert_completed(record, log)
+    assert "requeueing" not in log and record["Restarts"] == "0"
+    return train_losses(os.path.join(work, "ckpt", "metrics.jsonl"))
+
+
+def test_scancel_term_checkpoints_exits_75_requeues_and_resumes_exactly(slurm, ixt_shard_set, reference,
+                                                                         tmp_path_factory):
+    work = workdir(tmp_path_factory, "pretrain_preempt")
+    job = _submit(slurm, ixt_shard_set, work)
+    # Past the first periodic save: the checkpoint writer's helper processes exist in the step.
+    slurm.wait("iteration 4", lambda: _alive(slurm, job, work) and _last_iteration(work) >= 4, JOB_TIMEOUT,
+               lambda: _log(work, job)[-2000:])
+    slurm.run(["scancel", "--signal=TERM", job])
+    slurm.wait("the requeue", lambda: _alive(slurm, job, work) and slurm.jobs(job)[0]["Restarts"] != "0", JOB_TIMEOUT, lambda: _log(work, job)[-4000:])
+    stopped = _tracker(work)
+    first = _log(work, job)
+    assert f"exiting at iteration {stopped}: received SIGTERM" in first, first[-4000:]
+    assert f"requeueing job {job}" in first and 3 < stopped < ITERS
+    slurm.start_now(job)
+    [record] = slurm.wait_done(job, JOB_TIMEOUT)
+    log = _log(work, job)
+    _assert_completed(record, log)
+    assert record["Restarts"] == "1"
+    assert f"loaded {os.path.join(work, 'ckpt')} at iteration {stopped}" in log, log[-4000:]
+    _assert_losses_match(work, reference)
+
+
+def test_scancel_kill_then_resubmit_resumes_from_the_last_complete_checkpoint(slurm, ixt_shard_set, reference,
+                                                                              tmp_path_factory):
+    work = workdir(tmp_path_factory, "pretrain_kill")
+    job = _submit(slurm, ixt_shard_set, work)
+    slurm.wait("a checkpoint and two more iterations", lambda: _alive(slurm, job, work) and _tracker(work) >= 3
+               and _last_iteration(work) >= _tracker(work) + 2, JOB_TIMEOUT, lambda: _log(work, job)[-2000:])
+    slurm.run(["scancel", "--signal=KILL", job])
+    [record] = slurm.wait_done(job, JOB_TIMEOUT)
+    assert record["JobState"] != "COMPLETED" and record["Restarts"] == "0", record
+    last = _tracker(work)
+    assert 3 <= last < ITERS
+    again = _submit(slurm, ixt_shard_set, work)
+    [record] = slurm.wait_done(again, JOB_TIMEOUT)
+    log = _log(work, again)
+    _assert_completed(record, log)
+    assert f"loaded {os.path.join(work, 'ckpt')} at iteration {last}" in log, log[-4000:]
+    _assert_losses_match(work, reference)
