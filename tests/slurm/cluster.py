@@ -12,8 +12,9 @@ docs/slurm.md): the same client methods, plus the ``sbatch`` arguments that plac
 (partition, account, anything else).
 
 Needs root (slurmd launches jobs as the submitting user, and the daemons run as SlurmUser=root)
-and the Debian packages ``slurmctld slurmd slurm-client munge`` (``.ci/run`` installs them);
-:func:`unavailable_reason` says why a machine cannot run it. Tested with Slurm 22.05 (Debian 12).
+and the Debian packages ``slurmctld slurmd slurm-client munge`` (``install_slurm.sh``, run by
+``.ci/run``); :func:`unavailable_reason` says why a machine cannot run it. Tested with Slurm 22.05
+(Debian 12).
 """
 from __future__ import annotations
 
@@ -34,15 +35,23 @@ PORT_PAIRS = 4
 PARTITION = "ixt"
 
 
+INSTALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_slurm.sh")
+
+
 def unavailable_reason() -> Optional[str]:
-    """Why this machine cannot run the local cluster (None when it can)."""
+    """Why this machine cannot run the local cluster (None when it can). Missing packages are
+    installed first (``install_slurm.sh``, as ``.ci/run`` does) where root and apt-get allow it."""
     if os.geteuid() != 0:
         return "not root: slurmd and the daemons' SlurmUser=root need root"
+    if any(shutil.which(c) is None for c in COMMANDS):
+        if shutil.which("apt-get") is None:
+            return f"no apt-get to install {' '.join(PACKAGES)}"
+        proc = subprocess.run([INSTALL], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return f"{INSTALL} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
     missing = [c for c in COMMANDS if shutil.which(c) is None]
     if missing:
-        how = ("`apt-get install -y " + " ".join(PACKAGES) + "` (as .ci/run does)"
-               if shutil.which("apt-get") else "no apt-get on this machine to install them")
-        return f"Slurm/munge commands not found: {', '.join(missing)}; install with {how}"
+        return f"commands still missing after {INSTALL}: {', '.join(missing)}"
     return None
 
 
@@ -80,8 +89,8 @@ class Cluster:
         return proc
 
     def sbatch(self, script: str, args: List[str], env: Dict[str, str], cwd: str) -> str:
-        """Submit ``script`` with ``args`` (after :attr:`sbatch_args`) from ``cwd``; the job id."""
-        out = self.run(["sbatch", "--parsable", *self.sbatch_args, *args, script],
+        """Submit ``script`` with ``args``, then :attr:`sbatch_args` (which win), from ``cwd``; the job id."""
+        out = self.run(["sbatch", "--parsable", *args, *self.sbatch_args, script],
                        env={**self.env, **env}, cwd=cwd).stdout
         return out.strip().split(";")[0]
 

@@ -1,7 +1,7 @@
 """Fixtures for the Slurm tests: a real Slurm cluster and the environment of test jobs.
 
 By default the session starts its own one-node cluster (:class:`cluster.LocalSlurm`: munged,
-slurmctld, slurmd as root, packages from ``.ci/run``) and stops it at the end. With
+slurmctld, slurmd as root; packages from ``install_slurm.sh``) and stops it at the end. With
 ``IXT_SLURM=existing`` the tests submit to the cluster the Slurm commands already reach instead
 (docs/slurm.md): ``IXT_SLURM_PARTITION``, ``IXT_SLURM_ACCOUNT`` and ``IXT_SBATCH_ARGS`` place the jobs,
 ``IXT_SLURM_WORKDIR`` is a directory every node sees (default: pytest's tmp dir).
@@ -9,7 +9,9 @@ slurmctld, slurmd as root, packages from ``.ci/run``) and stops it at the end. W
 Fixtures
     slurm      the Cluster [session]; skipped, with a warning, where this machine cannot run one
 
-Helpers (job environment, work directories) are in ``slurm_testlib.py``.
+Helpers (job environment, work directories) are in ``slurm_testlib.py``. One test module per
+script: test_pretrain_sbatch.py, test_annotate_sbatch.py; the sweep executor's
+(test_sweep_executor.py) and the preprocessing array's (test_preprocess_array.py) go here as well.
 """
 from __future__ import annotations
 
