@@ -18,7 +18,7 @@ from train_testlib import train_losses
 
 SCRIPT = os.path.join(REPO, "examples", "slurm", "pretrain_ixt.sbatch")
 CPU_ARGS = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:30:00"]
-ITERS = 24  # long enough that the signal lands mid-run, with checkpoints every 3 (tiny_cpu.args)
+ITERS = 15  # long enough that the signal lands mid-run, with checkpoints every 3 (tiny_cpu.args)
 JOB_TIMEOUT = 420
 
 pytestmark = pytest.mark.slow
