@@ -49,7 +49,8 @@ def read_latest_iteration(root: str) -> int:
     if not os.path.isfile(tracker):
         raise CheckpointError(f"--load {root}: no {TRACKER_FILE}; not a checkpoint directory "
                               f"(or no checkpoint was completed). Drop --load to start fresh.")
-    text = open(tracker, encoding="utf-8").read().strip()
+    with open(tracker, encoding="utf-8") as f:
+        text = f.read().strip()
     try:
         iteration = int(text)
     except ValueError:

@@ -1,6 +1,6 @@
 """Fixtures for the Slurm tests: a real Slurm cluster and the environment of test jobs.
 
-By default the session starts its own one-node cluster (:class:`cluster.LocalSlurm`: munged,
+By default the session starts its own one-node cluster (:class:`slurm_cluster.LocalSlurm`: munged,
 slurmctld, slurmd as root; packages from ``install_slurm.sh``) and stops it at the end. With
 ``IXT_SLURM=existing`` the tests submit to the cluster the Slurm commands already reach instead
 (docs/slurm.md): ``IXT_SLURM_PARTITION``, ``IXT_SLURM_ACCOUNT`` and ``IXT_SBATCH_ARGS`` place the jobs,
@@ -17,16 +17,11 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import warnings
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path[:0] = [HERE, os.path.join(REPO, "tests", "training"), os.path.join(REPO, "tests", "annotate")]
-
-from cluster import Cluster, LocalSlurm, unavailable_reason  # noqa: E402
+from slurm_cluster import Cluster, LocalSlurm, unavailable_reason
 
 
 @pytest.fixture(scope="session")

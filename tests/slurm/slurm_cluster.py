@@ -192,12 +192,12 @@ class LocalSlurm(Cluster):
             f"PartitionName={PARTITION} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
         ]
         with open(self.conf, "w") as f:
-            f.write("# Written by tests/slurm/cluster.py for one test session.\n" + "\n".join(lines) + "\n")
+            f.write("# Written by tests/slurm/slurm_cluster.py for one test session.\n" + "\n".join(lines) + "\n")
 
     def _spawn(self, cmd: List[str], name: str) -> subprocess.Popen:
-        out = open(os.path.join(self.logs, f"{name}.stdout"), "wb")
-        proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(os.path.join(self.logs, f"{name}.stdout"), "wb") as out:  # the child keeps its copy
+            proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         self._procs.append(proc)
         return proc
 
