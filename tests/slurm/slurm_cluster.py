@@ -33,6 +33,9 @@ COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontr
 PORT_BASE = int(os.environ.get("IXT_SLURM_PORT_BASE", "16817"))
 PORT_PAIRS = 4
 PARTITION = "ixt"
+# Job states after which a job does not run again by itself (COMPLETING, REQUEUED, ... are transient).
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+                          "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
 
 
 INSTALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_slurm.sh")
@@ -111,9 +114,8 @@ class Cluster:
 
     def wait_done(self, job: str, timeout: float) -> List[Dict[str, str]]:
         """Wait until every task of ``job`` reached a final state; their records."""
-        final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                 "DEADLINE", "PREEMPTED"}
-        self.wait(f"job {job} to finish", lambda: all(j["JobState"] in final for j in self.jobs(job) or [{"JobState": ""}]),
+        self.wait(f"job {job} to finish",
+                  lambda: all(j["JobState"] in FINAL_STATES for j in self.jobs(job) or [{"JobState": ""}]),
                   timeout, lambda: f"squeue: {self.run(['squeue'], check=False).stdout}")
         return self.jobs(job)
 

@@ -13,6 +13,7 @@ import pytest
 
 from annotate_testlib import read_jsonl, write_jsonl
 from sglang_standin import StandinConfig, StandinServer
+from slurm_cluster import FINAL_STATES
 from slurm_testlib import REPO, job_env, read_text, workdir
 
 SCRIPT = os.path.join(REPO, "examples", "slurm", "annotate.sbatch")
@@ -54,7 +55,7 @@ def test_array_task_killed_and_resubmitted_annotates_every_document_once(slurm, 
 
     def victim_mid_shard():
         [task] = slurm.jobs(victim)
-        assert task["JobState"] in ("PENDING", "CONFIGURING", "RUNNING"), (
+        assert task["JobState"] not in FINAL_STATES, (
             f"{victim} is {task['JobState']} before it was killed:\n"
             + read_text(os.path.join(work, f"ixt-annotate-{job}_{VICTIM}.out"))[-3000:])
         return 5 <= _lines(partial) < DOCS_PER_SHARD - 5

@@ -8,11 +8,13 @@ uninterrupted run's; a job killed without warning resumes, when resubmitted, fro
 checkpoint.
 """
 import os
+import re
 
 import pytest
 
 from megatron_ixt.data.shards import text_store_path
 from megatron_ixt.training.checkpoint import CheckpointError, read_latest_iteration
+from slurm_cluster import FINAL_STATES
 from slurm_testlib import REPO, job_env, read_text, workdir
 from train_testlib import train_losses
 
@@ -51,9 +53,9 @@ def _tracker(work: str) -> int:
 
 
 def _alive(slurm, job: str, work: str) -> bool:
-    """True while ``job`` is pending or running; fails the test if it ended."""
+    """True while ``job`` has not ended; fails the test if it did."""
     state = slurm.jobs(job)[0]["JobState"]
-    assert state in ("PENDING", "CONFIGURING", "RUNNING"), f"job {job} is {state}:\n{_log(work, job)[-4000:]}"
+    assert state not in FINAL_STATES, f"job {job} is {state}:\n{_log(work, job)[-4000:]}"
     return True
 
 
@@ -89,11 +91,14 @@ def test_scancel_term_checkpoints_exits_75_requeues_and_resumes_exactly(slurm, i
     slurm.wait("iteration 4", lambda: _alive(slurm, job, work) and _last_iteration(work) >= 4, JOB_TIMEOUT,
                lambda: _log(work, job)[-2000:])
     slurm.run(["scancel", "--signal=TERM", job])
-    slurm.wait("the requeue", lambda: _alive(slurm, job, work) and slurm.jobs(job)[0]["Restarts"] != "0", JOB_TIMEOUT, lambda: _log(work, job)[-4000:])
-    stopped = _tracker(work)
+    slurm.wait("the requeue", lambda: _alive(slurm, job, work) and slurm.jobs(job)[0]["Restarts"] != "0",
+               JOB_TIMEOUT, lambda: _log(work, job)[-4000:])
     first = _log(work, job)
-    assert f"exiting at iteration {stopped}: received SIGTERM" in first, first[-4000:]
-    assert f"requeueing job {job}" in first and 3 < stopped < ITERS
+    stops = re.findall(r"exiting at iteration (\d+): received SIGTERM", first)
+    assert len(stops) == 1 and f"requeueing job {job}" in first, first[-4000:]
+    stopped = int(stops[0])
+    assert 3 < stopped < ITERS
+    assert f"saved checkpoint {os.path.join(work, 'ckpt', f'iter_{stopped:07d}')}" in first
     slurm.start_now(job)
     [record] = slurm.wait_done(job, JOB_TIMEOUT)
     log = _log(work, job)
