@@ -24,9 +24,9 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from typing import Callable, Dict, List, Optional
 
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 # Fixed, test-owned ports: SlurmctldPort = base, SlurmdPort = base + 1. The next pairs of the range
 # are tried in turn when another cluster of these tests already runs on this machine.
@@ -36,8 +36,6 @@ PARTITION = "ixt"
 # Job states after which a job does not run again by itself (COMPLETING, REQUEUED, ... are transient).
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                           "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
-
-
 INSTALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_slurm.sh")
 
 
@@ -48,7 +46,7 @@ def unavailable_reason() -> Optional[str]:
         return "not root: slurmd and the daemons' SlurmUser=root need root"
     if any(shutil.which(c) is None for c in COMMANDS):
         if shutil.which("apt-get") is None:
-            return f"no apt-get to install {' '.join(PACKAGES)}"
+            return f"no apt-get to install the Slurm and munge packages ({INSTALL})"
         proc = subprocess.run([INSTALL], capture_output=True, text=True)
         if proc.returncode != 0:
             return f"{INSTALL} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}"
@@ -119,9 +117,21 @@ class Cluster:
                   timeout, lambda: f"squeue: {self.run(['squeue'], check=False).stdout}")
         return self.jobs(job)
 
-    def start_now(self, job: str) -> None:
-        """Let a pending job start now: a requeued job waits (BeginTime) ~2 minutes otherwise."""
-        self.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+    def release_requeued(self, job: str, timeout: float) -> None:
+        """Let a requeued job start in a few seconds instead of after Slurm's ~2-minute hold.
+
+        Only once its previous run has fully ended (pending, no steps left): slurmd refuses a batch
+        launch in the same second as the old run's kill ("Job credential revoked": the job FAILS).
+        """
+        def previous_run_ended():
+            state = self.jobs(job)[0]["JobState"]
+            assert state not in FINAL_STATES, f"requeued job {job} is {state}"
+            steps = self.run(["squeue", "-h", "-s", "-j", job], check=False).stdout.strip()
+            return state == "RUNNING" or (state == "PENDING" and not steps)
+
+        self.wait(f"the previous run of job {job} to end", previous_run_ended, timeout)
+        if self.jobs(job)[0]["JobState"] == "PENDING":
+            self.run(["scontrol", "update", f"JobId={job}", "StartTime=now+5"], check=False)
 
     def stop(self) -> None:
         """Nothing to stop for a cluster that is not ours."""
@@ -231,9 +241,16 @@ class LocalSlurm(Cluster):
         return self
 
     def stop(self) -> None:
-        """Cancel every job, then stop slurmd, slurmctld and munged (the processes started here)."""
-        if self._procs and self._procs[0].poll() is None:
+        """Cancel every job and let it end, then stop slurmd, slurmctld and munged (the processes
+        started here; a job step's slurmstepd would outlive slurmd)."""
+        if len(self._procs) == 3 and all(p.poll() is None for p in self._procs):
             self.run(["scancel", "--full", "--user", "root"], check=False)
+            try:
+                self.wait("the cancelled jobs to end",
+                          lambda: not self.run(["squeue", "-h"], check=False).stdout.strip(), 60,
+                          lambda: self.run(["squeue"], check=False).stdout)
+            except SlurmError as e:  # stop the daemons anyway, and say what was left running
+                warnings.warn(f"local Slurm cluster: {e}")
         for p in reversed(self._procs):
             if p.poll() is None:
                 p.terminate()

@@ -34,9 +34,9 @@ def _lines(path: str) -> int:
 
 @pytest.fixture
 def server(slurm):
-    local = getattr(slurm, "local", False)
-    with StandinServer(StandinConfig(latency=0.25), host="127.0.0.1" if local else "0.0.0.0") as s:
-        yield s.url if local else s.url.replace("0.0.0.0", socket.getfqdn())
+    # On our own one-node cluster the jobs run here; on a user's cluster they connect by host name.
+    with StandinServer(StandinConfig(latency=0.25), host="127.0.0.1" if slurm.local else "0.0.0.0") as s:
+        yield s.url if slurm.local else s.url.replace("0.0.0.0", socket.getfqdn())
 
 
 def test_array_task_killed_and_resubmitted_annotates_every_document_once(slurm, server, tmp_path_factory):

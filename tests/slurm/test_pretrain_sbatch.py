@@ -99,7 +99,7 @@ def test_scancel_term_checkpoints_exits_75_requeues_and_resumes_exactly(slurm, i
     stopped = int(stops[0])
     assert 3 < stopped < ITERS
     assert f"saved checkpoint {os.path.join(work, 'ckpt', f'iter_{stopped:07d}')}" in first
-    slurm.start_now(job)
+    slurm.release_requeued(job, JOB_TIMEOUT)
     [record] = slurm.wait_done(job, JOB_TIMEOUT)
     log = _log(work, job)
     _assert_completed(record, log)
