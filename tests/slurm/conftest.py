@@ -10,8 +10,8 @@ Fixtures
     slurm      the Cluster [session]; skipped, with a warning, where this machine cannot run one
 
 Helpers (job environment, work directories) are in ``slurm_testlib.py``. One test module per
-script: test_pretrain_sbatch.py, test_annotate_sbatch.py; the sweep executor's
-(test_sweep_executor.py) and the preprocessing array's (test_preprocess_array.py) go here as well.
+script: test_pretrain_sbatch.py, test_annotate_sbatch.py, test_preprocess_sbatch.py; the sweep
+executor's (test_sweep_executor.py) goes here as well.
 """
 from __future__ import annotations
 
