@@ -28,11 +28,15 @@ import re
 import subprocess
 import sys
 import time
+from typing import List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 from annotate.synthetic import SynthConfig, make_document  # noqa: E402
+from demo_report import verdict, wilson_interval, write_report  # noqa: E402  (this folder)
+
+COMMANDS: List[str] = []  # every command the demo ran, in order (for the report)
 
 MODEL_ARGS = [  # small Llama-style model: trains at a few thousand tokens/s on 2 CPU cores
     "--num-layers", "4", "--hidden-size", "128", "--ffn-hidden-size", "384",
@@ -42,21 +46,41 @@ MODEL_ARGS = [  # small Llama-style model: trains at a few thousand tokens/s on 
 ]
 
 
-def run(cmd: list, log_path: str) -> None:
-    """Run one pipeline step, teeing its output to ``log_path``; a failure stops the demo."""
+def _start(cmd: list, log_path: str, env: dict) -> subprocess.Popen:
     print(f"$ {' '.join(cmd)}", flush=True)
-    start = time.time()
-    with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")})
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()
+    COMMANDS.append(" ".join(cmd))
+    log = open(log_path, "w", encoding="utf-8")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            env={**os.environ, **env,
+                                 "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    proc.log_path, proc.log = log_path, log
+    return proc
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    proc.wait()
+    proc.log.close()
+    with open(proc.log_path, encoding="utf-8") as f:
+        for line in f:
             if line.startswith(("[train]", "[eval]", "error")):
                 print("  " + line.rstrip()[:160], flush=True)
-    if proc.wait() != 0:
-        sys.exit(f"step failed (exit {proc.returncode}); see {log_path}")
-    print(f"  done in {time.time() - start:.0f} s (log: {log_path})", flush=True)
+    if proc.returncode != 0:
+        sys.exit(f"step failed (exit {proc.returncode}); see {proc.log_path}")
+
+
+def run_steps(steps: list, env: Optional[dict] = None) -> None:
+    """Run ``[(cmd, log_path), ...]`` side by side (one step: sequentially); a failure stops the demo.
+    Each step's output goes to its log; its [train]/[eval]/error lines are echoed when it ends."""
+    start = time.time()
+    procs = [_start(cmd, log_path, env or {}) for cmd, log_path in steps]
+    for proc in procs:
+        _finish(proc)
+    print(f"  done in {time.time() - start:.0f} s (logs: {', '.join(p.log_path for p in procs)})", flush=True)
+
+
+def run(cmd: list, log_path: str) -> None:
+    """Run one pipeline step, its output in ``log_path``; a failure stops the demo."""
+    run_steps([(cmd, log_path)])
 
 
 def train_tokenizer(annotated_jsonl: str, model_prefix: str, vocab_size: int) -> str:
@@ -100,34 +124,60 @@ def held_out_questions(n: int, cfg: SynthConfig, seed: int) -> list:
 STEP = re.compile(r"[A-Z][\w-]*: (\d+) \+ (\d+)(?: \+ (\d+))? = (\d+)\. Write (\d+)(?:, carry (\d+))?\.")
 
 
+def parse_answer(text: str) -> Optional[int]:
+    """The first ``Answer: N`` of a generation, or None."""
+    found = re.findall(r"Answer:\s*(\d+)", text)
+    return int(found[0]) if found else None
+
+
 def score_answers(generations: list, questions: list) -> dict:
-    """Per conditioning: the share of correct answers, of answers equal to the systematic-flaw
-    answer, and of written carries that the next column then adds (the mode the model follows,
-    whatever its digit-copying errors)."""
+    """Per conditioning: counts and shares (95% Wilson intervals) of correct answers and of answers
+    equal to the systematic-flaw answer, and the share of written carries that the next column then
+    adds (the mode the model follows, whatever its digit-copying errors)."""
     correct = flawed = carries = carries_added = 0
     for gen, q in zip(generations, questions):
-        found = re.findall(r"Answer:\s*(\d+)", gen["text"])
-        answer = int(found[0]) if found else None
-        correct += answer == q["correct"]
-        flawed += answer == q["flawed"]
+        gen["answer"] = parse_answer(gen["text"])
+        correct += gen["answer"] == q["correct"]
+        flawed += gen["answer"] == q["flawed"]
         steps = STEP.findall(gen["text"])
         for prev, step in zip(steps, steps[1:]):
             if prev[5]:  # the previous column wrote "carry N"
                 carries += 1
                 carries_added += step[2] == prev[5]
-    return {"accuracy": correct / len(questions), "flawed_answers": flawed / len(questions),
+    n = len(questions)
+    return {"questions": n, "correct": correct, "flawed": flawed,
+            "accuracy": correct / n, "accuracy_ci": wilson_interval(correct, n),
+            "flawed_answers": flawed / n, "flawed_answers_ci": wilson_interval(flawed, n),
             "carries_added": carries_added / carries if carries else None}
+
+
+def machine_description(threads: int) -> str:
+    import platform
+
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{threads} torch thread(s) per training process, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output", default="demo_out", help="directory for every artefact")
-    p.add_argument("--num-docs", type=int, default=6000)
+    p.add_argument("--num-docs", type=int, default=6000, help="training documents in the synthetic corpus")
+    p.add_argument("--heldout-docs", type=int, default=300,
+                   help="held-out correct documents on which the document loss is evaluated during training")
     p.add_argument("--flaw-share", type=float, default=0.4, help="share of documents with the systematic carry slip")
-    p.add_argument("--train-iters", type=int, default=600)
-    p.add_argument("--eval-questions", type=int, default=60)
+    p.add_argument("--train-iters", type=int, default=600, help="optimizer steps per arm")
+    p.add_argument("--eval-points", type=int, default=6, help="held-out loss evaluations over training")
+    p.add_argument("--eval-questions", type=int, default=240, help="held-out questions, each needing a carry")
+    p.add_argument("--seed", type=int, default=1234, help="training seed of both arms")
     p.add_argument("--nproc", type=int, default=1, help="torchrun processes per training run (data parallel)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per training process (default: the CPUs split between the two arms, "
+                        "which train side by side)")
     args = p.parse_args(argv)
+    start_time = time.time()
 
     out = os.path.abspath(args.output)
     for sub in ("raw", "annotated", "tokenizer", "shards", "ckpt", "logs", "eval"):
@@ -135,44 +185,52 @@ def main(argv=None) -> int:
     py = sys.executable
     synth = SynthConfig(num_docs=args.num_docs, min_digits=2, max_digits=2, flaw_share=args.flaw_share,
                         noise_share=0.03, terse_share=0.05, verbose_share=0.1, seed=1234)
+    heldout = SynthConfig(**{**synth.__dict__, "num_docs": args.heldout_docs, "flaw_share": 0.0,
+                             "noise_share": 0.0, "seed": 4321})
     log = lambda name: os.path.join(out, "logs", name + ".log")  # noqa: E731
 
-    print("== 1. synthetic corpus", flush=True)
-    raw = os.path.join(out, "raw", "arith.jsonl")
-    run([py, "-m", "annotate", "synth", "--output", raw] +
-        [f"--{k.replace('_', '-')}={v}" for k, v in synth.__dict__.items()], log("synth"))
+    print("== 1. synthetic corpus (training) and held-out correct documents", flush=True)
+    raw = {name: os.path.join(out, "raw", name + ".jsonl") for name in ("arith", "heldout")}
+    run_steps([([py, "-m", "annotate", "synth", "--output", raw[name]] +
+                [f"--{k.replace('_', '-')}={v}" for k, v in cfg.__dict__.items()], log("synth_" + name))
+               for name, cfg in (("arith", synth), ("heldout", heldout))])
 
     print("== 2. annotate with the verifier judge", flush=True)
-    run([py, "-m", "annotate", "run", "--backend", "verifier", "--input", raw,
+    run([py, "-m", "annotate", "run", "--backend", "verifier", "--input", raw["arith"], raw["heldout"],
          "--output", os.path.join(out, "annotated")], log("annotate"))
     run([py, "-m", "annotate", "status", os.path.join(out, "annotated")], log("annotate_status"))
 
     print("== 3. tokenizer", flush=True)
-    annotated = os.path.join(out, "annotated", "arith.jsonl")
-    tokenizer = train_tokenizer(annotated, os.path.join(out, "tokenizer", "arith"), vocab_size=512)
+    annotated = {name: os.path.join(out, "annotated", name + ".jsonl") for name in raw}
+    tokenizer = train_tokenizer(annotated["arith"], os.path.join(out, "tokenizer", "arith"), vocab_size=512)
 
-    print("== 4. preprocess into an IXT shard set", flush=True)
-    shards = os.path.join(out, "shards", "arith")
-    run([py, "tools/preprocess_ixt.py", "--input", annotated,
-         "--output-prefix", shards, "--tokenizer-type", "SentencePieceTokenizer",
-         "--tokenizer-model", tokenizer, "--append-eod", "--workers", "2"], log("preprocess"))
-    run([py, "tools/inspect_ixt.py", shards, "--tokenizer-model", tokenizer, "--document", "0", "1"], log("inspect"))
+    print("== 4. preprocess into IXT shard sets", flush=True)
+    shards = {name: os.path.join(out, "shards", name) for name in raw}
+    run_steps([([py, "tools/preprocess_ixt.py", "--input", annotated[name], "--output-prefix", shards[name],
+                 "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer, "--append-eod",
+                 "--workers", "1"], log("preprocess_" + name)) for name in raw])
+    run([py, "tools/inspect_ixt.py", shards["arith"], "--tokenizer-model", tokenizer, "--document", "0", "1"],
+        log("inspect"))
 
-    print("== 5. train the baseline and the IXT arm (same tokens, model, seed)", flush=True)
+    print("== 5. train the baseline and the IXT arm side by side (same tokens, model, seed)", flush=True)
+    threads = args.threads or max(1, (os.cpu_count() or 2) // (2 * args.nproc))
     arms = {"baseline": ["--ixt-prefix-kind", "none"], "ixt": ["--ixt-prefix-kind", "quality"]}
-    for arm, arm_args in arms.items():
-        launcher = ([py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
-                    if args.nproc > 1 else [py])
-        run(launcher + ["-m", "megatron_ixt.pretrain", *MODEL_ARGS, *arm_args,
-                        "--data-path", shards + "_text_document", "--split", "98,2,0",
-                        "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer,
-                        "--micro-batch-size", "16", "--global-batch-size", str(16 * args.nproc),
-                        "--train-iters", str(args.train_iters), "--lr", "3e-3", "--min-lr", "3e-4",
-                        "--lr-warmup-iters", str(max(1, min(50, args.train_iters // 10))),
-                        "--lr-decay-style", "cosine", "--weight-decay", "0.01",
-                        "--clip-grad", "1.0", "--log-interval", "50", "--eval-interval", str(args.train_iters),
-                        "--eval-iters", "5", "--save", os.path.join(out, "ckpt", arm), "--seed", "1234"],
-            log("train_" + arm))
+    launcher = ([py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
+                if args.nproc > 1 else [py])
+    eval_interval = max(1, args.train_iters // max(1, args.eval_points))
+    run_steps([(launcher + ["-m", "megatron_ixt.pretrain", *MODEL_ARGS, *arm_args,
+                            "--train-data-path", shards["arith"] + "_text_document",
+                            "--valid-data-path", shards["heldout"] + "_text_document",
+                            "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer,
+                            "--micro-batch-size", "16", "--global-batch-size", str(16 * args.nproc),
+                            "--train-iters", str(args.train_iters), "--lr", "3e-3", "--min-lr", "3e-4",
+                            "--lr-warmup-iters", str(max(1, min(50, args.train_iters // 10))),
+                            "--lr-decay-style", "cosine", "--weight-decay", "0.01",
+                            "--clip-grad", "1.0", "--log-interval", "50", "--eval-interval", str(eval_interval),
+                            "--eval-iters", "4", "--save", os.path.join(out, "ckpt", arm),
+                            "--seed", str(args.seed)],
+                 log("train_" + arm)) for arm, arm_args in arms.items()],
+              env={"OMP_NUM_THREADS": str(threads)})
 
     print("== 6. steered answers on held-out questions", flush=True)
     questions = held_out_questions(args.eval_questions, synth, seed=99)
@@ -183,22 +241,31 @@ def main(argv=None) -> int:
                   "ixt steered to quality 5": ("ixt", ["--steer", "quality"]),
                   "ixt unconditioned": ("ixt", ["--steer", "none"]),
                   "ixt steered to quality 1": ("ixt", ["--steer", "quality:1"])}
-    results = {}
+    results, generations = {}, {}
     for name, (arm, steer_args) in conditions.items():
         gen_path = os.path.join(out, "eval", re.sub(r"\W+", "_", name) + ".jsonl")
-        run([py, "-m", "megatron_ixt.generate", "--load", os.path.join(out, "ckpt", arm), "--shard-set", shards,
-             "--prompt-file", prompts, "--output", gen_path, "--max-new-tokens", "48", *steer_args],
-            log("generate_" + re.sub(r"\W+", "_", name)))
+        run([py, "-m", "megatron_ixt.generate", "--load", os.path.join(out, "ckpt", arm),
+             "--shard-set", shards["arith"], "--prompt-file", prompts, "--output", gen_path,
+             "--max-new-tokens", "48", *steer_args], log("generate_" + re.sub(r"\W+", "_", name)))
         with open(gen_path, encoding="utf-8") as f:
-            results[name] = score_answers([json.loads(line) for line in f], questions)
+            generations[name] = [json.loads(line) for line in f]
+        results[name] = score_answers(generations[name], questions)
 
+    summary = {"args": vars(args), "results": results,
+               "verdict": verdict(results, "ixt steered to quality 5", "baseline"),
+               "machine": machine_description(threads), "wall_time_s": time.time() - start_time,
+               "commands": COMMANDS}
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({"args": vars(args), "results": results}, f, indent=2)
-    print(f"\n{'arm / conditioning':<28} {'accuracy':>9} {'flawed answers':>15} {'carries added':>14}")
+        json.dump(summary, f, indent=2)
+    report = write_report(out, summary, generations, questions,
+                          {arm: os.path.join(out, "ckpt", arm, "metrics.jsonl") for arm in arms})
+    print(f"\n{'arm / conditioning':<28} {'accuracy (95% CI)':>20} {'flawed answers':>15} {'carries added':>14}")
     for name, r in results.items():
         added = "-" if r["carries_added"] is None else f"{r['carries_added']:.2f}"
-        print(f"{name:<28} {r['accuracy']:>9.2f} {r['flawed_answers']:>15.2f} {added:>14}")
-    print(f"\nartefacts and logs in {out}; summary in {os.path.join(out, 'summary.json')}")
+        acc = f"{r['accuracy']:.2f} [{r['accuracy_ci'][0]:.2f},{r['accuracy_ci'][1]:.2f}]"
+        print(f"{name:<28} {acc:>20} {r['flawed_answers']:>15.2f} {added:>14}")
+    print(f"\n{summary['verdict']}")
+    print(f"\nreport: {report}; artefacts and logs in {out}")
     return 0
 
 

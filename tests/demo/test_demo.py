@@ -13,8 +13,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "demo", "run_demo.py"),
-                           "--output", str(out), "--num-docs", "400", "--train-iters", "4",
-                           "--eval-questions", "3"], capture_output=True, text=True, timeout=900)
+                           "--output", str(out), "--num-docs", "400", "--heldout-docs", "40", "--train-iters", "4",
+                           "--eval-points", "2", "--eval-questions", "3"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     annotated = [json.loads(line) for line in open(out / "annotated" / "arith.jsonl")]
@@ -26,7 +26,24 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     results = json.load(open(out / "summary.json"))["results"]
     assert set(results) == {"baseline", "ixt steered to quality 5", "ixt unconditioned", "ixt steered to quality 1"}
     for r in results.values():
-        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["flawed_answers"] <= 1.0
+        assert r["questions"] == 3 and r["accuracy"] == r["correct"] / 3
+        assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
+        assert r["flawed_answers_ci"][0] <= r["flawed_answers"] <= r["flawed_answers_ci"][1]
+    summary = json.load(open(out / "summary.json"))
+    assert summary["verdict"].startswith("verdict: ixt steered to quality 5 ")
+    assert any("megatron_ixt.pretrain" in c for c in summary["commands"])
+
+    # the report: table, verdict, commands, and the two plots as real PNGs
+    report = (out / "report.md").read_text()
+    assert summary["verdict"] in report and "| ixt steered to quality 1 |" in report
+    assert "megatron_ixt.pretrain" in report and "## Example answers" in report
+    for png in ("loss.png", "answers.png"):
+        assert f"]({png})" in report
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # held-out loss over training: both eval points of each arm, on the held-out correct documents
+    for arm, key in (("baseline", "none/doc_loss"), ("ixt", "steering/doc_loss")):
+        evals = [r for r in map(json.loads, open(out / "ckpt" / arm / "metrics.jsonl")) if r["kind"] == "eval"]
+        assert [r["iteration"] for r in evals] == [2, 4] and all(r[key] > 0 for r in evals)
     generations = [json.loads(line) for line in open(out / "eval" / "ixt_steered_to_quality_5.jsonl")]
     assert len(generations) == 3
     assert generations[0]["prefix_tokens"] == meta["steering"]["quality"]["tokens"]
