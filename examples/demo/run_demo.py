@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--heldout-docs", type=int, default=300,
                    help="held-out correct documents on which the document loss is evaluated during training")
     p.add_argument("--flaw-share", type=float, default=0.4, help="share of documents with the systematic carry slip")
-    p.add_argument("--train-iters", type=int, default=600, help="optimizer steps per arm")
+    p.add_argument("--train-iters", type=int, default=1200, help="optimizer steps per arm")
     p.add_argument("--eval-points", type=int, default=6, help="held-out loss evaluations over training")
     p.add_argument("--eval-questions", type=int, default=240, help="held-out questions, each needing a carry")
     p.add_argument("--seed", type=int, default=1234, help="training seed of both arms")
