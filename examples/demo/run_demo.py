@@ -4,17 +4,22 @@ Data: synthetic column-addition worked solutions (``annotate synth``); a share o
 SYSTEMATIC flaw (the carry is noted but never added), so the flawed answer is a deterministic
 function of the question. Steps, each through the project's real command-line entry points:
 
-1. ``python -m annotate synth``            raw JSONL
+1. ``python -m annotate synth``            raw JSONL (training corpus; held-out correct documents)
 2. ``python -m annotate run --backend verifier``   annotated JSONL (critique + scores per document)
 3. a SentencePiece BPE tokenizer (digits split) trained on the raw text
 4. ``tools/preprocess_ixt.py``             IXT shard set (text store + aligned prefix stores)
-5. ``python -m megatron_ixt.pretrain`` twice: the baseline arm (``--ixt-prefix-kind none``) and
-   the IXT arm (``--ixt-prefix-kind quality``) on the same tokens, model and seed
+5. ``python -m megatron_ixt.pretrain`` twice, side by side: the baseline arm (``--ixt-prefix-kind
+   none``) and the IXT arm (``--ixt-prefix-kind quality``) on the same tokens, model and seed, each
+   evaluating its document loss on the held-out correct documents during training
 6. ``python -m megatron_ixt.generate``     greedy answers to held-out questions, the IXT model
-   steered to the top quality level, left unconditioned and steered to the lowest level
+   steered to the top quality level (``--steer quality``), left unconditioned and steered to the
+   lowest level (``--steer quality:1``, rendered from the shard set's recorded template)
 
 It prints a table (answer accuracy and the share of answers that reproduce the systematic flaw
-per arm and conditioning) and writes everything to ``--output`` (``summary.json`` at the end).
+per arm and conditioning, with 95% Wilson intervals) and a one-line verdict, and writes everything
+to ``--output``: ``summary.json`` (``results``: conditioning -> rates and counts), ``report.md``
+with ``loss.png`` and ``answers.png``. Rerunning into the same ``--output`` reuses the tokenizer
+and continues each arm from its checkpoint (a finished arm is not retrained).
 A tiny model trained for a few CPU-minutes will not reach the accuracy of a real run; what the
 demo shows is the mechanism: the steering prefix moves the IXT model between the two modes.
 """
@@ -151,6 +156,13 @@ def score_answers(generations: list, questions: list) -> dict:
             "carries_added": carries_added / carries if carries else None}
 
 
+def resume_args(checkpoint_dir: str) -> List[str]:
+    """``--load`` when ``checkpoint_dir`` holds a checkpoint: a rerun of the demo into the same
+    ``--output`` continues an interrupted arm (or skips a finished one) instead of starting over."""
+    tracker = os.path.join(checkpoint_dir, "latest_checkpointed_iteration.txt")
+    return ["--load", checkpoint_dir] if os.path.exists(tracker) else []
+
+
 def machine_description(threads: int) -> str:
     import platform
 
@@ -202,7 +214,11 @@ def main(argv=None) -> int:
 
     print("== 3. tokenizer", flush=True)
     annotated = {name: os.path.join(out, "annotated", name + ".jsonl") for name in raw}
-    tokenizer = train_tokenizer(annotated["arith"], os.path.join(out, "tokenizer", "arith"), vocab_size=512)
+    tokenizer = os.path.join(out, "tokenizer", "arith.model")
+    if os.path.exists(tokenizer):  # a rerun keeps the tokenizer its checkpoints were trained with
+        print(f"  reusing {tokenizer}", flush=True)
+    else:
+        train_tokenizer(annotated["arith"], tokenizer[:-len(".model")], vocab_size=512)
 
     print("== 4. preprocess into IXT shard sets", flush=True)
     shards = {name: os.path.join(out, "shards", name) for name in raw}
@@ -228,7 +244,7 @@ def main(argv=None) -> int:
                             "--lr-decay-style", "cosine", "--weight-decay", "0.01",
                             "--clip-grad", "1.0", "--log-interval", "50", "--eval-interval", str(eval_interval),
                             "--eval-iters", "4", "--save", os.path.join(out, "ckpt", arm),
-                            "--seed", str(args.seed)],
+                            "--seed", str(args.seed), *resume_args(os.path.join(out, "ckpt", arm))],
                  log("train_" + arm)) for arm, arm_args in arms.items()],
               env={"OMP_NUM_THREADS": str(threads)})
 
