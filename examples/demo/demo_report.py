@@ -104,7 +104,8 @@ def write_report(out_dir: str, summary: dict, generations: Dict[str, List[dict]]
     plot_losses(out_dir, metrics, os.path.join(out_dir, "loss.png"))
     plot_answers(results, os.path.join(out_dir, "answers.png"))
     lines = ["# megatron-ixt demo report", "", summary["verdict"], "",
-             f"Machine: {summary['machine']}. Wall time: {summary['wall_time_s'] / 60:.1f} min.", "",
+             f"Machine: {summary['machine']}. Wall time of this invocation (a rerun resumes finished steps): "
+             f"{summary['wall_time_s'] / 60:.1f} min.", "",
              f"{len(questions)} held-out questions, each needing a carry; rates with 95% Wilson intervals.", "",
              "| arm / conditioning | accuracy | flawed answers | carries added |", "|---|---|---|---|"]
     for name, r in results.items():
