@@ -241,7 +241,12 @@ class RunJob:
             # the step); checkpoint() stops it with SIGTERM, on which it saves
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                           preexec_fn=_ignore_preempt_signal)
-            exit_code = self._proc.wait()
+            # poll, not wait(): a blocking wait() holds the Popen's waitpid lock, so checkpoint(),
+            # run by submitit's signal handler in this thread, could not see the trainer exit and
+            # would always wait its whole grace period and then SIGKILL it
+            while self._proc.poll() is None:
+                time.sleep(1)
+            exit_code = self._proc.returncode
         state = finish(self.plan, exit_code) if env.global_rank == 0 else None
         if exit_code == EXIT_RESUMABLE:
             # the trainer saved and asked to be resumed: raise submitit's own preemption signal,

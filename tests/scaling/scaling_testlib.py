@@ -72,8 +72,9 @@ def write_tiny_corpus(prefix: str, num_documents: int = 200, seed: int = 0) -> s
 
 
 def tiny_spec(path: str, data_path: str, root: str, *, lr: float = 3e-3, budgets=(1536, 3072), arms=None,
-              gbs: int = 4, extra: str = "") -> str:
-    """A 1-size sweep spec of a 1-layer toy model (4 x 32 tokens per iteration)."""
+              gbs: int = 4, extra: str = "", vocab: int = VOCAB) -> str:
+    """A 1-size sweep spec of a 1-layer toy model (4 x 32 tokens per iteration); ``vocab``: the
+    NullTokenizer's ``--vocab-size`` of the corpus at ``data_path``."""
     arms = arms or {"baseline": "--ixt-prefix-kind none"}
     arm_lines = "".join(f"  {name}: \"{flags}\"\n" for name, flags in arms.items())
     with open(path, "w", encoding="utf-8") as f:
@@ -85,7 +86,7 @@ data:
   data_path: [{data_path}]
   split: "90,10,0"
   tokenizer_type: NullTokenizer
-  vocab_size: {VOCAB}
+  vocab_size: {vocab}
   data_cache_path: {root}/cache
 sizes:
   h32: {{flags: "--ffn-hidden-size 64"}}

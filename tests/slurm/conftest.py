@@ -10,8 +10,8 @@ Fixtures
     slurm      the Cluster [session]; skipped, with a warning, where this machine cannot run one
 
 Helpers (job environment, work directories) are in ``slurm_testlib.py``. One test module per
-script: test_pretrain_sbatch.py, test_annotate_sbatch.py, test_preprocess_sbatch.py; the sweep
-executor's (test_sweep_executor.py) goes here as well.
+script: test_pretrain_sbatch.py, test_annotate_sbatch.py, test_preprocess_sbatch.py, and the sweep
+executor's (``launch --executor slurm``, submitit): test_sweep_executor.py.
 """
 from __future__ import annotations
 
