@@ -34,7 +34,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from megatron_ixt.training.checkpoint import CheckpointError, iteration_dir, read_config, read_latest_iteration
+from megatron_ixt.training.checkpoint import (CheckpointError, iteration_dir, load_model_weights, read_config,
+                                              read_latest_iteration)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +106,7 @@ def conditionings(args, tokenizer, config) -> Dict[str, object]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.module import Float16Module
 
@@ -162,10 +163,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     model.to(device)
     path = iteration_dir(args.load, iteration)
     try:
-        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
-        model.load_state_dict(state["model"], strict=True)
-    except Exception as e:  # dist_checkpointing raises many types for an unreadable or mismatched checkpoint
-        print(f"error: {path}: cannot load model weights ({type(e).__name__}: {e})", file=sys.stderr)
+        load_model_weights(model, path)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 3
     if cfg.train.bf16:
         model = Float16Module(config, model)

@@ -30,7 +30,7 @@ import torch
 
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.prefix_kinds import STEER_HELP
-from megatron_ixt.training.checkpoint import CheckpointError, checkpoint_path, read_config
+from megatron_ixt.training.checkpoint import CheckpointError, checkpoint_path, load_model_weights, read_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,7 +208,6 @@ def load_model(load_dir: str, iteration: Optional[int] = None):
 
     Raises CheckpointError when the checkpoint is missing or unreadable.
     """
-    from megatron.core import dist_checkpointing
     from megatron_ixt.tokenizer import build_tokenizer
     from megatron_ixt.training.config import config_from_dict
     from megatron_ixt.distributed import init_distributed, set_seed
@@ -231,11 +230,7 @@ def load_model(load_dir: str, iteration: Optional[int] = None):
     model = model_from_config(cfg, transformer_config(cfg), vocab_size)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model.to(device)
-    try:
-        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot load model weights ({type(e).__name__}: {e})") from e
-    model.load_state_dict(state["model"], strict=True)
+    load_model_weights(model, path)
     model.eval()
     return model, cfg, tokenizer, device
 

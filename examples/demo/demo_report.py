@@ -43,7 +43,7 @@ def read_eval_records(metrics_path: str) -> List[dict]:
         return [r for r in map(json.loads, f) if r.get("kind") == "eval"]
 
 
-def plot_losses(out_dir: str, metrics: Dict[str, str], path: str) -> None:
+def plot_losses(metrics: Dict[str, str], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -101,7 +101,7 @@ def write_report(out_dir: str, summary: dict, generations: Dict[str, List[dict]]
                  metrics: Dict[str, str]) -> str:
     """Writes ``report.md``, ``loss.png`` and ``answers.png`` into ``out_dir``; returns the report path."""
     results = summary["results"]
-    plot_losses(out_dir, metrics, os.path.join(out_dir, "loss.png"))
+    plot_losses(metrics, os.path.join(out_dir, "loss.png"))
     plot_answers(results, os.path.join(out_dir, "answers.png"))
     lines = ["# megatron-ixt demo report", "", summary["verdict"], "",
              f"Machine: {summary['machine']}. Wall time of this invocation (a rerun resumes finished steps): "

@@ -186,6 +186,17 @@ def load_checkpoint(root: str, model, optimizer, scheduler, *, load_optim: bool 
     return int(state["iteration"]), int(state["consumed_samples"])
 
 
+def load_model_weights(model, path: str) -> None:
+    """Load only the model weights of the checkpoint directory ``path`` (an ``iter_*`` dir) into
+    ``model`` (collective; any saved TP/PP layout, resharded by dist_checkpointing). Raises
+    CheckpointError naming ``path`` when they cannot be read or do not match the model."""
+    try:
+        state = dist_checkpointing.load({"model": model.sharded_state_dict()}, path)
+        model.load_state_dict(state["model"], strict=True)
+    except Exception as e:  # dist_checkpointing raises many types for an unreadable or mismatched checkpoint
+        raise CheckpointError(f"{path}: cannot load model weights ({type(e).__name__}: {e})") from e
+
+
 class ExitSignalHandler:
     """Records ``signum`` (default SIGTERM, Slurm's preemption signal) instead of dying.
 
