@@ -1,8 +1,8 @@
 """Process-group setup and seeding, shared by every entry point that builds a model.
 
 ``init_distributed`` uses torchrun's / Slurm's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR`` and ``MASTER_PORT``; without them the process is a world of one on a free
-loopback port. ``set_seed`` is Megatron-LM's seeding.
+``MASTER_ADDR`` and ``MASTER_PORT``; without them the process is a world of one over an
+in-process store (no port: concurrent single-process runs on one host cannot collide). ``set_seed`` is Megatron-LM's seeding.
 """
 from __future__ import annotations
 
@@ -29,13 +29,18 @@ def init_distributed(tensor_model_parallel_size: int = 1, pipeline_model_paralle
                      backend: str = "gloo") -> None:
     """Process group (torchrun env, or a world of one) and megatron-core's parallel state."""
     compat.install()
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    world_of_one = "RANK" not in os.environ
+    if world_of_one:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        if world_of_one:
+            # a free port picked here could be taken again before the TCP store listens (two
+            # sweep runs started together on one node failed so); one process needs no socket
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        else:
+            dist.init_process_group(backend=backend)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tensor_model_parallel_size,

@@ -36,7 +36,6 @@ from megatron_ixt.training.checkpoint import TRACKER_FILE
 from megatron_ixt.training.metrics import read_metrics
 
 RECORD = "run.json"
-MASTER_PORT = 29500
 QUEUED = ("submitted", "running")  # states a Slurm relaunch leaves alone unless --resubmit
 
 
@@ -107,10 +106,17 @@ def _flag_groups(argv: List[str]) -> List[str]:
     return [" ".join(g) for g in groups]
 
 
+def slurm_master_port(slurm_job_id: str) -> str:
+    """The rendezvous port of a multi-node run: 20000 + job id mod 20000, as in
+    ``examples/slurm/pretrain_ixt.sbatch``, so two jobs sharing a first node do not collide."""
+    return str(20000 + int(slurm_job_id) % 20000)
+
+
 def trainer_command(plan: RunPlan, spec: Spec, python: str = sys.executable, node_rank="0",
-                    master_addr="127.0.0.1") -> List[str]:
+                    master_addr="127.0.0.1", master_port="29500") -> List[str]:
     """The trainer's command for ``plan``; ``--load`` when it has a checkpoint. One process per run
-    without GPUs and ``nproc_per_node == 1``, else torchrun (multi-node: ``node_rank``/``master_addr``)."""
+    without GPUs and ``nproc_per_node == 1``, else torchrun (``--standalone`` on one node, which picks
+    its own port; multi-node: ``node_rank``/``master_addr``/``master_port``)."""
     launcher = spec.launcher
     nproc, nodes = int(launcher["nproc_per_node"]), int(launcher["nodes"])
     if nproc == 1 and nodes == 1:
@@ -119,7 +125,7 @@ def trainer_command(plan: RunPlan, spec: Spec, python: str = sys.executable, nod
         prefix = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     else:
         prefix = [python, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
-                  f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={MASTER_PORT}"]
+                  f"--node-rank={node_rank}", f"--master-addr={master_addr}", f"--master-port={master_port}"]
     load = ["--load", plan.ckpt_dir] if latest_iteration(plan) is not None else []
     return prefix + ["-m", "megatron_ixt.pretrain", *plan.argv, *load]
 
@@ -231,7 +237,8 @@ class RunJob:
 
         env = submitit.JobEnvironment()
         cmd = trainer_command(self.plan, self.spec, self.python, node_rank=str(env.node),
-                              master_addr=env.hostnames[0])
+                              master_addr=env.hostnames[0],
+                              master_port=slurm_master_port(os.environ["SLURM_JOB_ID"]))
         if env.global_rank == 0:
             write_record(self.plan, state="running", exit_code=None, slurm_job_id=env.job_id)
         with open(os.path.join(self.plan.run_dir, f"train.node{env.node}.log"), "a", encoding="utf-8") as log:
@@ -311,7 +318,8 @@ def launch_slurm(spec: Spec, dry_run: bool = False, python: str = sys.executable
     executor = slurm_executor(spec)
     if dry_run:
         for i, plan in enumerate(pending):
-            cmd = trainer_command(plan, spec, python, node_rank="$SLURM_NODEID", master_addr="$MASTER_ADDR")
+            cmd = trainer_command(plan, spec, python, node_rank="$SLURM_NODEID", master_addr="$MASTER_ADDR",
+                                  master_port="$MASTER_PORT")
             print(f"# array task {i}: {plan.name}\n{shlex.join(cmd)}")
         print(f"# job script ({len(pending)}-task array; each task runs python -m submitit.core._submit, which "
               f"calls the command above):")

@@ -13,7 +13,7 @@ def dist():
     """megatron-core's parallel state in this process (a gloo world of one, TP = PP = 1).
 
     The rendezvous variables init_distributed sets are removed again afterwards, so that the
-    subprocesses of later tests (torchrun, the trainer) do not inherit this process's port.
+    subprocesses of later tests (torchrun, the trainer) do not take themselves for ranks of a torchrun world.
     """
     from megatron_ixt.distributed import init_distributed
 

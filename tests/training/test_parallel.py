@@ -41,3 +41,24 @@ def test_two_process_layout_matches_single_process(reference, layout):
     (want,), (have,) = read_records(reference_metrics, "eval"), read_records(metrics, "eval")
     for key in ("prefix/doc_loss", "prefix/prefix_loss", "none/doc_loss", "steering/doc_loss"):
         assert have[key] == pytest.approx(want[key], rel=2e-4), key
+
+
+def test_a_world_of_one_needs_no_rendezvous_port():
+    """Without torchrun's variables the trainer's process group uses no TCP port, so single-process
+    runs started together on one node (a sweep's array tasks) cannot race for one. The port named
+    in MASTER_PORT is held by a listening socket here; a TCP store would fail on it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    code = ("from megatron_ixt.distributed import init_distributed; import torch, torch.distributed as d; "
+            "init_distributed(); t = torch.ones(1); d.all_reduce(t); print(d.get_world_size(), int(t))")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(taken.getsockname()[1]))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["1", "1"]
