@@ -43,8 +43,6 @@ def process_group():
     the rank whenever it caches indices, as Megatron-LM always runs distributed)."""
     import torch.distributed as dist
 
-    from megatron_ixt.distributed import free_port
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield
     dist.destroy_process_group()

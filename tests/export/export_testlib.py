@@ -83,13 +83,11 @@ def build_parallel(dst: str, tp: int, pp: int, **model) -> torch.Tensor:
     checkpoint ``dst``; returns its logits on ``probe_ids()`` computed under that layout."""
     import json
 
-    from megatron_ixt.distributed import free_port
-
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(tp * pp),
-           "--master-port", str(free_port()), os.path.join(HERE, "build_parallel.py"), dst, str(tp), str(pp),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp * pp),
+           os.path.join(HERE, "build_parallel.py"), dst, str(tp), str(pp),
            json.dumps(model)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from megatron_ixt.distributed import free_port
 from megatron_ixt.evaluation.heldout import LossStats, eval_loss_func
 
 from train_testlib import read_records, run_pretrain, tiny_model_args
@@ -34,7 +33,7 @@ def _evaluate(args, nproc=1):
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                   f"--nproc-per-node={nproc}", f"--master-port={free_port()}"]
+                                                   "--standalone", f"--nproc-per-node={nproc}"]
     proc = subprocess.run(launcher + ["-m", "megatron_ixt.evaluate", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 from corpus import VOCAB
-from megatron_ixt.distributed import free_port
 
 
 def tiny_model_args(data_path: str, cache: str) -> list:
@@ -33,8 +32,8 @@ def run_pretrain(args, nproc: int = 1, timeout: int = 240, check: bool = True) -
     if nproc == 1:
         cmd = [sys.executable, "-m", "megatron_ixt.pretrain", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(free_port()), "-m", "megatron_ixt.pretrain", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "megatron_ixt.pretrain", *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
