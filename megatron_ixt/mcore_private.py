@@ -16,7 +16,10 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
   ``sequence_lengths`` and ``document_indices`` (Python lists; ``document_indices`` starts with 0
   and holds the end of each document in sequences). :func:`add_sequences` writes many one-sequence
   documents with one ``add_document`` call and then fixes ``document_indices``;
-  :func:`write_raw_tokens` and :func:`close_builder` use ``data_file``.
+  :func:`write_raw_tokens` and :func:`close_builder` use ``data_file``. :func:`finalize_builder` is
+  ``IndexedDatasetBuilder.finalize`` (close ``data_file``, then ``_IndexWriter(idx_path, dtype)
+  .write(sequence_lengths, sequence_modes, document_indices)``, the same in 0.16-0.19) through an
+  ``_IndexWriter`` whose ``_sequence_pointers`` is one numpy cumsum, not a loop per sequence.
 - ``dist_checkpointing.strategies.filesystem_async``'s results-queue getter
   (:func:`start_checkpoint_writer_helper`): ``_get_write_results_queue()`` in 0.16,
   ``get_write_results_queue(mp_mode="spawn")`` later.
@@ -34,12 +37,13 @@ import inspect
 import typing
 
 import numpy
+from megatron.core.datasets import indexed_dataset
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.gpt_dataset import _build_document_index as build_document_index  # noqa: F401
 from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
 
 __all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "build_document_index", "build_shuffle_index",
-           "close_builder", "pad_token_id", "route_cuda_rng_state", "start_checkpoint_writer_helper",
+           "close_builder", "finalize_builder", "pad_token_id", "route_cuda_rng_state", "start_checkpoint_writer_helper",
            "write_raw_tokens"]
 
 QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
@@ -65,6 +69,24 @@ def add_sequences(builder, tokens: numpy.ndarray, lengths: list) -> None:
 def write_raw_tokens(builder, tokens: numpy.ndarray) -> None:
     """Write tokens to the builder's ``.bin`` that no sequence references (e.g. padding)."""
     builder.data_file.write(numpy.asarray(tokens, dtype=builder.dtype).tobytes())
+
+
+class _IndexWriter(indexed_dataset._IndexWriter):
+    """megatron-core's ``.idx`` writer with the byte offset of each sequence computed at once
+    (megatron-core's loop takes ~3 us a sequence: a tenth of a fast preprocessing run)."""
+
+    def _sequence_pointers(self, sequence_lengths) -> numpy.ndarray:
+        lengths = numpy.asarray(sequence_lengths, dtype=numpy.int64)
+        pointers = numpy.zeros(len(lengths), dtype=numpy.int64)
+        numpy.cumsum(lengths[:-1] * indexed_dataset.DType.size(self.dtype), out=pointers[1:])
+        return pointers
+
+
+def finalize_builder(builder, idx_path: str) -> None:
+    """``builder.finalize(idx_path)``, the same bytes, faster for millions of sequences."""
+    builder.data_file.close()
+    with _IndexWriter(idx_path, builder.dtype) as writer:
+        writer.write(builder.sequence_lengths, builder.sequence_modes, builder.document_indices)
 
 
 def close_builder(builder) -> None:

@@ -25,7 +25,7 @@ from megatron_ixt.data import prefix_kinds, shards
 from megatron_ixt.data.inputs import expand_inputs, open_jsonl
 from megatron_ixt.data.prefix_kinds import STEERING_CRITIQUE, steering_annotation
 from megatron_ixt.data.record import REASONS, SCORE_AXES, parse_line
-from megatron_ixt.data.templates import load_template
+from megatron_ixt.data.templates import load_template, render_kinds
 from megatron_ixt.tokenizer import (ENGINES, BatchEncoder, add_tokenizer_args, build_tokenizer, tokenizer_config,
                                     tokenizer_identity)
 
@@ -198,9 +198,8 @@ class ChunkEncoder:
         result = ChunkResult(file_index, {}, {})
         texts, annotations, line_numbers, statuses, rejected = self.parse(task, result)
         annotated = numpy.array([i for i, a in enumerate(annotations) if a is not None], numpy.int64)
-        (tokens, lengths), prefixes = self.encode_with_prefixes(texts, {
-            kind: [template.render(annotations[i]) for i in annotated.tolist()]
-            for kind, template in self.templates.items()})
+        (tokens, lengths), prefixes = self.encode_with_prefixes(
+            texts, render_kinds(self.templates, [annotations[i] for i in annotated.tolist()]))
 
         has_tokens = lengths > 0  # lengths: -1 failed, 0 no tokens
         for i in numpy.flatnonzero(~has_tokens).tolist():

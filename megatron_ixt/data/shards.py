@@ -307,7 +307,7 @@ class ShardSetWriter:
         A text-only writer (``metadata=None``) leaves a plain Megatron store. Prefix stores and
         metadata of an earlier shard set with the same stem that the new one lacks are removed.
         """
-        from megatron_ixt.mcore_private import write_raw_tokens
+        from megatron_ixt.mcore_private import finalize_builder, write_raw_tokens
 
         if (metadata is None) != (not self.kinds):
             raise ValueError("metadata is written for a shard set with prefix kinds, and only for one")
@@ -319,7 +319,7 @@ class ShardSetWriter:
         for name in self.names:
             if self.tokens[name] == 0:  # numpy cannot mmap an empty file: pad with one unused token
                 write_raw_tokens(self._builders[name], numpy.zeros(1, self.dtype))
-            self._builders[name].finalize(store_path(self.stem, name) + ".idx" + self._suffix)
+            finalize_builder(self._builders[name], store_path(self.stem, name) + ".idx" + self._suffix)
         for name in self.names:
             for ext in (".bin", ".idx"):
                 final = store_path(self.stem, name) + ext

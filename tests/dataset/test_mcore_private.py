@@ -34,7 +34,8 @@ def test_query_arity_matches_gpt_dataset(make_plain_store, config):
 
 def test_builder_internals(tmp_path):
     """``add_sequences`` writes the same .bin/.idx as one ``add_document`` per document; the raw
-    tokens of ``write_raw_tokens`` are in the .bin but in no sequence; ``close_builder`` closes the .bin."""
+    tokens of ``write_raw_tokens`` are in the .bin but in no sequence; ``finalize_builder`` writes
+    the index ``finalize`` writes; ``close_builder`` closes the .bin."""
     docs = [numpy.array(d, dtype=numpy.uint16) for d in ([1, 2, 3], [], [4], [5, 6])]
     one = IndexedDatasetBuilder(str(tmp_path / "one.bin"), dtype=numpy.uint16)
     for doc in docs:
@@ -43,7 +44,7 @@ def test_builder_internals(tmp_path):
     many = IndexedDatasetBuilder(str(tmp_path / "many.bin"), dtype=numpy.uint16)
     mcore_private.add_sequences(many, numpy.concatenate(docs), [len(d) for d in docs])
     mcore_private.write_raw_tokens(many, numpy.zeros(1, numpy.uint16))
-    many.finalize(str(tmp_path / "many.idx"))
+    mcore_private.finalize_builder(many, str(tmp_path / "many.idx"))
     assert (tmp_path / "one.idx").read_bytes() == (tmp_path / "many.idx").read_bytes()
     assert (tmp_path / "many.bin").read_bytes() == (tmp_path / "one.bin").read_bytes() + b"\0\0"
     store = IndexedDataset(str(tmp_path / "many"))
@@ -53,6 +54,23 @@ def test_builder_internals(tmp_path):
     aborted = IndexedDatasetBuilder(str(tmp_path / "aborted.bin"), dtype=numpy.uint16)
     mcore_private.close_builder(aborted)
     assert aborted.data_file.closed
+
+
+def test_finalize_builder_writes_megatron_cores_index(tmp_path):
+    """Byte-identical .idx for a 4-byte dtype, multi-sequence documents and empty sequences."""
+    rng = numpy.random.default_rng(0)
+    lengths = rng.integers(0, 50, 3000).tolist()
+    built = {}
+    for name, finalize in (("mcore", lambda b, p: b.finalize(p)), ("ours", mcore_private.finalize_builder)):
+        builder = IndexedDatasetBuilder(str(tmp_path / f"{name}.bin"), dtype=numpy.int32)
+        for start in range(0, len(lengths), 3):
+            group = lengths[start:start + 3]
+            builder.add_document(numpy.ones(sum(group), numpy.int32), group)
+        finalize(builder, str(tmp_path / f"{name}.idx"))
+        built[name] = (tmp_path / f"{name}.idx").read_bytes()
+    assert built["ours"] == built["mcore"]
+    store = IndexedDataset(str(tmp_path / "ours"))  # kept: its index views die with its mmap
+    assert store.index.sequence_pointers[-1] == 4 * sum(lengths[:-1])
 
 
 def test_pad_token_and_subclass_hooks(make_plain_store, config):

@@ -12,7 +12,7 @@ from megatron_ixt.data.record import (ANNOTATION_REASONS, DOCUMENT_REASONS, SCOR
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.prefix_kinds import (QUALITY_LABELS, STEERING_CRITIQUE, STEERING_CRITIQUES, parse_level,
                                             parse_steer, steering_annotation)
-from megatron_ixt.data.templates import builtin_templates, load_template, steering
+from megatron_ixt.data.templates import builtin_templates, load_template, render_kinds, steering
 
 SCORES = {"writing_style": 4, "expertise": 2, "educational_value": 5, "factual_accuracy": 3, "efficiency": 1}
 OK = {"status": "ok", "quality": 4, "scores": SCORES, "critique": "  Clear but shallow. ", "reasoning": "r",
@@ -91,6 +91,14 @@ def test_builtin_templates_render_and_hash():
     assert scores.name == "scores_v1"
     assert scores.render(annotation) == ("Scores: writing style 4/5, expertise 2/5, educational value 5/5, "
                                          "factual accuracy 3/5, efficiency 1/5.\n")
+
+
+def test_render_kinds_renders_each_template_like_render():
+    annotations = [parse_annotation({**OK, "quality": q, "critique": f"Critique {q}."})[0] for q in (1, 3, 5)]
+    templates = {kind: load_template(kind) for kind in prefix_kinds.names()}
+    rendered = render_kinds(templates, annotations)
+    assert rendered == {kind: [t.render(a) for a in annotations] for kind, t in templates.items()}
+    assert rendered["quality"][0] != rendered["quality"][2] and "Critique 3." in rendered["critique"][1]
 
 
 def test_steering_levels():
