@@ -154,6 +154,14 @@ def _open_prefix_store(dataset_path: Optional[str], text: IndexedDataset,
     return store
 
 
+
+def _write_atomically(path: str, write) -> None:
+    """``write(binary file)`` into a temporary file next to ``path``, then rename it to ``path``."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
 class IXTGPTDataset(GPTDataset):
     """A ``GPTDataset`` over conditioned documents ``prefix + document``.
 
@@ -245,10 +253,12 @@ class IXTGPTDataset(GPTDataset):
             arrays = dict(zip(names, self._build_indices()))
             if path_to_cache:
                 os.makedirs(path_to_cache, exist_ok=True)
+                # each file renamed into place: runs that share a cache (a sweep's array tasks) may
+                # build the same indices at once, and one must never read another's half-written file
                 for name, path in paths.items():
-                    numpy.save(path, arrays[name])
-                with open(path_to_description, "wt") as writer:  # last: marks the cache complete
-                    writer.write(self.unique_description)
+                    _write_atomically(path, lambda f, a=arrays[name]: numpy.save(f, a))
+                # last: marks the cache complete
+                _write_atomically(path_to_description, lambda f: f.write(self.unique_description.encode()))
             log_single_rank(logger, logging.INFO,
                             f"Built the {type(self).__name__} {self.index_split.name} indices in "
                             f"{time.time() - t_beg:.2f} s")

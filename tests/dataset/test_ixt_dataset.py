@@ -260,3 +260,23 @@ def test_stale_cache_is_refused(make_shard_set, config):
     make_shard_set("a", num_documents=100, seed=5)  # preprocessed again: other prefixes, same name
     with pytest.raises(ValueError, match="does not match the prefix store"):
         build_dataset(corpus, config())
+
+
+def test_cache_files_are_renamed_into_place(make_shard_set, config, tmp_path):
+    """A second build of the same indices (another run sharing the cache) replaces each file by a
+    rename, never rewriting it in place: a run reading (memory-mapping) the first build's files
+    keeps whole files, and no temporary file is left."""
+    corpus = make_shard_set("a", num_documents=100, seed=0)
+    first = build_dataset(corpus, config())
+    cache = tmp_path / "cache"
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in cache.iterdir()}
+    assert len(before) == 5 and any(name.endswith("-description.txt") for name in before)
+    (cache / next(n for n in before if n.endswith("-description.txt"))).unlink()  # as if still being built
+    second = build_dataset(corpus, config())
+    after = {p.name: (p.stat().st_ino, p.read_bytes()) for p in cache.iterdir()}
+    assert after.keys() == before.keys()
+    for name, (inode, data) in after.items():
+        assert data == before[name][1], name
+        if name.endswith(".npy"):  # (the deleted description's inode may be reused)
+            assert inode != before[name][0], name
+    assert len(first) == len(second) and first[0]["tokens"].tolist() == second[0]["tokens"].tolist()
