@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     root = os.path.join("scaling_out", "cpu_tiny", "runs")
     run([py, "-m", "megatron_ixt.scaling", "fit", "--arm", f"baseline={root}/baseline/*",
          "--arm", f"ixt-quality={root}/ixt-quality/*", "--reference", "baseline",
-         "--bootstrap", str(args.bootstrap), "--output", args.results], os.path.join(DATA, "logs", "fit.log"))
+         "--bootstrap", str(args.bootstrap), "--output", os.path.relpath(args.results)], os.path.join(DATA, "logs", "fit.log"))
     print(open(os.path.join(args.results, "multiplier.md"), encoding="utf-8").read())
     return 0
 
