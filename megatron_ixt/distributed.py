@@ -29,9 +29,9 @@ def init_distributed(tensor_model_parallel_size: int = 1, pipeline_model_paralle
                      backend: str = "gloo") -> None:
     """Process group (torchrun env, or a world of one) and megatron-core's parallel state."""
     compat.install()
+    # no RANK: a world of one, and os.environ is left alone (processes this one starts, e.g. a
+    # sweep's trainers, must not take themselves for ranks of a torchrun world)
     world_of_one = "RANK" not in os.environ
-    if world_of_one:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():

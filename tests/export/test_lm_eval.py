@@ -111,7 +111,7 @@ def test_cli(exported, tmp_path):
     """``python -m megatron_ixt.evaluation.lm_eval_cli`` is lm-eval's CLI with ixt_hf registered."""
     directory, tasks = exported
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by the dist fixture
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # a torchrun world around pytest
         env.pop(name, None)
     proc = subprocess.run([sys.executable, "-m", "megatron_ixt.evaluation.lm_eval_cli", "run", "--model", "ixt_hf",
                            "--model_args", f"pretrained={directory},steer=quality:5,dtype=float32",

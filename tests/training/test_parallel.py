@@ -53,7 +53,8 @@ def test_a_world_of_one_needs_no_rendezvous_port():
     import sys
 
     code = ("from megatron_ixt.distributed import init_distributed; import torch, torch.distributed as d; "
-            "init_distributed(); t = torch.ones(1); d.all_reduce(t); print(d.get_world_size(), int(t))")
+            "import os; init_distributed(); t = torch.ones(1); d.all_reduce(t); "
+            "print(d.get_world_size(), int(t), 'RANK' in os.environ)")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -61,4 +62,5 @@ def test_a_world_of_one_needs_no_rendezvous_port():
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(taken.getsockname()[1]))
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split()[-2:] == ["1", "1"]
+    # and os.environ stays as it was: processes it starts (a sweep's trainers) are worlds of their own
+    assert proc.stdout.split()[-3:] == ["1", "1", "False"]
