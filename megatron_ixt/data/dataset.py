@@ -154,13 +154,13 @@ def _open_prefix_store(dataset_path: Optional[str], text: IndexedDataset,
     return store
 
 
-
 def _write_atomically(path: str, write) -> None:
     """``write(binary file)`` into a temporary file next to ``path``, then rename it to ``path``."""
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         write(f)
     os.replace(tmp, path)
+
 
 class IXTGPTDataset(GPTDataset):
     """A ``GPTDataset`` over conditioned documents ``prefix + document``.
