@@ -57,10 +57,13 @@ def add_sequences(builder, tokens: numpy.ndarray, lengths: list) -> None:
     n = len(lengths)
     if n == 0:
         return
-    if isinstance(builder.document_indices, list):
-        builder.add_document(tokens, lengths)  # one write for all n sequences ...
+    if isinstance(builder.document_indices, list) and not builder.multimodal:
+        # add_document's bookkeeping for n documents at once, and one write without its two copies
+        # of the tokens (numpy.array, then tobytes)
+        builder.data_file.write(numpy.ascontiguousarray(tokens, dtype=builder.dtype))
+        builder.sequence_lengths.extend(lengths)
         end = len(builder.sequence_lengths)
-        builder.document_indices[-1:] = range(end - n + 1, end + 1)  # ... each its own document
+        builder.document_indices.extend(range(end - n + 1, end + 1))
     else:  # a builder that keeps its index differently: one call per document
         for doc in numpy.split(tokens, numpy.cumsum(lengths)[:-1]):
             builder.add_document(doc, [len(doc)])

@@ -5,12 +5,14 @@
 
 Flags follow Megatron-LM's tools/preprocess_data.py; see docs/preprocess.md for the record schema,
 the outputs and the bad-input reasons. Output is byte-identical for any --workers: input is cut
-into fixed chunks of whole lines, encoded in worker processes and written in input order.
+into chunks of whole lines (a plain file's chunks are byte ranges that the workers read themselves),
+encoded in worker processes and written in input order.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import itertools
 import os
 import sys
@@ -22,7 +24,7 @@ import numpy
 
 from megatron_ixt import __version__
 from megatron_ixt.data import prefix_kinds, shards
-from megatron_ixt.data.inputs import expand_inputs, open_jsonl
+from megatron_ixt.data.inputs import expand_inputs, is_compressed, open_jsonl
 from megatron_ixt.data.prefix_kinds import STEERING_CRITIQUE, steering_annotation
 from megatron_ixt.data.record import REASONS, SCORE_AXES, parse_line
 from megatron_ixt.data.templates import load_template, render_kinds
@@ -100,13 +102,38 @@ def shard_files(files: list[str], num_shards: int, shard_index: int) -> list[str
     return files[start:start + size + (shard_index < extra)]
 
 
-@dataclass
-class ChunkResult:
-    """The encoded documents of one chunk, as concatenated token arrays plus per-document lengths."""
+@dataclass(frozen=True)
+class Chunk:
+    """Whole lines of one input file, about CHUNK_BYTES. A plain file's chunk is the byte range
+    ``[offset, offset + size)``, which the encoding process reads itself (``data`` None), so the
+    reading process does no I/O for it; a compressed file's chunk carries its decompressed lines in
+    ``data``. Either way the lines are newline-separated, without the last line's newline."""
 
     file_index: int
-    tokens: dict  # store name -> 1-D array (all documents of the chunk concatenated)
-    lengths: dict  # store name -> list[int], one per written document
+    path: str
+    offset: int
+    size: int
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            block = f.read(self.size)
+        return block[:-1] if block.endswith(b"\n") else block
+
+
+@dataclass
+class ChunkResult:
+    """The encoded documents of one chunk, as concatenated token arrays plus per-document lengths.
+    Line numbers (``docs["line"]``, ``problems``) count from 1 at the chunk's first line: a chunk does
+    not know how many lines precede it; :func:`preprocess` adds them (``lines`` of the chunks before)."""
+
+    file_index: int
+    lines: int = 0  # lines in the chunk, blank ones included
+    tokens: dict = field(default_factory=dict)  # store name -> 1-D array (the chunk's documents concatenated)
+    lengths: dict = field(default_factory=dict)  # store name -> list[int], one per written document
     docs: numpy.ndarray | None = None  # shards.DOC_DTYPE rows, one per written document
     counts: collections.Counter = field(default_factory=collections.Counter)
     status: collections.Counter = field(default_factory=collections.Counter)
@@ -137,12 +164,13 @@ class ChunkEncoder:
     def __setstate__(self, state: tuple) -> None:
         self.__init__(*state)
 
-    def parse(self, task: tuple, result: ChunkResult) -> tuple[list, list, list, list, list]:
-        """The chunk's valid records: (texts, annotations, line numbers, statuses, rejected);
-        counts and problems go to ``result``."""
-        _, first_line, block = task
+    def parse(self, block: bytes, result: ChunkResult) -> tuple[list, list, list, list, list]:
+        """The valid records of ``block`` (newline-separated lines): (texts, annotations, line numbers
+        counted from 1, statuses, rejected); the line count, counts and problems go to ``result``."""
         texts, annotations, line_numbers, statuses, rejected = [], [], [], [], []
-        for line_number, raw in enumerate(block.split(b"\n"), first_line):
+        lines = block.split(b"\n")  # a chunk holds at least one line, perhaps an empty one
+        result.lines = len(lines)
+        for line_number, raw in enumerate(lines, 1):
             raw = raw.rstrip(b"\r")
             result.counts["input_bytes"] += len(raw)
             if not raw.strip():
@@ -162,11 +190,11 @@ class ChunkEncoder:
             rejected.append(bool(record.problems))  # the text is valid: these are ixt problems
         return texts, annotations, line_numbers, statuses, rejected
 
-    def verification_sample(self, task: tuple) -> list[str]:
-        """The texts and rendered prefixes of the first VERIFY_DOCS records of a chunk (what
+    def verification_sample(self, block: bytes) -> list[str]:
+        """The texts and rendered prefixes of the first VERIFY_DOCS records of ``block`` (what
         ``BatchEncoder.verify`` checks against the reference tokenizer, which is slow)."""
-        first = b"\n".join(task[2].split(b"\n", VERIFY_DOCS)[:VERIFY_DOCS])
-        texts, annotations, *_ = self.parse(task[:2] + (first,), ChunkResult(0, {}, {}))
+        first = b"\n".join(block.split(b"\n", VERIFY_DOCS)[:VERIFY_DOCS])
+        texts, annotations, *_ = self.parse(first, ChunkResult(0))
         return texts + [t.render(a) for a in annotations if a is not None for t in self.templates.values()]
 
     def encode_with_prefixes(self, texts: list[str], prefixes: dict) -> tuple[tuple, dict]:
@@ -193,10 +221,10 @@ class ChunkEncoder:
                              numpy.fromiter((h[1] for h in hits), numpy.int64, len(hits)))
         return (tokens[:split], lengths[:n]), encoded
 
-    def __call__(self, task: tuple) -> ChunkResult:
-        file_index = task[0]
-        result = ChunkResult(file_index, {}, {})
-        texts, annotations, line_numbers, statuses, rejected = self.parse(task, result)
+    def __call__(self, chunk: Chunk) -> ChunkResult:
+        file_index = chunk.file_index
+        result = ChunkResult(file_index)
+        texts, annotations, line_numbers, statuses, rejected = self.parse(chunk.read(), result)
         annotated = numpy.array([i for i, a in enumerate(annotations) if a is not None], numpy.int64)
         (tokens, lengths), prefixes = self.encode_with_prefixes(
             texts, render_kinds(self.templates, [annotations[i] for i in annotated.tolist()]))
@@ -259,31 +287,41 @@ def _init_worker(encoder: ChunkEncoder) -> None:
     _ENCODER = encoder
 
 
-def _encode_chunk(task: tuple) -> ChunkResult:
-    return _ENCODER(task)
+def _encode_chunk(chunk: Chunk) -> ChunkResult:
+    return _ENCODER(chunk)
 
 
 def read_chunks(files: list[str]):
-    """Yield ``(file index, first line number, block)`` tasks: ``block`` is whole lines of about
-    CHUNK_BYTES (more for a longer line), newline-separated, without the last line's newline.
-    Blocks, not lists of lines: the reading process does no per-line work."""
+    """Yield the :class:`Chunk` s of ``files`` in order: whole lines of about CHUNK_BYTES (more for a
+    longer line). A plain file is cut by seeking, reading only the line at each cut; a compressed
+    one is decompressed here. The reading process does no per-line work."""
     for file_index, path in enumerate(files):
+        if not is_compressed(path):  # byte ranges, read by whoever encodes them
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                start = 0
+                while start < size:
+                    f.seek(start + CHUNK_BYTES)
+                    end = min(size, start + CHUNK_BYTES + len(f.readline()))  # through the next newline
+                    yield Chunk(file_index, path, start, end - start)
+                    start = end
+            continue
         with open_jsonl(path) as f:
-            line_number, rest = 1, b""
+            offset, rest = 0, b""
             while True:
                 data = f.read(CHUNK_BYTES)
                 block = rest + data
                 if not data:  # end of file: what is left is the last line, without a newline
                     if block:
-                        yield file_index, line_number, block
+                        yield Chunk(file_index, path, offset, len(block), block)
                     break
                 end = block.rfind(b"\n")
                 if end < 0:
                     rest = block
                     continue
                 block, rest = block[:end], block[end + 1:]
-                yield file_index, line_number, block
-                line_number += block.count(b"\n") + 1
+                yield Chunk(file_index, path, offset, len(block) + 1, block)
+                offset += len(block) + 1
 
 
 def encode_in_order(encoder: ChunkEncoder, workers: int, tasks):
@@ -293,7 +331,10 @@ def encode_in_order(encoder: ChunkEncoder, workers: int, tasks):
     if workers == 1:
         yield from map(encoder, tasks)
         return
-    with Pool(workers, initializer=_init_worker, initargs=(encoder,)) as pool:
+    gc.freeze()  # forked workers inherit this process's objects: a collection there would touch (copy) them all
+    pool = Pool(workers, initializer=_init_worker, initargs=(encoder,))
+    gc.unfreeze()
+    with pool:
         pending = collections.deque()
         for task in tasks:
             pending.append(pool.apply_async(_encode_chunk, (task,)))
@@ -337,8 +378,8 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
         raise ValueError(f"--append-eod: the tokenizer {args.tokenizer_model!r} has no EOD/EOS token")
     steering = None if args.text_only else steering_prefixes(args, tokenizer)
     kinds = () if args.text_only else tuple(args.prefix_kinds)
-    first_chunk = next(read_chunks(files), (0, 1, b""))
-    encoder.encoder.verify(encoder.verification_sample(first_chunk))
+    first_chunk = next(read_chunks(files), None)
+    encoder.encoder.verify(encoder.verification_sample(first_chunk.read() if first_chunk else b""))
     for note in encoder.encoder.notes:
         print(f"warning: tokenizer engine {note}", file=log)
     print(f"tokenizer engine: {encoder.encoder.label}", file=log, flush=True)
@@ -346,11 +387,14 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
     counts, status, quality, score_sums, skipped = (collections.Counter() for _ in range(5))
     start = time.time()
     next_log = args.log_interval
+    file_index, lines_before = 0, 0  # lines of the current file in the chunks already written
     with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer:
         for result in encode_in_order(encoder, args.workers, read_chunks(files)):
+            if result.file_index != file_index:
+                file_index, lines_before = result.file_index, 0
             for line_number, reason, message in result.problems:
                 skipped[reason] += 1
-                where = f"{files[result.file_index]}:{line_number}"
+                where = f"{files[file_index]}:{lines_before + line_number}"
                 if args.strict:
                     raise StrictError(f"{where}: {reason}: {message} (--strict)")
                 if skipped[reason] <= EXAMPLES_PER_REASON:
@@ -359,7 +403,9 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
             for name in writer.names:
                 counts[shards.token_count_key(name)] += len(result.tokens[name])
             if result.docs is not None:
+                result.docs["line"] += lines_before
                 writer.add_docs(result.docs)
+            lines_before += result.lines
             counts.update(result.counts)
             status.update(result.status)
             quality.update(result.quality)

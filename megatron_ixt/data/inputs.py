@@ -34,6 +34,12 @@ def expand_inputs(patterns: list[str], *, files: bool = True, error: type = File
     return paths
 
 
+def is_compressed(path: str) -> bool:
+    """Whether :func:`open_jsonl` decompresses ``path`` (``.gz``, ``.zst``); other files are read as
+    they are, so a byte offset in the file is one in its text."""
+    return path.endswith((".gz", ".zst"))
+
+
 def open_jsonl(path: str) -> io.BufferedIOBase:
     """Binary line reader for ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst`` files (by extension)."""
     if path.endswith(".gz"):

@@ -14,6 +14,7 @@ left out: "as they come"). A template that needs a field the level leaves out ca
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple, Union
@@ -41,6 +42,12 @@ Level = Union[int, Dict[str, int]]
 """A steering level: an int 1..5, or a mapping of some of ``SCORE_AXES`` to 1..5."""
 
 
+@functools.lru_cache(maxsize=1 << 14)  # a corpus has at most 5**5 score combinations
+def axes_text(scores: Tuple[Tuple[str, int], ...]) -> str:
+    """The ``{axes}`` field: ``((axis, score), ...)`` as "writing style 4/5, expertise 3/5, ..."."""
+    return ", ".join(f"{AXIS_LABELS[a]} {s}/{SCORE_MAX}" for a, s in scores)
+
+
 def common_fields(annotation: Annotation) -> dict:
     """Template fields of an annotation; a steering annotation may leave fields out (None / axes missing).
 
@@ -48,7 +55,7 @@ def common_fields(annotation: Annotation) -> dict:
     ``SCORE_AXES`` (its score) and ``{axes}``: the axes present, as "writing style 4/5, expertise 3/5, ...".
     """
     values = dict(annotation.scores)
-    values["axes"] = ", ".join(f"{AXIS_LABELS[a]} {s}/{SCORE_MAX}" for a, s in annotation.scores.items())
+    values["axes"] = axes_text(tuple(annotation.scores.items()))
     if annotation.quality is not None:
         values.update(quality=annotation.quality, quality_label=QUALITY_LABELS[annotation.quality])
     if annotation.critique is not None:

@@ -47,7 +47,7 @@ class PrefixTemplate:
     def render(self, annotation: Annotation) -> str:
         """The prefix text of ``annotation``; ValueError when the annotation (a steering level) lacks a field."""
         try:
-            return self.text.format(**prefix_kinds.get(self.kind).fields(annotation))
+            return self.text.format_map(prefix_kinds.get(self.kind).fields(annotation))
         except KeyError as exc:
             raise ValueError(f"{self.kind} template {self.name!r} uses {{{exc.args[0]}}}, which this steering "
                              "level leaves out; give a level that sets it (e.g. a number 1..5)") from None
@@ -122,6 +122,6 @@ def render_kinds(templates: dict, annotations: list) -> dict:
         fields = prefix_kinds.get(kind).fields
         if fields not in fields_of:
             fields_of[fields] = [fields(a) for a in annotations]
-        text_format = template.text.format
-        rendered[kind] = [text_format(**values) for values in fields_of[fields]]
+        render = template.text.format_map  # format(**values) would copy each dict
+        rendered[kind] = list(map(render, fields_of[fields]))
     return rendered

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +79,30 @@ def test_every_reason_counted_and_logged(tmp_path, sp_model, sp_tokenizer, capsy
     assert counts["records"] == len(CASES) - 1 and counts["blank_lines"] == 1
     assert counts["dropped"] == 6 and counts["degraded"] == 9 and counts["annotated"] == 2
     assert meta["annotation_status"]["failed:parse"] == 1 and meta["annotation_status"]["malformed"] == 1
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_line_numbers_across_chunks_files_and_workers(tmp_path, sp_model, capsys, monkeypatch, compressed):
+    """A chunk counts its lines from 1; the lines of the chunks before it are added back in input
+    order, per file: plain files (byte ranges the workers read) and compressed ones alike."""
+    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 200)  # a new chunk every few lines
+    cases = CASES * 4
+    data = b"\n".join(line.encode() if isinstance(line, str) else line for line, _, _ in cases) + b"\n"
+    paths = [tmp_path / (name + (".jsonl.gz" if compressed else ".jsonl")) for name in ("a", "b")]
+    for path in paths:
+        path.write_bytes(gzip.compress(data) if compressed else data)
+    kept = [(f, i) for f in range(2) for i, (_, _, survives) in enumerate(cases, 1) if survives]
+    for workers in (1, 2):
+        assert main(["--input", *map(str, paths), "--output-prefix", str(tmp_path / f"o{workers}"),
+                     "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model,
+                     "--workers", str(workers)]) == 0
+        err = capsys.readouterr().err
+        docs = shards.ShardSet(str(tmp_path / f"o{workers}")).docs
+        assert list(zip(docs["file"].tolist(), docs["line"].tolist())) == kept
+        for reason in DOCUMENT_REASONS.keys() | ANNOTATION_REASONS.keys():
+            where = [f"{path}:{i}" for path in paths for i, (_, r, _) in enumerate(cases, 1) if r == reason]
+            logged = re.findall(rf"^(\S+): {reason}: ", err, re.MULTILINE)
+            assert logged == where[:preprocess_ixt.EXAMPLES_PER_REASON], reason
 
 
 def test_first_examples_only(tmp_path, sp_model, capsys):

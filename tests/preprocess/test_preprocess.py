@@ -273,6 +273,6 @@ def test_chunk_encoder_pickles_as_its_arguments_and_engine(tmp_path, write_corpu
     encoder = preprocess_ixt.ChunkEncoder(args, engine="reference")
     copy = pickle.loads(pickle.dumps(encoder))
     assert copy.encoder.engine == "reference" and copy.args == args
-    task = next(preprocess_ixt.read_chunks([str(tmp_path / "in.jsonl")]))
-    a, b = encoder(task), copy(task)
+    chunk = next(preprocess_ixt.read_chunks([str(tmp_path / "in.jsonl")]))
+    a, b = encoder(chunk), copy(chunk)
     assert all(numpy.array_equal(a.tokens[k], b.tokens[k]) for k in a.tokens) and a.lengths == b.lengths
