@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
+.PHONY: install demo demo-robustness test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
 
 $(STAMP): requirements-cpu.txt setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 ## The main job: an end-to-end run on the bundled example corpus.
 demo: $(STAMP)
 	$(PY) examples/demo/run_demo.py --output demo_out
+
+## The demo's headline across seeds and thread counts (examples/demo/robustness.py; ~6 demo runs).
+demo-robustness: $(STAMP)
+	$(PY) examples/demo/robustness.py --output demo_robustness
 
 ## The CPU scaling sweep (examples/scaling/cpu_tiny.yaml) and its fit into examples/scaling/results/.
 scaling-cpu: $(STAMP)
@@ -52,4 +56,4 @@ bench-generate: $(STAMP)
 	$(BENCH) benchmarks/bench_generate.py
 
 clean:
-	rm -rf $(VENV) demo_out bench_out scaling_out build *.egg-info
+	rm -rf $(VENV) demo_out demo_robustness bench_out scaling_out build *.egg-info

@@ -51,6 +51,12 @@ MODEL_ARGS = [  # small Llama-style model: trains at a few thousand tokens/s on 
 ]
 
 
+# Sequences per optimizer step and process. Small batches, many steps: at 16 sequences (and 1,200
+# steps) learning to copy the question's digits came late and only on some machines; at 8 the same
+# tokens give twice the updates and it comes early (docs: README, "What varies").
+MICRO_BATCH_SIZE = 8
+
+
 def _start(cmd: list, log_path: str, env: dict) -> subprocess.Popen:
     print(f"$ {' '.join(cmd)}", flush=True)
     COMMANDS.append(" ".join(cmd))
@@ -73,14 +79,17 @@ def _finish(proc: subprocess.Popen) -> None:
         sys.exit(f"step failed (exit {proc.returncode}); see {proc.log_path}")
 
 
-def run_steps(steps: list, env: Optional[dict] = None) -> None:
-    """Run ``[(cmd, log_path), ...]`` side by side (one step: sequentially); a failure stops the demo.
-    Each step's output goes to its log; its [train]/[eval]/error lines are echoed when it ends."""
-    start = time.time()
-    procs = [_start(cmd, log_path, env or {}) for cmd, log_path in steps]
-    for proc in procs:
-        _finish(proc)
-    print(f"  done in {time.time() - start:.0f} s (logs: {', '.join(p.log_path for p in procs)})", flush=True)
+def run_steps(steps: list, env: Optional[dict] = None, at_once: Optional[int] = None) -> None:
+    """Run ``[(cmd, log_path), ...]``, ``at_once`` at a time side by side (default: all); a failure
+    stops the demo. Each step's output goes to its log; its [train]/[eval]/error lines are echoed
+    when it ends."""
+    at_once = at_once or len(steps)
+    for first in range(0, len(steps), at_once):
+        start = time.time()
+        procs = [_start(cmd, log_path, env or {}) for cmd, log_path in steps[first:first + at_once]]
+        for proc in procs:
+            _finish(proc)
+        print(f"  done in {time.time() - start:.0f} s (logs: {', '.join(p.log_path for p in procs)})", flush=True)
 
 
 def run(cmd: list, log_path: str) -> None:
@@ -180,14 +189,16 @@ def main(argv=None) -> int:
     p.add_argument("--heldout-docs", type=int, default=300,
                    help="held-out correct documents on which the document loss is evaluated during training")
     p.add_argument("--flaw-share", type=float, default=0.4, help="share of documents with the systematic carry slip")
-    p.add_argument("--train-iters", type=int, default=1200, help="optimizer steps per arm")
+    p.add_argument("--train-iters", type=int, default=2000,
+                   help="optimizer steps per arm, of MICRO_BATCH_SIZE sequences of 256 tokens per process")
     p.add_argument("--eval-points", type=int, default=6, help="held-out loss evaluations over training")
     p.add_argument("--eval-questions", type=int, default=240, help="held-out questions, each needing a carry")
     p.add_argument("--seed", type=int, default=1234, help="training seed of both arms")
     p.add_argument("--nproc", type=int, default=1, help="torchrun processes per training run (data parallel)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per training process (default: the CPUs split between the two arms, "
-                        "which train side by side)")
+                        "which train side by side; arms that would need more CPUs side by side train one "
+                        "after the other)")
     args = p.parse_args(argv)
     start_time = time.time()
 
@@ -229,7 +240,8 @@ def main(argv=None) -> int:
         log("inspect"))
 
     print("== 5. train the baseline and the IXT arm side by side (same tokens, model, seed)", flush=True)
-    threads = args.threads or max(1, (os.cpu_count() or 2) // (2 * args.nproc))
+    cpus = os.cpu_count() or 2
+    threads = args.threads or max(1, cpus // (2 * args.nproc))
     arms = {"baseline": ["--ixt-prefix-kind", "none"], "ixt": ["--ixt-prefix-kind", "quality"]}
     launcher = ([py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
                 if args.nproc > 1 else [py])
@@ -238,15 +250,16 @@ def main(argv=None) -> int:
                             "--train-data-path", shards["arith"] + "_text_document",
                             "--valid-data-path", shards["heldout"] + "_text_document",
                             "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer,
-                            "--micro-batch-size", "16", "--global-batch-size", str(16 * args.nproc),
+                            "--micro-batch-size", str(MICRO_BATCH_SIZE),
+                            "--global-batch-size", str(MICRO_BATCH_SIZE * args.nproc),
                             "--train-iters", str(args.train_iters), "--lr", "3e-3", "--min-lr", "3e-4",
-                            "--lr-warmup-iters", str(max(1, min(50, args.train_iters // 10))),
+                            "--lr-warmup-iters", str(max(1, min(100, args.train_iters // 10))),
                             "--lr-decay-style", "cosine", "--weight-decay", "0.01",
                             "--clip-grad", "1.0", "--log-interval", "50", "--eval-interval", str(eval_interval),
-                            "--eval-iters", "4", "--save", os.path.join(out, "ckpt", arm),
+                            "--eval-iters", "8", "--save", os.path.join(out, "ckpt", arm),
                             "--seed", str(args.seed), *resume_args(os.path.join(out, "ckpt", arm))],
                  log("train_" + arm)) for arm, arm_args in arms.items()],
-              env={"OMP_NUM_THREADS": str(threads)})
+              env={"OMP_NUM_THREADS": str(threads)}, at_once=2 if 2 * threads * args.nproc <= cpus else 1)
 
     print("== 6. steered answers on held-out questions", flush=True)
     questions = held_out_questions(args.eval_questions, synth, seed=99)
@@ -257,12 +270,14 @@ def main(argv=None) -> int:
                   "ixt steered to quality 5": ("ixt", ["--steer", "quality"]),
                   "ixt unconditioned": ("ixt", ["--steer", "none"]),
                   "ixt steered to quality 1": ("ixt", ["--steer", "quality:1"])}
+    gen_paths = {name: os.path.join(out, "eval", re.sub(r"\W+", "_", name) + ".jsonl") for name in conditions}
+    run_steps([([py, "-m", "megatron_ixt.generate", "--load", os.path.join(out, "ckpt", arm),
+                 "--shard-set", shards["arith"], "--prompt-file", prompts, "--output", gen_paths[name],
+                 "--max-new-tokens", "48", *steer_args], log("generate_" + re.sub(r"\W+", "_", name)))
+               for name, (arm, steer_args) in conditions.items()],
+              env={"OMP_NUM_THREADS": "1"}, at_once=cpus)  # one thread each, one per CPU
     results, generations = {}, {}
-    for name, (arm, steer_args) in conditions.items():
-        gen_path = os.path.join(out, "eval", re.sub(r"\W+", "_", name) + ".jsonl")
-        run([py, "-m", "megatron_ixt.generate", "--load", os.path.join(out, "ckpt", arm),
-             "--shard-set", shards["arith"], "--prompt-file", prompts, "--output", gen_path,
-             "--max-new-tokens", "48", *steer_args], log("generate_" + re.sub(r"\W+", "_", name)))
+    for name, gen_path in gen_paths.items():
         with open(gen_path, encoding="utf-8") as f:
             generations[name] = [json.loads(line) for line in f]
         results[name] = score_answers(generations[name], questions)

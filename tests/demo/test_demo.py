@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+import run_demo  # examples/demo (pytest.ini's pythonpath)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -48,3 +50,19 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert len(generations) == 3
     assert generations[0]["prefix_tokens"] == meta["steering"]["quality"]["tokens"]
     assert "ixt steered to quality 5" in proc.stdout
+
+
+@pytest.mark.parametrize("at_once", [1, 2])
+def test_steps_run_in_waves_of_at_once(tmp_path, at_once):
+    """Arms that would oversubscribe the CPUs train one after the other: a wave ends before the next starts."""
+    stamp = "import sys, time; print('start', time.time(), flush=True); time.sleep(0.5); print('end', time.time())"
+    logs = [str(tmp_path / f"step{i}.log") for i in range(4)]
+    run_demo.run_steps([([sys.executable, "-c", stamp], log) for log in logs], at_once=at_once)
+    spans = []
+    for log in logs:
+        times = dict(line.split() for line in open(log))
+        spans.append((float(times["start"]), float(times["end"])))
+    for first in range(0, 4, at_once):
+        wave, after = spans[first:first + at_once], spans[first + at_once:]
+        assert all(start > max(end for _, end in wave) for start, _ in after)  # the next waves start later
+        assert all(start < min(end for _, end in wave) for start, _ in wave)  # a wave's steps overlap
