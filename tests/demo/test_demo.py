@@ -54,15 +54,20 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
 
 @pytest.mark.parametrize("at_once", [1, 2])
 def test_steps_run_in_waves_of_at_once(tmp_path, at_once):
-    """Arms that would oversubscribe the CPUs train one after the other: a wave ends before the next starts."""
-    stamp = "import sys, time; print('start', time.time(), flush=True); time.sleep(0.5); print('end', time.time())"
+    """Arms that would oversubscribe the CPUs train one after the other: the steps of a wave run
+    together (each waits, at most 60 s, until every step of its wave has started) and a wave ends
+    before the next starts."""
+    step = ("import os, sys, time; open(sys.argv[1], 'w').close(); print('start', time.time(), flush=True); "
+            "deadline = time.time() + 60\n"
+            "while not all(map(os.path.exists, sys.argv[2:])) and time.time() < deadline: time.sleep(0.01)\n"
+            "print('met', int(all(map(os.path.exists, sys.argv[2:])))); print('end', time.time())")
+    marks = [str(tmp_path / f"started{i}") for i in range(4)]
+    waves = [marks[first:first + at_once] for first in range(0, 4, at_once)]
     logs = [str(tmp_path / f"step{i}.log") for i in range(4)]
-    run_demo.run_steps([([sys.executable, "-c", stamp], log) for log in logs], at_once=at_once)
-    spans = []
-    for log in logs:
-        times = dict(line.split() for line in open(log))
-        spans.append((float(times["start"]), float(times["end"])))
+    run_demo.run_steps([([sys.executable, "-c", step, marks[i], *waves[i // at_once]], logs[i]) for i in range(4)],
+                       at_once=at_once)
+    records = [dict(line.split() for line in open(log)) for log in logs]
+    assert all(r["met"] == "1" for r in records)  # the steps of each wave ran side by side
     for first in range(0, 4, at_once):
-        wave, after = spans[first:first + at_once], spans[first + at_once:]
-        assert all(start > max(end for _, end in wave) for start, _ in after)  # the next waves start later
-        assert all(start < min(end for _, end in wave) for start, _ in wave)  # a wave's steps overlap
+        wave_end = max(float(r["end"]) for r in records[first:first + at_once])
+        assert all(float(r["start"]) > wave_end for r in records[first + at_once:])  # later waves start after
