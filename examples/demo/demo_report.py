@@ -26,15 +26,19 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> Tu
     return float(ci.low), float(ci.high)
 
 
+def beats(results: Dict[str, dict], steered: str, baseline: str) -> bool:
+    """Whether ``steered``'s accuracy beats ``baseline``'s with non-overlapping 95% intervals."""
+    return results[steered]["accuracy_ci"][0] > results[baseline]["accuracy_ci"][1]
+
+
 def verdict(results: Dict[str, dict], steered: str, baseline: str) -> str:
     """One line: does ``steered`` beat ``baseline`` in accuracy with non-overlapping 95% intervals?"""
     s, b = results[steered], results[baseline]
-    beats = s["accuracy_ci"][0] > b["accuracy_ci"][1]
-    relation = "beats" if beats else "does NOT beat"
-    return (f"verdict: {steered} {relation} the {baseline} "
+    won = beats(results, steered, baseline)
+    return (f"verdict: {steered} {'beats' if won else 'does NOT beat'} the {baseline} "
             f"({s['accuracy']:.2f} [{s['accuracy_ci'][0]:.2f}, {s['accuracy_ci'][1]:.2f}] vs "
             f"{b['accuracy']:.2f} [{b['accuracy_ci'][0]:.2f}, {b['accuracy_ci'][1]:.2f}], "
-            f"95% Wilson intervals {'not ' if beats else ''}overlapping)")
+            f"95% Wilson intervals {'not ' if won else ''}overlapping)")
 
 
 def read_eval_records(metrics_path: str) -> List[dict]:
