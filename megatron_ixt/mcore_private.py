@@ -14,8 +14,9 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
   installed version by reading the return annotation's arity.
 - ``IndexedDatasetBuilder`` internals (0.16-0.19 alike): ``data_file`` (the open ``.bin``),
   ``sequence_lengths`` and ``document_indices`` (Python lists; ``document_indices`` starts with 0
-  and holds the end of each document in sequences). :func:`add_sequences` writes many one-sequence
-  documents with one ``add_document`` call and then fixes ``document_indices``;
+  and holds the end of each document in sequences). :func:`add_sequences` (and ``_from_file``) writes
+  many one-sequence documents as one ``.bin`` write and extends those two lists as ``add_document``
+  would;
   :func:`write_raw_tokens` and :func:`close_builder` use ``data_file``. :func:`finalize_builder` is
   ``IndexedDatasetBuilder.finalize`` (close ``data_file``, then ``_IndexWriter(idx_path, dtype)
   .write(sequence_lengths, sequence_modes, document_indices)``, the same in 0.16-0.19) through an
@@ -34,6 +35,7 @@ names and call sites are the same in 0.16-0.19 (only the query's return differs,
 from __future__ import annotations
 
 import inspect
+import os
 import typing
 
 import numpy
@@ -42,7 +44,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.gpt_dataset import _build_document_index as build_document_index  # noqa: F401
 from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
 
-__all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "build_document_index", "build_shuffle_index",
+__all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "add_sequences_from_file", "build_document_index", "build_shuffle_index",
            "close_builder", "finalize_builder", "pad_token_id", "route_cuda_rng_state", "start_checkpoint_writer_helper",
            "write_raw_tokens"]
 
@@ -54,19 +56,58 @@ QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
 def add_sequences(builder, tokens: numpy.ndarray, lengths: list) -> None:
     """Append ``len(lengths)`` documents of one sequence each (``tokens`` concatenated, 1-D) to an
     ``IndexedDatasetBuilder``: one ``.bin`` write, index identical to one ``add_document`` per document."""
-    n = len(lengths)
-    if n == 0:
+    if len(lengths) == 0:
         return
-    if isinstance(builder.document_indices, list) and not builder.multimodal:
-        # add_document's bookkeeping for n documents at once, and one write without its two copies
-        # of the tokens (numpy.array, then tobytes)
-        builder.data_file.write(numpy.ascontiguousarray(tokens, dtype=builder.dtype))
-        builder.sequence_lengths.extend(lengths)
-        end = len(builder.sequence_lengths)
-        builder.document_indices.extend(range(end - n + 1, end + 1))
-    else:  # a builder that keeps its index differently: one call per document
+    if not _index_is_lists(builder):  # a builder that keeps its index differently: one call per document
         for doc in numpy.split(tokens, numpy.cumsum(lengths)[:-1]):
             builder.add_document(doc, [len(doc)])
+        return
+    # add_document's bookkeeping for n documents at once, and one write without its two copies of
+    # the tokens (numpy.array, then tobytes)
+    builder.data_file.write(numpy.ascontiguousarray(tokens, dtype=builder.dtype))
+    _index_sequences(builder, lengths)
+
+
+def add_sequences_from_file(builder, source: int, offset: int, nbytes: int, lengths: list) -> None:
+    """:func:`add_sequences` with the tokens read from the open file descriptor ``source``: its
+    ``nbytes`` bytes from ``offset``, in the builder's dtype. They are copied file to file in the
+    kernel (``copy_file_range``; a reflink on filesystems that share extents), not through Python."""
+    if len(lengths) == 0:
+        return
+    if not _index_is_lists(builder):
+        add_sequences(builder, numpy.frombuffer(os.pread(source, nbytes, offset), builder.dtype), lengths)
+        return
+    target = builder.data_file
+    target.flush()
+    _copy_file_range(source, target.fileno(), offset, nbytes)
+    target.seek(0, os.SEEK_END)  # the buffered file learns the new position
+    _index_sequences(builder, lengths)
+
+
+def _copy_file_range(source: int, target: int, offset: int, nbytes: int) -> None:
+    """Append ``nbytes`` bytes of file descriptor ``source`` from ``offset`` at ``target``'s
+    position, in the kernel where the OS can (read and write otherwise)."""
+    end = offset + nbytes
+    while offset < end:
+        try:
+            copied = os.copy_file_range(source, target, end - offset, offset)
+        except (AttributeError, OSError):  # not Linux, or not between these filesystems
+            copied = os.write(target, os.pread(source, min(end - offset, 1 << 24), offset))
+        if copied == 0:
+            raise OSError(f"file descriptor {source} ends before byte {end}")
+        offset += copied
+
+
+def _index_is_lists(builder) -> bool:
+    """Whether the builder keeps its index in Python lists (single-modality; 0.16-0.19 alike)."""
+    return isinstance(builder.document_indices, list) and not builder.multimodal
+
+
+def _index_sequences(builder, lengths: list) -> None:
+    """Index the last ``len(lengths)`` sequences written as one-sequence documents."""
+    builder.sequence_lengths.extend(lengths)
+    end = len(builder.sequence_lengths)
+    builder.document_indices.extend(range(end - len(lengths) + 1, end + 1))
 
 
 def write_raw_tokens(builder, tokens: numpy.ndarray) -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import itertools
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -132,7 +134,8 @@ class ChunkResult:
 
     file_index: int
     lines: int = 0  # lines in the chunk, blank ones included
-    tokens: dict = field(default_factory=dict)  # store name -> 1-D array (the chunk's documents concatenated)
+    tokens: dict = field(default_factory=dict)  # store name -> 1-D array (the chunk's documents concatenated); a
+    # worker sends them as a shards.TokenFile instead
     lengths: dict = field(default_factory=dict)  # store name -> list[int], one per written document
     docs: numpy.ndarray | None = None  # shards.DOC_DTYPE rows, one per written document
     counts: collections.Counter = field(default_factory=collections.Counter)
@@ -280,15 +283,18 @@ class ChunkEncoder:
 
 
 _ENCODER: ChunkEncoder | None = None
+_SCRATCH: str | None = None  # where a worker leaves its results' tokens
 
 
-def _init_worker(encoder: ChunkEncoder) -> None:
-    global _ENCODER
-    _ENCODER = encoder
+def _init_worker(encoder: ChunkEncoder, scratch: str) -> None:
+    global _ENCODER, _SCRATCH
+    _ENCODER, _SCRATCH = encoder, scratch
 
 
 def _encode_chunk(chunk: Chunk) -> ChunkResult:
-    return _ENCODER(chunk)
+    result = _ENCODER(chunk)
+    result.tokens = shards.TokenFile.write(_SCRATCH, result.tokens)  # a file name through the pipe, not the tokens
+    return result
 
 
 def read_chunks(files: list[str]):
@@ -324,24 +330,28 @@ def read_chunks(files: list[str]):
                 offset += len(block) + 1
 
 
-def encode_in_order(encoder: ChunkEncoder, workers: int, tasks):
+def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, scratch_parent: str):
     """Encode tasks with ``encoder`` (in this process for 1 worker, else in a pool of ``workers``
     processes); yields results in input order, keeping at most a few tasks per worker in flight
-    (bounded memory on any input size)."""
+    (bounded memory on any input size). A worker's result holds its tokens as a
+    ``shards.TokenFile`` in a temporary directory under ``scratch_parent`` (the output's
+    directory, so that the writer's kernel copy stays on one filesystem); closing the generator
+    stops the workers, then removes that directory."""
     if workers == 1:
         yield from map(encoder, tasks)
         return
-    gc.freeze()  # forked workers inherit this process's objects: a collection there would touch (copy) them all
-    pool = Pool(workers, initializer=_init_worker, initargs=(encoder,))
-    gc.unfreeze()
-    with pool:
-        pending = collections.deque()
-        for task in tasks:
-            pending.append(pool.apply_async(_encode_chunk, (task,)))
-            if len(pending) >= 4 * workers:
+    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".preprocess_ixt-") as scratch:
+        gc.freeze()  # forked workers inherit this process's objects: a collection there would touch (copy) them all
+        pool = Pool(workers, initializer=_init_worker, initargs=(encoder, scratch))
+        gc.unfreeze()
+        with pool:
+            pending = collections.deque()
+            for task in tasks:
+                pending.append(pool.apply_async(_encode_chunk, (task,)))
+                if len(pending) >= 4 * workers:
+                    yield pending.popleft().get()
+            while pending:
                 yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 class StrictError(RuntimeError):
@@ -388,8 +398,10 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
     start = time.time()
     next_log = args.log_interval
     file_index, lines_before = 0, 0  # lines of the current file in the chunks already written
-    with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer:
-        for result in encode_in_order(encoder, args.workers, read_chunks(files)):
+    scratch_parent = os.path.dirname(os.path.abspath(args.output_prefix))
+    with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer, \
+            contextlib.closing(encode_in_order(encoder, args.workers, read_chunks(files), scratch_parent)) as results:
+        for result in results:
             if result.file_index != file_index:
                 file_index, lines_before = result.file_index, 0
             for line_number, reason, message in result.problems:
@@ -400,8 +412,8 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
                 if skipped[reason] <= EXAMPLES_PER_REASON:
                     print(f"{where}: {reason}: {message}", file=log)
             writer.add_documents(result.tokens, result.lengths)
-            for name in writer.names:
-                counts[shards.token_count_key(name)] += len(result.tokens[name])
+            for name, n in writer.tokens.items():
+                counts[shards.token_count_key(name)] = n
             if result.docs is not None:
                 result.docs["line"] += lines_before
                 writer.add_docs(result.docs)

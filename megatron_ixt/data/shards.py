@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 import re
+import tempfile
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy
@@ -196,6 +199,31 @@ def compatibility_problems(a: dict, b: dict) -> list[str]:
 # Writer and reader of the aligned stores
 
 
+@dataclass(frozen=True)
+class TokenFile:
+    """Token arrays that one process leaves in a file for another's :meth:`ShardSetWriter.add_documents`
+    (tools/preprocess_ixt.py's workers: the tokens then never pass through a pipe). The file is the
+    arrays' raw bytes (the shard set's token dtype) back to back, in the order of ``nbytes`` (store
+    name -> bytes)."""
+
+    path: str
+    nbytes: dict
+
+    @classmethod
+    def write(cls, directory: str, tokens: dict) -> "TokenFile":
+        """Write ``tokens`` (store name -> 1-D array) to a new file in ``directory``."""
+        fd, path = tempfile.mkstemp(dir=directory, suffix=".tokens")
+        with open(fd, "wb") as f:
+            for array in tokens.values():
+                f.write(numpy.ascontiguousarray(array))
+        return cls(path, {name: array.nbytes for name, array in tokens.items()})
+
+    def ranges(self) -> dict:
+        """store name -> (offset, nbytes) in the file."""
+        offsets = itertools.accumulate(self.nbytes.values(), initial=0)
+        return {name: (offset, n) for (name, n), offset in zip(self.nbytes.items(), offsets)}
+
+
 class ShardSetWriter:
     """Writes the text store and one prefix store per kind of ``kinds`` of one shard set, aligned
     1:1, atomically. ``kinds`` defaults to every registered prefix kind; ``()`` writes a plain
@@ -245,17 +273,26 @@ class ShardSetWriter:
             self.tokens[name] += len(tokens)
         self.sequences += 1
 
-    def add_documents(self, tokens: dict, lengths: dict) -> None:
-        """Append many documents at once: per store name, their concatenated tokens (1-D array) and
+    def add_documents(self, tokens: "dict | TokenFile", lengths: dict) -> None:
+        """Append many documents at once: per store name, their concatenated tokens (1-D array, or
+        a :class:`TokenFile` holding them all, which is copied in the kernel and then deleted) and
         each document's length (list of int, one per document, 0 = no prefix)."""
-        from megatron_ixt.mcore_private import add_sequences
+        from megatron_ixt.mcore_private import add_sequences, add_sequences_from_file
 
         n = len(lengths[TEXT])
         for name in self.names:
             if len(lengths[name]) != n:
                 raise ValueError(f"{name}: {len(lengths[name])} lengths for {n} documents")
-            add_sequences(self._builders[name], tokens[name], lengths[name])
-            self.tokens[name] += len(tokens[name])
+        if isinstance(tokens, TokenFile):
+            with open(tokens.path, "rb") as f:
+                for name, (offset, nbytes) in tokens.ranges().items():
+                    add_sequences_from_file(self._builders[name], f.fileno(), offset, nbytes, lengths[name])
+                    self.tokens[name] += nbytes // numpy.dtype(self.dtype).itemsize
+            os.remove(tokens.path)
+        else:
+            for name in self.names:
+                add_sequences(self._builders[name], tokens[name], lengths[name])
+                self.tokens[name] += len(tokens[name])
         self.sequences += n
 
     def add_docs(self, docs: numpy.ndarray) -> None:

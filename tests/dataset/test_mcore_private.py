@@ -33,9 +33,9 @@ def test_query_arity_matches_gpt_dataset(make_plain_store, config):
 
 
 def test_builder_internals(tmp_path):
-    """``add_sequences`` writes the same .bin/.idx as one ``add_document`` per document; the raw
-    tokens of ``write_raw_tokens`` are in the .bin but in no sequence; ``finalize_builder`` writes
-    the index ``finalize`` writes; ``close_builder`` closes the .bin."""
+    """``add_sequences`` (and ``add_sequences_from_file``) write the same .bin/.idx as one
+    ``add_document`` per document; the raw tokens of ``write_raw_tokens`` are in the .bin but in no
+    sequence; ``finalize_builder`` writes the index ``finalize`` writes; ``close_builder`` closes the .bin."""
     docs = [numpy.array(d, dtype=numpy.uint16) for d in ([1, 2, 3], [], [4], [5, 6])]
     one = IndexedDatasetBuilder(str(tmp_path / "one.bin"), dtype=numpy.uint16)
     for doc in docs:
@@ -50,6 +50,18 @@ def test_builder_internals(tmp_path):
     store = IndexedDataset(str(tmp_path / "many"))
     assert [store[i].tolist() for i in range(len(store))] == [d.tolist() for d in docs]
     assert store.document_indices.tolist() == [0, 1, 2, 3, 4]
+
+    # the same documents taken from a file of tokens (after 3 bytes that are not theirs), in two calls
+    source = tmp_path / "tokens"
+    source.write_bytes(b"xyz" + numpy.concatenate(docs).tobytes())
+    copied = IndexedDatasetBuilder(str(tmp_path / "copied.bin"), dtype=numpy.uint16)
+    with open(source, "rb") as f:
+        mcore_private.add_sequences_from_file(copied, f.fileno(), 3, 6, [3, 0])
+        mcore_private.add_sequences_from_file(copied, f.fileno(), 9, 6, [1, 2])
+    mcore_private.write_raw_tokens(copied, numpy.zeros(1, numpy.uint16))
+    mcore_private.finalize_builder(copied, str(tmp_path / "copied.idx"))
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"copied{ext}").read_bytes() == (tmp_path / f"many{ext}").read_bytes()
 
     aborted = IndexedDatasetBuilder(str(tmp_path / "aborted.bin"), dtype=numpy.uint16)
     mcore_private.close_builder(aborted)

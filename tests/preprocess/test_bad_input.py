@@ -125,7 +125,9 @@ def test_strict_fails_on_any_reason(tmp_path, sp_model, capsys, index):
     assert run(tmp_path / "in.jsonl", tmp_path / "o", sp_model) == 0  # without --strict it goes through
 
 
-def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch, workers):
+    """No temporary store, and with workers no token file or scratch directory of theirs, is left."""
     monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)  # several chunks
     write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
     calls = []
@@ -139,7 +141,7 @@ def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monk
     original = shards.ShardSetWriter.add_documents
     monkeypatch.setattr(shards.ShardSetWriter, "add_documents", failing_add)
     with pytest.raises(OSError, match="disk full"):
-        run(tmp_path / "in.jsonl", tmp_path / "o", sp_model)
+        run(tmp_path / "in.jsonl", tmp_path / "o", sp_model, "--workers", workers)
     assert os.listdir(tmp_path) == ["in.jsonl"]
 
 
