@@ -36,7 +36,6 @@ from megatron_ixt.tokenizer import (ENGINES, BatchEncoder, add_tokenizer_args, b
 CHUNK_BYTES = 1 << 20  # input bytes per worker task (whole lines); fixed, so chunking never depends on --workers
 EXAMPLES_PER_REASON = 5  # problems logged as file:line per reason
 VERIFY_DOCS = 32  # first records of the input whose text and prefixes verify the tokenizer engine
-PREFIX_CACHE = 1 << 16  # rendered prefixes whose tokens a worker keeps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +158,6 @@ class ChunkEncoder:
         self.text_only = args.text_only
         self.eod = self.tokenizer.eod if args.append_eod else None
         self.templates = {} if args.text_only else templates(args)
-        self._prefix_cache = {}  # rendered prefix -> (tokens, length)
 
     def __getstate__(self) -> tuple:
         return self.args, self.encoder.engine
@@ -172,25 +170,27 @@ class ChunkEncoder:
         counted from 1, statuses, rejected); the line count, counts and problems go to ``result``."""
         texts, annotations, line_numbers, statuses, rejected = [], [], [], [], []
         lines = block.split(b"\n")  # a chunk holds at least one line, perhaps an empty one
-        result.lines = len(lines)
+        problems, text_key = result.problems, self.text_key
+        input_bytes = blank = dropped = 0  # counted here, added to result.counts once
         for line_number, raw in enumerate(lines, 1):
             raw = raw.rstrip(b"\r")
-            result.counts["input_bytes"] += len(raw)
+            input_bytes += len(raw)
             if not raw.strip():
-                result.counts["blank_lines"] += 1
+                blank += 1
                 continue
-            result.counts["records"] += 1
-            record = parse_line(raw, self.text_key)
+            record = parse_line(raw, text_key)
             if record.problems:
-                result.problems += [(line_number, p.reason, p.message) for p in record.problems]
+                problems += [(line_number, p.reason, p.message) for p in record.problems]
             if record.text is None:
-                result.counts["dropped"] += 1
+                dropped += 1
                 continue
             texts.append(record.text)
             annotations.append(record.annotation)
             line_numbers.append(line_number)
             statuses.append(record.status)
             rejected.append(bool(record.problems))  # the text is valid: these are ixt problems
+        result.lines = len(lines)
+        result.counts.update(input_bytes=input_bytes, blank_lines=blank, records=len(lines) - blank, dropped=dropped)
         return texts, annotations, line_numbers, statuses, rejected
 
     def verification_sample(self, block: bytes) -> list[str]:
@@ -202,26 +202,16 @@ class ChunkEncoder:
 
     def encode_with_prefixes(self, texts: list[str], prefixes: dict) -> tuple[tuple, dict]:
         """Tokenize ``texts`` and the strings ``prefixes[kind]`` in one ``BatchEncoder.encode`` call
-        (each call has a fixed cost). Prefixes repeat (the quality prefix has 5 values): each distinct
-        one is tokenized once per process and kept in a cache of PREFIX_CACHE strings.
-        Returns ``(tokens, lengths)`` of the texts and ``{kind: (tokens, lengths)}``."""
-        cache = self._prefix_cache
-        wanted = dict.fromkeys(itertools.chain.from_iterable(prefixes.values()))
-        missing = [p for p in wanted if p not in cache]
-        if len(cache) + len(missing) > PREFIX_CACHE:
-            cache.clear()
-            missing = list(wanted)
-        tokens, lengths = self.encoder.encode(texts + missing)
+        (each call has a fixed cost); a prefix that repeats in the chunk (the quality prefix has 5
+        values) is tokenized once. Returns ``(tokens, lengths)`` of the texts and ``{kind: (tokens,
+        lengths)}``, lengths as ``BatchEncoder.encode`` gives them (-1: failed, no tokens)."""
+        distinct = {}  # prefix -> its position among the chunk's distinct prefixes
+        index = {kind: numpy.fromiter((distinct.setdefault(p, len(distinct)) for p in strings), numpy.int64, len(strings))
+                 for kind, strings in prefixes.items()}
+        tokens, lengths = self.encoder.encode(texts + list(distinct))
         n = len(texts)
         split = int(numpy.maximum(lengths[:n], 0).sum())
-        if missing:
-            pieces = numpy.split(tokens[split:], numpy.cumsum(numpy.maximum(lengths[n:], 0))[:-1])
-            cache.update(zip(missing, zip((p.copy() for p in pieces), lengths[n:].tolist())))
-        encoded = {}
-        for kind, strings in prefixes.items():
-            hits = [cache[p] for p in strings]
-            encoded[kind] = (numpy.concatenate([numpy.zeros(0, self.dtype)] + [h[0] for h in hits]),
-                             numpy.fromiter((h[1] for h in hits), numpy.int64, len(hits)))
+        encoded = {kind: take_sequences(tokens[split:], lengths[n:], i) for kind, i in index.items()}
         return (tokens[:split], lengths[:n]), encoded
 
     def __call__(self, chunk: Chunk) -> ChunkResult:
@@ -280,6 +270,17 @@ class ChunkEncoder:
             result.docs = docs
         result.problems.sort(key=lambda problem: problem[0])  # line order (stable within a line)
         return result
+
+
+def take_sequences(tokens: numpy.ndarray, lengths: numpy.ndarray, index: numpy.ndarray) -> tuple:
+    """Sequences ``index`` (1-D int array) of ``tokens``, the concatenation of sequences of
+    ``lengths`` tokens each (-1 counts as 0): ``(their tokens concatenated, lengths[index])``."""
+    counted = numpy.maximum(lengths, 0)
+    starts = numpy.cumsum(counted) - counted
+    taken = counted[index]
+    ends = numpy.cumsum(taken)
+    positions = numpy.arange(ends[-1] if len(ends) else 0) + numpy.repeat(starts[index] - (ends - taken), taken)
+    return tokens[positions], lengths[index]
 
 
 _ENCODER: ChunkEncoder | None = None

@@ -276,3 +276,13 @@ def test_chunk_encoder_pickles_as_its_arguments_and_engine(tmp_path, write_corpu
     chunk = next(preprocess_ixt.read_chunks([str(tmp_path / "in.jsonl")]))
     a, b = encoder(chunk), copy(chunk)
     assert all(numpy.array_equal(a.tokens[k], b.tokens[k]) for k in a.tokens) and a.lengths == b.lengths
+
+
+def test_take_sequences_gathers_repeats_and_failures():
+    """Sequences [1, 2], (failed), [3], [] taken as 2, 0, 1, 0, 3: failed ones give no tokens and keep -1."""
+    tokens, lengths = numpy.array([1, 2, 3], numpy.uint16), numpy.array([2, -1, 1, 0])
+    taken, taken_lengths = preprocess_ixt.take_sequences(tokens, lengths, numpy.array([2, 0, 1, 0, 3]))
+    assert taken.tolist() == [3, 1, 2, 1, 2] and taken.dtype == numpy.uint16
+    assert taken_lengths.tolist() == [1, 2, -1, 2, 0]
+    none, none_lengths = preprocess_ixt.take_sequences(tokens, lengths, numpy.zeros(0, numpy.int64))
+    assert none.tolist() == [] and none_lengths.tolist() == []
