@@ -11,9 +11,12 @@ encodes it). Then, per tokenizer, in interleaved rounds:
   installed, so the loop is reproduced over the same megatron-core tokenizer and IndexedDatasetBuilder),
 - ours: tools/preprocess_ixt.py, the full IXT path (text + prefix stores, metadata), in-process,
   for each --workers value,
-- ours on the first 40 documents only: the fixed cost of a run (start-up, verification, pool, finalize),
+- ours on the first 40 documents only: the fixed cost of a run (start-up, verification, worker start, finalize),
 - ours on a long input (~210 MB, 100k other documents of the same generator: the size of one file of a
   cluster job's input), where that fixed cost no longer counts: the worker scaling of a real run,
+- the machine's own ceiling for that scaling: N independent 1-worker runs at once, in processes
+  that share nothing, each on 1/N of the long input's lines (on a virtual machine two such
+  processes may not get twice one's throughput: shared caches, memory bandwidth, the host),
 - the tokenizer library alone, single-threaded, on the texts already in memory: HF ``tokenizers``
   ``encode_batch`` (or SentencePiece's batch ``encode``), gigatoken ``encode_batch``, and gigatoken
   ``encode_files`` reading the JSONL itself (the ceiling).
@@ -53,6 +56,42 @@ def long_run(workers: int) -> str:
     return f"ours, full IXT, {workers} worker(s), long input"
 
 
+def split_in_parts(path: str, parts: int) -> list[str]:
+    """``path`` cut into ``parts`` files of whole lines, near-equal in lines (made once)."""
+    stem = path[:-len(".jsonl")]
+    paths = [f"{stem}.part{i}of{parts}.jsonl" for i in range(parts)]
+    if not all(os.path.exists(p) for p in paths):
+        with open(path, "rb") as f:
+            lines = f.readlines()
+        size, extra = divmod(len(lines), parts)
+        start = 0
+        for i, p in enumerate(paths):
+            end = start + size + (i < extra)
+            with open(p + ".tmp", "wb") as f:
+                f.writelines(lines[start:end])
+            os.replace(p + ".tmp", p)
+            start = end
+    return paths
+
+
+def run_independent(parts: list[str], tokenizer_type: str, model: str, output_prefix: str) -> None:
+    """One 1-worker run per part, all at once in separate processes that share nothing: what
+    ``len(parts)`` workers could reach on this machine with no coordination at all."""
+    processes = [multiprocessing.Process(target=run_ours, args=(p, tokenizer_type, model, f"{output_prefix}{i}", 1))
+                 for i, p in enumerate(parts)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"an independent run failed (exit code {p.exitcode})")
+
+
+def independent_run(workers: int) -> str:
+    """The name of the run of ``workers`` independent 1-worker processes on parts of the long input."""
+    return f"{workers} independent 1-worker runs, long input"
+
+
 def generate_corpus(directory: str, docs: int, seed: int) -> str:
     """A JSONL corpus of ``docs`` documents (~2.1 KB each), generated once per (docs, seed)."""
     corpus = os.path.join(directory, f"corpus_{docs}_seed{seed}.jsonl")
@@ -86,7 +125,7 @@ def prepare(directory: str, docs: int, vocab: int) -> tuple[str, dict]:
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the pool workers)."""
+    """CPU time of this process and of its finished children (the workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -219,6 +258,10 @@ def main() -> None:
                 size[long_run(w)] = long_mb
                 runs[long_run(w)] = (lambda: None, lambda _, w=w: run_ours(
                     long_corpus, tokenizer_type, model, out(f"{tag}_long_w{w}"), w))
+            if long_corpus and w > 1:
+                size[independent_run(w)] = long_mb
+                runs[independent_run(w)] = (lambda: None, lambda _, w=w: run_independent(
+                    split_in_parts(long_corpus, w), tokenizer_type, model, out(f"{tag}_part")))
         best = best_of(args.repeat, runs)
         best.update(best_of(args.repeat, library_runs(corpus, tokenizer_type, model, texts)))
         for name, (wall, cpu) in best.items():
@@ -246,12 +289,14 @@ def main() -> None:
             print(ratio(label, full(two), full(one), ">= 1.7"))
             if long_corpus:
                 print(ratio(label, long_run(two), long_run(one), ">= 1.7"))
+                print(ratio(label, independent_run(two), long_run(one), "the machine's ceiling for the line above"))
+                print(ratio(label, long_run(two), independent_run(two), "our parallel efficiency"))
         if (label, "gigatoken encode_files") in rates:
             print(ratio(label, full(one), "gigatoken encode_files", ">= 0.25"))
     print(f"\nfull IXT path with HF BPE, {one} worker: {rates['HF BPE', full(one)][1]:.1f} MB per CPU-second "
           + (f"({rates['HF BPE', long_run(one)][1]:.1f} on the long input) " if long_corpus else "")
           + "(target >= 50 per core)")
-    print("\nfixed cost per run (in-process, imports warm: tokenizer loading, verification, pool start, index "
+    print("\nfixed cost per run (in-process, imports warm: tokenizer loading, verification, worker start, index "
           "finalize), measured on a 40-document input, and the rates without it (what a long run approaches):")
     for (label, workers), (wall, cpu) in fixed.items():
         (w_rate, c_rate) = rates[label, f"ours, full IXT, {workers}"]

@@ -15,12 +15,13 @@ import collections
 import contextlib
 import gc
 import itertools
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from multiprocessing import Pool
+from multiprocessing.connection import Connection
 
 import numpy
 
@@ -35,6 +36,7 @@ from megatron_ixt.tokenizer import (ENGINES, BatchEncoder, add_tokenizer_args, b
 
 CHUNK_BYTES = 1 << 20  # input bytes per worker task (whole lines); fixed, so chunking never depends on --workers
 EXAMPLES_PER_REASON = 5  # problems logged as file:line per reason
+IN_FLIGHT = 4  # tasks sent ahead to each worker
 VERIFY_DOCS = 32  # first records of the input whose text and prefixes verify the tokenizer engine
 
 
@@ -108,13 +110,15 @@ class Chunk:
     """Whole lines of one input file, about CHUNK_BYTES. A plain file's chunk is the byte range
     ``[offset, offset + size)``, which the encoding process reads itself (``data`` None), so the
     reading process does no I/O for it; a compressed file's chunk carries its decompressed lines in
-    ``data``. Either way the lines are newline-separated, without the last line's newline."""
+    ``data`` (or, sent to a worker, in a scratch file). Either way the lines are newline-separated,
+    without the last line's newline."""
 
     file_index: int
     path: str
     offset: int
     size: int
     data: bytes | None = None
+    scratch: bool = False  # ``path`` is a scratch copy of the lines (Workers.send), removed once read
 
     def read(self) -> bytes:
         if self.data is not None:
@@ -122,6 +126,8 @@ class Chunk:
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             block = f.read(self.size)
+        if self.scratch:
+            os.remove(self.path)
         return block[:-1] if block.endswith(b"\n") else block
 
 
@@ -283,19 +289,83 @@ def take_sequences(tokens: numpy.ndarray, lengths: numpy.ndarray, index: numpy.n
     return tokens[positions], lengths[index]
 
 
-_ENCODER: ChunkEncoder | None = None
-_SCRATCH: str | None = None  # where a worker leaves its results' tokens
+def _worker(encoder: ChunkEncoder, scratch: str, tasks: Connection, results: Connection) -> None:
+    """A worker process: encodes the chunks it receives until None, and sends back each result
+    (its tokens in a ``shards.TokenFile`` under ``scratch``) or the exception that stopped it."""
+    while (chunk := tasks.recv()) is not None:
+        try:
+            result = encoder(chunk)
+            result.tokens = shards.TokenFile.write(scratch, result.tokens)  # a file name through the pipe
+        except Exception as exc:  # noqa: BLE001  re-raised by the main process, which stops the run
+            results.send(exc)
+            return
+        results.send(result)
 
 
-def _init_worker(encoder: ChunkEncoder, scratch: str) -> None:
-    global _ENCODER, _SCRATCH
-    _ENCODER, _SCRATCH = encoder, scratch
+class Workers:
+    """``n`` encoding processes, each with a pipe of tasks and a pipe of results. Task ``i`` of a
+    run goes to worker ``i % n``, so results are read back in task order from a known pipe. Every
+    task is small (a chunk is a byte range of a file: a compressed file's chunk is first written to
+    ``scratch``), so sending one never blocks on a worker that is itself sending a result: no
+    deadlock, whatever the sizes of results. No helper threads (multiprocessing.Pool's cost
+    ~0.1 CPU-s per 100 MB here, its worker handler waking at every result)."""
 
+    def __init__(self, n: int, encoder: ChunkEncoder, scratch: str):
+        self.scratch = scratch
+        self.tasks, self.results, self.processes = [], [], []
+        gc.freeze()  # forked workers inherit this process's objects: a collection there would touch (copy) them all
+        try:
+            for _ in range(n):
+                task_reader, task_writer = multiprocessing.Pipe(duplex=False)
+                result_reader, result_writer = multiprocessing.Pipe(duplex=False)
+                process = multiprocessing.Process(target=_worker, args=(encoder, scratch, task_reader, result_writer),
+                                                  daemon=True)
+                process.start()
+                task_reader.close()
+                result_writer.close()
+                self.tasks.append(task_writer)
+                self.results.append(result_reader)
+                self.processes.append(process)
+        finally:
+            gc.unfreeze()
 
-def _encode_chunk(chunk: Chunk) -> ChunkResult:
-    result = _ENCODER(chunk)
-    result.tokens = shards.TokenFile.write(_SCRATCH, result.tokens)  # a file name through the pipe, not the tokens
-    return result
+    def send(self, worker: int, chunk: Chunk) -> None:
+        if chunk.data is not None:  # a compressed file's lines: through a file, not the pipe
+            fd, path = tempfile.mkstemp(dir=self.scratch, suffix=".jsonl")
+            with open(fd, "wb") as f:
+                f.write(chunk.data + b"\n")  # read() takes off one final newline: the lines stay the same
+            chunk = Chunk(chunk.file_index, path, 0, len(chunk.data) + 1, scratch=True)
+        try:
+            self.tasks[worker].send(chunk)
+        except BrokenPipeError:
+            raise self._died(worker) from None
+
+    def receive(self, worker: int) -> ChunkResult:
+        """The next result of ``worker``; raises its exception, or RuntimeError if it died."""
+        try:
+            result = self.results[worker].recv()  # EOF once the worker is gone: only it holds the other end
+        except EOFError:
+            raise self._died(worker) from None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _died(self, worker: int) -> RuntimeError:
+        self.processes[worker].join()
+        return RuntimeError(f"preprocessing worker {worker} died (exit code {self.processes[worker].exitcode})")
+
+    def close(self) -> None:
+        """Stop the workers: after their last task if they are idle, else at once."""
+        for tasks in self.tasks:
+            try:
+                tasks.send(None)
+            except OSError:  # that worker has exited
+                pass
+        for process in self.processes:
+            process.join(timeout=1)
+            if process.is_alive():
+                process.terminate()
+                process.join()
 
 
 def read_chunks(files: list[str]):
@@ -332,9 +402,9 @@ def read_chunks(files: list[str]):
 
 
 def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, scratch_parent: str):
-    """Encode tasks with ``encoder`` (in this process for 1 worker, else in a pool of ``workers``
-    processes); yields results in input order, keeping at most a few tasks per worker in flight
-    (bounded memory on any input size). A worker's result holds its tokens as a
+    """Encode tasks with ``encoder`` (in this process for 1 worker, else in ``workers``
+    processes); yields results in input order, keeping at most IN_FLIGHT tasks per worker in
+    flight (bounded memory on any input size). A worker's result holds its tokens as a
     ``shards.TokenFile`` in a temporary directory under ``scratch_parent`` (the output's
     directory, so that the writer's kernel copy stays on one filesystem); closing the generator
     stops the workers, then removes that directory."""
@@ -342,17 +412,18 @@ def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, scratch_parent: 
         yield from map(encoder, tasks)
         return
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".preprocess_ixt-") as scratch:
-        gc.freeze()  # forked workers inherit this process's objects: a collection there would touch (copy) them all
-        pool = Pool(workers, initializer=_init_worker, initargs=(encoder, scratch))
-        gc.unfreeze()
-        with pool:
-            pending = collections.deque()
-            for task in tasks:
-                pending.append(pool.apply_async(_encode_chunk, (task,)))
-                if len(pending) >= 4 * workers:
-                    yield pending.popleft().get()
+        group = Workers(workers, encoder, scratch)
+        try:
+            pending = collections.deque()  # the worker of each task in flight, in task order
+            for i, task in enumerate(tasks):
+                group.send(i % workers, task)
+                pending.append(i % workers)
+                if len(pending) >= IN_FLIGHT * workers:
+                    yield group.receive(pending.popleft())
             while pending:
-                yield pending.popleft().get()
+                yield group.receive(pending.popleft())
+        finally:
+            group.close()
 
 
 class StrictError(RuntimeError):

@@ -145,6 +145,27 @@ def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monk
     assert os.listdir(tmp_path) == ["in.jsonl"]
 
 
+@pytest.mark.parametrize("how", ["raises", "dies"])
+def test_worker_failure_stops_the_run_and_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch, how):
+    """A worker's exception is raised in the main process; a worker that dies is reported, not waited for."""
+    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)  # several chunks per worker
+    write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
+    original = preprocess_ixt.ChunkEncoder.__call__
+
+    def failing_call(self, chunk):
+        if chunk.offset > 3 * 8192:  # a later chunk, after some were written
+            if how == "dies":
+                os._exit(3)
+            raise KeyError("broken encoder")
+        return original(self, chunk)
+
+    monkeypatch.setattr(preprocess_ixt.ChunkEncoder, "__call__", failing_call)
+    expected = (RuntimeError, r"worker \d died \(exit code 3\)") if how == "dies" else (KeyError, "broken encoder")
+    with pytest.raises(expected[0], match=expected[1]):
+        run(tmp_path / "in.jsonl", tmp_path / "o", sp_model, "--workers", 2)
+    assert os.listdir(tmp_path) == ["in.jsonl"]
+
+
 @pytest.mark.slow
 def test_killed_mid_run_leaves_no_complete_looking_shard(tmp_path, sp_model, write_corpus):
     """SIGKILL while writing: no file under a final name; an earlier shard set survives intact."""
