@@ -31,6 +31,7 @@ issue-11 targets follow, and a check that every text store equals the Megatron-L
 from __future__ import annotations
 
 import argparse
+import glob
 import io
 import json
 import multiprocessing
@@ -122,6 +123,15 @@ def prepare(directory: str, docs: int, vocab: int) -> tuple[str, dict]:
             os.replace(models["HF BPE"] + ".tmp", models["HF BPE"])
         print(f"trained the SentencePiece and HF BPE tokenizers ({vocab} pieces, {time.time() - t:.1f} s)", flush=True)
     return corpus, models
+
+
+def remover(prefix: str):
+    """A run's untimed setup: remove the files an earlier round wrote under ``prefix``, so that each
+    run writes new files, as a real run does (replacing files costs ext4 a flush at the rename)."""
+    def remove() -> None:
+        for path in glob.glob(glob.escape(prefix) + "*"):
+            os.remove(path)
+    return remove
 
 
 def cpu_seconds() -> float:
@@ -249,18 +259,21 @@ def main() -> None:
         runs = {}
         for w in args.workers:
             runs[f"Megatron-LM loop, {w} worker(s)"] = (
-                lambda: None, lambda _, w=w: run_peer(corpus, tokenizer_type, model, out(f"{tag}_peer_text_document"), w))
+                remover(out(f"{tag}_peer")),
+                lambda _, w=w: run_peer(corpus, tokenizer_type, model, out(f"{tag}_peer_text_document"), w))
             runs[f"ours, full IXT, {w} worker(s)"] = (
-                lambda: None, lambda _, w=w: run_ours(corpus, tokenizer_type, model, out(f"{tag}_ixt_w{w}"), w))
+                remover(out(f"{tag}_ixt_w{w}")),
+                lambda _, w=w: run_ours(corpus, tokenizer_type, model, out(f"{tag}_ixt_w{w}"), w))
             runs[f"fixed cost, {w} worker(s)"] = (
-                lambda: None, lambda _, w=w: run_ours(head, tokenizer_type, model, out(f"{tag}_head_w{w}"), w))
+                remover(out(f"{tag}_head_w{w}")),
+                lambda _, w=w: run_ours(head, tokenizer_type, model, out(f"{tag}_head_w{w}"), w))
             if long_corpus:
                 size[long_run(w)] = long_mb
-                runs[long_run(w)] = (lambda: None, lambda _, w=w: run_ours(
+                runs[long_run(w)] = (remover(out(f"{tag}_long_w{w}")), lambda _, w=w: run_ours(
                     long_corpus, tokenizer_type, model, out(f"{tag}_long_w{w}"), w))
             if long_corpus and w > 1:
                 size[independent_run(w)] = long_mb
-                runs[independent_run(w)] = (lambda: None, lambda _, w=w: run_independent(
+                runs[independent_run(w)] = (remover(out(f"{tag}_part")), lambda _, w=w: run_independent(
                     split_in_parts(long_corpus, w), tokenizer_type, model, out(f"{tag}_part")))
         best = best_of(args.repeat, runs)
         best.update(best_of(args.repeat, library_runs(corpus, tokenizer_type, model, texts)))

@@ -401,25 +401,41 @@ def read_chunks(files: list[str]):
                 offset += len(block) + 1
 
 
-def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, scratch_parent: str):
+def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, scratch_parent: str, verify):
     """Encode tasks with ``encoder`` (in this process for 1 worker, else in ``workers``
     processes); yields results in input order, keeping at most IN_FLIGHT tasks per worker in
-    flight (bounded memory on any input size). A worker's result holds its tokens as a
-    ``shards.TokenFile`` in a temporary directory under ``scratch_parent`` (the output's
-    directory, so that the writer's kernel copy stays on one filesystem); closing the generator
-    stops the workers, then removes that directory."""
+    flight (bounded memory on any input size).
+
+    ``verify()`` checks the encoder's tokenizer engine (``BatchEncoder.verify``, which may move it
+    to another engine) before the first result is yielded. With workers it runs while they encode
+    the first tasks, so that its cost is not added to theirs; if it moves the engine, new workers
+    encode those tasks again. A worker's result holds its tokens as a ``shards.TokenFile`` in a
+    temporary directory under ``scratch_parent`` (the output's directory, so that the writer's
+    kernel copy stays on one filesystem); closing the generator stops the workers, then removes
+    that directory."""
     if workers == 1:
+        verify()
         yield from map(encoder, tasks)
         return
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".preprocess_ixt-") as scratch:
+        tasks = iter(tasks)
+        first = list(itertools.islice(tasks, IN_FLIGHT * workers))
+        engine = encoder.encoder.engine
         group = Workers(workers, encoder, scratch)
         try:
-            pending = collections.deque()  # the worker of each task in flight, in task order
-            for i, task in enumerate(tasks):
+            for i, task in enumerate(first):
+                group.send(i % workers, task)
+            verify()
+            if encoder.encoder.engine != engine:  # the workers use an engine that failed verification
+                group.close()
+                group = Workers(workers, encoder, scratch)
+                for i, task in enumerate(first):
+                    group.send(i % workers, task)
+            pending = collections.deque(i % workers for i in range(len(first)))  # the worker of each task in flight
+            for i, task in enumerate(tasks, len(first)):
+                yield group.receive(pending.popleft())
                 group.send(i % workers, task)
                 pending.append(i % workers)
-                if len(pending) >= IN_FLIGHT * workers:
-                    yield group.receive(pending.popleft())
             while pending:
                 yield group.receive(pending.popleft())
         finally:
@@ -460,11 +476,13 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
         raise ValueError(f"--append-eod: the tokenizer {args.tokenizer_model!r} has no EOD/EOS token")
     steering = None if args.text_only else steering_prefixes(args, tokenizer)
     kinds = () if args.text_only else tuple(args.prefix_kinds)
-    first_chunk = next(read_chunks(files), None)
-    encoder.encoder.verify(encoder.verification_sample(first_chunk.read() if first_chunk else b""))
-    for note in encoder.encoder.notes:
-        print(f"warning: tokenizer engine {note}", file=log)
-    print(f"tokenizer engine: {encoder.encoder.label}", file=log, flush=True)
+
+    def verify() -> None:  # the engine against the reference tokenizer, on the input's first records
+        first_chunk = next(read_chunks(files), None)
+        encoder.encoder.verify(encoder.verification_sample(first_chunk.read() if first_chunk else b""))
+        for note in encoder.encoder.notes:
+            print(f"warning: tokenizer engine {note}", file=log)
+        print(f"tokenizer engine: {encoder.encoder.label}", file=log, flush=True)
 
     counts, status, quality, score_sums, skipped = (collections.Counter() for _ in range(5))
     start = time.time()
@@ -472,7 +490,7 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
     file_index, lines_before = 0, 0  # lines of the current file in the chunks already written
     scratch_parent = os.path.dirname(os.path.abspath(args.output_prefix))
     with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer, \
-            contextlib.closing(encode_in_order(encoder, args.workers, read_chunks(files), scratch_parent)) as results:
+            contextlib.closing(encode_in_order(encoder, args.workers, read_chunks(files), scratch_parent, verify)) as results:
         for result in results:
             if result.file_index != file_index:
                 file_index, lines_before = result.file_index, 0

@@ -245,10 +245,13 @@ def test_same_bytes_with_any_engine_and_workers(tmp_path, write_corpus, kind, re
         assert out[0] == first[0] and out[2] == first[2], name
 
 
-def test_verification_difference_falls_back_with_a_warning(tmp_path, write_corpus, disagreeing_hf_dir, capsys):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verification_difference_falls_back_with_a_warning(tmp_path, write_corpus, disagreeing_hf_dir, capsys, workers):
+    """With workers, verification runs while they encode the first chunks with the engine it then
+    rejects: those are encoded again, with the reference."""
     records = write_corpus(tmp_path / "in.jsonl", n_docs=20, seed=6, extra_lines=['{"text": "a <|mark|> here"}'])
     prefix = tmp_path / "m"
-    assert run([tmp_path / "in.jsonl"], prefix, disagreeing_hf_dir, "--append-eod",
+    assert run([tmp_path / "in.jsonl"], prefix, disagreeing_hf_dir, "--append-eod", "--workers", workers,
                tokenizer_type="HuggingFaceTokenizer") == 0
     err = capsys.readouterr().err
     assert "warning: tokenizer engine gigatoken: differs from the reference tokenizer" in err
@@ -258,8 +261,9 @@ def test_verification_difference_falls_back_with_a_warning(tmp_path, write_corpu
     tokenizer = build_tokenizer(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=disagreeing_hf_dir)
     assert reader[len(records)]["text"].tolist() == tokenizer.tokenize("a <|mark|> here") + [tokenizer.eod]
     assert run([tmp_path / "in.jsonl"], tmp_path / "g", disagreeing_hf_dir, "--tokenizer-engine", "gigatoken",
-               tokenizer_type="HuggingFaceTokenizer") == 1
+               "--workers", workers, tokenizer_type="HuggingFaceTokenizer") == 1
     assert "error: gigatoken: differs" in capsys.readouterr().err and not _files(tmp_path / "g")
+    assert not glob.glob(str(tmp_path / ".preprocess_ixt-*"))  # the workers' scratch directories are gone
 
 
 def test_chunk_encoder_pickles_as_its_arguments_and_engine(tmp_path, write_corpus, hf_tokenizer_dir):
