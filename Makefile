@@ -41,7 +41,7 @@ test-quick: $(STAMP)
 bench: bench-preprocess bench-dataset bench-annotate bench-train bench-generate
 
 bench-preprocess: $(STAMP)
-	$(BENCH) benchmarks/bench_preprocess.py
+	$(BENCH) benchmarks/bench_preprocess.py --repeat 3
 
 bench-dataset: $(STAMP)
 	$(BENCH) benchmarks/bench_dataset.py
