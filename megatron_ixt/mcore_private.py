@@ -44,9 +44,9 @@ from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.gpt_dataset import _build_document_index as build_document_index  # noqa: F401
 from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
 
-__all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "add_sequences_from_file", "build_document_index", "build_shuffle_index",
-           "close_builder", "finalize_builder", "pad_token_id", "route_cuda_rng_state", "start_checkpoint_writer_helper",
-           "write_raw_tokens"]
+__all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "add_sequences_from_file", "build_document_index",
+           "build_shuffle_index", "close_builder", "finalize_builder", "pad_token_id", "route_cuda_rng_state",
+           "start_checkpoint_writer_helper", "write_raw_tokens"]
 
 QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
     inspect.signature(GPTDataset._query_document_sample_shuffle_indices).return_annotation)) == 3

@@ -212,7 +212,8 @@ class ChunkEncoder:
         values) is tokenized once. Returns ``(tokens, lengths)`` of the texts and ``{kind: (tokens,
         lengths)}``, lengths as ``BatchEncoder.encode`` gives them (-1: failed, no tokens)."""
         distinct = {}  # prefix -> its position among the chunk's distinct prefixes
-        index = {kind: numpy.fromiter((distinct.setdefault(p, len(distinct)) for p in strings), numpy.int64, len(strings))
+        index = {kind: numpy.fromiter((distinct.setdefault(p, len(distinct)) for p in strings), numpy.int64,
+                                      len(strings))
                  for kind, strings in prefixes.items()}
         tokens, lengths = self.encoder.encode(texts + list(distinct))
         n = len(texts)
@@ -489,8 +490,9 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
     next_log = args.log_interval
     file_index, lines_before = 0, 0  # lines of the current file in the chunks already written
     scratch_parent = os.path.dirname(os.path.abspath(args.output_prefix))
+    results = encode_in_order(encoder, args.workers, read_chunks(files), scratch_parent, verify)
     with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer, \
-            contextlib.closing(encode_in_order(encoder, args.workers, read_chunks(files), scratch_parent, verify)) as results:
+            contextlib.closing(results):  # closed first: the workers stop before the writer aborts
         for result in results:
             if result.file_index != file_index:
                 file_index, lines_before = result.file_index, 0
