@@ -6,7 +6,7 @@
 Flags follow Megatron-LM's tools/preprocess_data.py; see docs/preprocess.md for the record schema,
 the outputs and the bad-input reasons. Output is byte-identical for any --workers: input is cut
 into chunks of whole lines (a plain file's chunks are byte ranges that the workers read themselves),
-encoded in worker processes and written in input order.
+encoded by this process and worker processes, and written in input order.
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--append-eod", action="store_true", help="append the EOD token to every document")
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=1,
-                       help="encoding processes (1: in this process); each tokenizes on one thread")
+                       help="encoding processes, this one included (N: N-1 worker processes, and this one encodes "
+                            "whenever it is not writing); each tokenizes on one thread, so N = the cores to use")
     group.add_argument("--tokenizer-engine", default="auto", choices=("auto",) + ENGINES,
                        help="how texts are tokenized: 'auto' takes the fastest engine that loads and encodes a "
                             "verification sample exactly like the reference tokenizer; a named engine fails "
@@ -304,12 +305,12 @@ def _worker(encoder: ChunkEncoder, scratch: str, tasks: Connection, results: Con
 
 
 class Workers:
-    """``n`` encoding processes, each with a pipe of tasks and a pipe of results. Task ``i`` of a
-    run goes to worker ``i % n``, so results are read back in task order from a known pipe. Every
-    task is small (a chunk is a byte range of a file: a compressed file's chunk is first written to
-    ``scratch``), so sending one never blocks on a worker that is itself sending a result: no
-    deadlock, whatever the sizes of results. No helper threads (multiprocessing.Pool's cost
-    ~0.1 CPU-s per 100 MB here, its worker handler waking at every result)."""
+    """``n`` encoding processes, each with a pipe of tasks and a pipe of results; a worker's results
+    come back in the order of its tasks. Every task is small (a chunk is a byte range of a file: a
+    compressed file's chunk is first written to ``scratch``), so sending one never blocks on a
+    worker that is itself sending a result: no deadlock, whatever the sizes of results. No helper
+    threads (multiprocessing.Pool's cost ~0.1 CPU-s per 100 MB here, its worker handler waking at
+    every result)."""
 
     def __init__(self, n: int, encoder: ChunkEncoder, scratch: str):
         self.scratch = scratch
@@ -341,6 +342,10 @@ class Workers:
         except BrokenPipeError:
             raise self._died(worker) from None
 
+    def ready(self, worker: int) -> bool:
+        """Whether ``worker``'s next result (or its end) can be received without waiting."""
+        return self.results[worker].poll()
+
     def receive(self, worker: int) -> ChunkResult:
         """The next result of ``worker``; raises its exception, or RuntimeError if it died."""
         try:
@@ -355,13 +360,17 @@ class Workers:
         self.processes[worker].join()
         return RuntimeError(f"preprocessing worker {worker} died (exit code {self.processes[worker].exitcode})")
 
-    def close(self) -> None:
-        """Stop the workers: after their last task if they are idle, else at once."""
+    def stop(self) -> None:
+        """Tell every worker to exit after its last task."""
         for tasks in self.tasks:
             try:
                 tasks.send(None)
             except OSError:  # that worker has exited
                 pass
+
+    def close(self) -> None:
+        """Stop the workers: after their last task if they are idle, else at once."""
+        self.stop()
         for process in self.processes:
             process.join(timeout=1)
             if process.is_alive():
@@ -402,45 +411,72 @@ def read_chunks(files: list[str]):
                 offset += len(block) + 1
 
 
-def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, scratch_parent: str, verify):
-    """Encode tasks with ``encoder`` (in this process for 1 worker, else in ``workers``
-    processes); yields results in input order, keeping at most IN_FLIGHT tasks per worker in
-    flight (bounded memory on any input size).
+def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, verify, scratch_parent: str,
+                    cleanup: contextlib.ExitStack):
+    """Encode tasks with ``encoder`` in ``workers`` processes, this one included; yields results in
+    input order.
+
+    With more than one, ``workers - 1`` are worker processes (:class:`Workers`), each kept
+    IN_FLIGHT tasks ahead (bounded memory on any input size), and this process encodes the next task
+    itself whenever the result it must yield next is not ready (it keeps at most IN_FLIGHT results
+    of its own), so it never idles while the workers have work, and on N cores N processes run.
 
     ``verify()`` checks the encoder's tokenizer engine (``BatchEncoder.verify``, which may move it
     to another engine) before the first result is yielded. With workers it runs while they encode
     the first tasks, so that its cost is not added to theirs; if it moves the engine, new workers
     encode those tasks again. A worker's result holds its tokens as a ``shards.TokenFile`` in a
     temporary directory under ``scratch_parent`` (the output's directory, so that the writer's
-    kernel copy stays on one filesystem); closing the generator stops the workers, then removes
-    that directory."""
+    kernel copy stays on one filesystem). Closing ``cleanup`` stops the workers (once the tasks
+    ran out they have been told to exit; this waits for them) and then removes that directory: the
+    caller closes it after its last use of the results, so that the workers' exit overlaps it."""
     if workers == 1:
         verify()
         yield from map(encoder, tasks)
         return
-    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".preprocess_ixt-") as scratch:
-        tasks = iter(tasks)
-        first = list(itertools.islice(tasks, IN_FLIGHT * workers))
-        engine = encoder.encoder.engine
-        group = Workers(workers, encoder, scratch)
-        try:
-            for i, task in enumerate(first):
-                group.send(i % workers, task)
-            verify()
-            if encoder.encoder.engine != engine:  # the workers use an engine that failed verification
-                group.close()
-                group = Workers(workers, encoder, scratch)
-                for i, task in enumerate(first):
-                    group.send(i % workers, task)
-            pending = collections.deque(i % workers for i in range(len(first)))  # the worker of each task in flight
-            for i, task in enumerate(tasks, len(first)):
-                yield group.receive(pending.popleft())
-                group.send(i % workers, task)
-                pending.append(i % workers)
-            while pending:
-                yield group.receive(pending.popleft())
-        finally:
-            group.close()
+    n = workers - 1
+    scratch = cleanup.enter_context(tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".preprocess_ixt-"))
+    tasks = iter(tasks)
+    first = list(itertools.islice(tasks, IN_FLIGHT * n))
+    engine = encoder.encoder.engine
+    group = cleanup.enter_context(contextlib.closing(Workers(n, encoder, scratch)))
+    for i, task in enumerate(first):
+        group.send(i % n, task)
+    verify()
+    if encoder.encoder.engine != engine:  # the workers use an engine that failed verification
+        group.close()
+        group = cleanup.enter_context(contextlib.closing(Workers(n, encoder, scratch)))
+        for i, task in enumerate(first):
+            group.send(i % n, task)
+    # in task order: the worker that encodes each task in flight, or the result encoded here
+    pending = collections.deque(i % n for i in range(len(first)))
+    own = 0  # results encoded here, in pending
+    more = len(first) == IN_FLIGHT * n  # the tasks may not all be taken yet
+    if not more:
+        group.stop()  # the workers exit once their tasks are done
+
+    def next_task() -> Chunk | None:  # None at the end of the tasks
+        nonlocal more
+        task = next(tasks, None)
+        if task is None:
+            more = False
+            group.stop()
+        return task
+
+    while pending:
+        head = pending[0]
+        if isinstance(head, ChunkResult):
+            own -= 1
+            yield pending.popleft()
+        elif more and own < IN_FLIGHT and not group.ready(head):
+            if (task := next_task()) is not None:
+                pending.append(encoder(task))
+                own += 1
+        else:
+            pending.popleft()
+            yield group.receive(head)
+            if more and (task := next_task()) is not None:  # the worker stays IN_FLIGHT tasks ahead
+                group.send(head, task)
+                pending.append(head)
 
 
 class StrictError(RuntimeError):
@@ -490,9 +526,10 @@ def preprocess(args: argparse.Namespace, log=None) -> dict | None:
     next_log = args.log_interval
     file_index, lines_before = 0, 0  # lines of the current file in the chunks already written
     scratch_parent = os.path.dirname(os.path.abspath(args.output_prefix))
-    results = encode_in_order(encoder, args.workers, read_chunks(files), scratch_parent, verify)
-    with shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer, \
-            contextlib.closing(results):  # closed first: the workers stop before the writer aborts
+    with contextlib.ExitStack() as encoding, \
+            shards.ShardSetWriter(args.output_prefix, tokenizer.vocab_size, kinds=kinds) as writer:
+        # the workers are waited for (and their scratch directory removed) after the writer's commit or abort
+        results = encode_in_order(encoder, args.workers, read_chunks(files), verify, scratch_parent, encoding)
         for result in results:
             if result.file_index != file_index:
                 file_index, lines_before = result.file_index, 0

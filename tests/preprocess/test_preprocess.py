@@ -1,6 +1,7 @@
 """tools/preprocess_ixt.py end to end on real files, real tokenizers and megatron-core readers."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import importlib.metadata
@@ -290,3 +291,36 @@ def test_take_sequences_gathers_repeats_and_failures():
     assert taken_lengths.tolist() == [1, 2, -1, 2, 0]
     none, none_lengths = preprocess_ixt.take_sequences(tokens, lengths, numpy.zeros(0, numpy.int64))
     assert none.tolist() == [] and none_lengths.tolist() == []
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_this_process_encodes_while_the_workers_are_busy(tmp_path, write_corpus, sp_model, monkeypatch, workers):
+    """With --workers N, N-1 worker processes and this one encode; results come back in input order
+    whoever encoded them, with every input line counted once, and no worker is left running."""
+    import multiprocessing
+    import time
+
+    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 4096)
+    write_corpus(tmp_path / "in.jsonl", n_docs=200, seed=3, words=(10, 30))
+    args = preprocess_ixt.get_args(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "o"),
+                                    "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model,
+                                    "--workers", str(workers)])
+    main_process, original = os.getpid(), preprocess_ixt.ChunkEncoder.__call__
+
+    def tagged_call(self, chunk):  # a slow worker, so that this process has chunks to take
+        if os.getpid() != main_process:
+            time.sleep(0.05)
+        result = original(self, chunk)
+        result.counts.update(offset=chunk.offset, by_this_process=os.getpid() == main_process)
+        return result
+
+    monkeypatch.setattr(preprocess_ixt.ChunkEncoder, "__call__", tagged_call)
+    encoder = preprocess_ixt.ChunkEncoder(args)
+    chunks = list(preprocess_ixt.read_chunks([str(tmp_path / "in.jsonl")]))
+    with contextlib.ExitStack() as cleanup:
+        results = list(preprocess_ixt.encode_in_order(encoder, workers, chunks, lambda: None, str(tmp_path), cleanup))
+    assert [r.counts["offset"] for r in results] == [c.offset for c in chunks]
+    here = sum(r.counts["by_this_process"] for r in results)
+    assert 0 < here < len(chunks)  # both this process and the workers encoded
+    assert sum(r.lines for r in results) == len((tmp_path / "in.jsonl").read_bytes().rstrip(b"\n").split(b"\n"))
+    assert not multiprocessing.active_children() and not glob.glob(str(tmp_path / ".preprocess_ixt-*"))
