@@ -437,16 +437,19 @@ def encode_in_order(encoder: ChunkEncoder, workers: int, tasks, verify, scratch_
     scratch = cleanup.enter_context(tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".preprocess_ixt-"))
     tasks = iter(tasks)
     first = list(itertools.islice(tasks, IN_FLIGHT * n))
+
+    def start() -> Workers:  # workers with the encoder's engine, encoding the first tasks
+        started = cleanup.enter_context(contextlib.closing(Workers(n, encoder, scratch)))
+        for i, task in enumerate(first):
+            started.send(i % n, task)
+        return started
+
     engine = encoder.encoder.engine
-    group = cleanup.enter_context(contextlib.closing(Workers(n, encoder, scratch)))
-    for i, task in enumerate(first):
-        group.send(i % n, task)
+    group = start()
     verify()
     if encoder.encoder.engine != engine:  # the workers use an engine that failed verification
         group.close()
-        group = cleanup.enter_context(contextlib.closing(Workers(n, encoder, scratch)))
-        for i, task in enumerate(first):
-            group.send(i % n, task)
+        group = start()
     # in task order: the worker that encodes each task in flight, or the result encoded here
     pending = collections.deque(i % n for i in range(len(first)))
     own = 0  # results encoded here, in pending
