@@ -1,5 +1,8 @@
 # megatron-ixt developer commands. `make demo` and `make test` are the README's two commands.
-PYTHON ?= python3.11
+# The interpreter of the environment: the first of python3.11 and python3.12 that runs here (PYTHON=...
+# picks one). requirements-cpu.txt pins each one's stack: 3.11 -> torch 2.13.0 CPU + megatron-core 0.16.1,
+# 3.12 -> torch 2.14.1 + megatron-core 0.19.2. Use another VENV for a second interpreter.
+PYTHON ?= $(shell for p in python3.11 python3.12; do $$p -c "" 2>/dev/null && echo $$p && break; done)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # Benchmarks run from the checkout: its packages (tools/ included), examples/data's make_corpus and
@@ -10,6 +13,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: install demo demo-robustness test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
 
 $(STAMP): requirements-cpu.txt setup.py
+	@test -n "$(PYTHON)" || { echo "no python3.11 or python3.12 found: install one, or give PYTHON=..." >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-cpu.txt
@@ -32,11 +36,12 @@ scaling-cpu: $(STAMP)
 
 ## The default test suite (what CI runs). Slow multi-process tests are included unless -m says otherwise.
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	@$(PY) -c "import sys, megatron.core as m; print(f'stack: Python {sys.version.split()[0]}, megatron-core {m.__version__}')"
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 ## The default suite without the tests marked slow (multi-process training, demo-sized runs).
 test-quick: $(STAMP)
-	$(PY) -m pytest -q tests -m "not slow"
+	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 
 bench: bench-preprocess bench-dataset bench-annotate bench-train bench-generate
 

@@ -11,7 +11,9 @@ megatron-core code paths run with gloo:
   makes ``Tensor.type()`` name CPU tensors ``torch.cuda.*`` (megatron's optimizer sorts and
   asserts parameters by that string);
 * ``torch.cuda.current_device()`` returns ``"cpu"`` (it is only ever used as a device
-  argument), ``torch.cuda.synchronize()`` is a no-op;
+  argument), ``torch.cuda.synchronize()`` is a no-op, and ``torch.cuda.current_stream()`` is a
+  stream whose waits are no-ops (CPU work is already ordered; megatron-core 0.19 asks for the
+  stream in every gradient sync);
 * the CUDA RNG used by megatron's ``CudaRNGStatesTracker`` (and hence by
   ``model_parallel_cuda_manual_seed``) is the CPU default generator.
 
@@ -65,6 +67,19 @@ def _cpu_set_rng_state(new_state: torch.Tensor, *args, **kwargs) -> None:
     torch.set_rng_state(new_state)
 
 
+class CpuStream:
+    """The stream ``torch.cuda.current_stream()`` returns on CPU: everything already runs in order."""
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
 def install() -> bool:
     """Activate the CPU mapping once per process if CUDA is unavailable; returns whether active."""
     global _installed
@@ -76,6 +91,7 @@ def install() -> bool:
 
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda *args, **kwargs: None
+    torch.cuda.current_stream = lambda *args, **kwargs: CpuStream()
     torch.cuda.manual_seed = torch.manual_seed
     torch.cuda.get_rng_state = _cpu_get_rng_state
     torch.cuda.random.get_rng_state = _cpu_get_rng_state

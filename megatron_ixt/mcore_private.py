@@ -24,6 +24,12 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
 - ``dist_checkpointing.strategies.filesystem_async``'s results-queue getter
   (:func:`start_checkpoint_writer_helper`): ``_get_write_results_queue()`` in 0.16,
   ``get_write_results_queue(mp_mode="spawn")`` later.
+- The null tokenizer (:func:`null_tokenizer_metadata`): 0.16 lists its library as ``"null"`` in
+  ``megatron.core.tokenizers.megatron_tokenizer.TOKENIZER_LIBRARIES`` and puts EOD one past
+  ``vocab_size``; 0.17+ lists ``"null-text"`` in ``TEXT_LIBRARIES`` and counts EOD inside
+  ``vocab_size`` (so Megatron-LM 0.17+ reads our ``--vocab-size V`` shard sets with ``--vocab-size V+1``).
+- ``torch.cuda.current_stream()``: 0.19 calls it in every gradient sync (``param_and_grad_buffer``,
+  ``start_grad_sync``), 0.16-0.18 only on GPU-overlap paths; ``megatron_ixt.compat`` stands in for it on CPU.
 - ``GPTDataset._pad_token_id`` (0.16-0.19 alike): the id padding a short sample (:func:`pad_token_id`).
 - ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` (0.16-0.19 alike, same
   signatures): :func:`route_cuda_rng_state` points them at the CPU generator for ``megatron_ixt.compat``.
@@ -45,7 +51,7 @@ from megatron.core.datasets.gpt_dataset import _build_document_index as build_do
 from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
 
 __all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "add_sequences_from_file", "build_document_index",
-           "build_shuffle_index", "close_builder", "finalize_builder", "pad_token_id", "route_cuda_rng_state",
+           "build_shuffle_index", "close_builder", "finalize_builder", "null_tokenizer_metadata", "pad_token_id", "route_cuda_rng_state",
            "start_checkpoint_writer_helper", "write_raw_tokens"]
 
 QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
@@ -167,3 +173,16 @@ def route_cuda_rng_state(get_state, set_state) -> None:
 
     mcore_random._get_cuda_rng_state = get_state
     mcore_random._set_cuda_rng_state = set_state
+
+
+def null_tokenizer_metadata() -> tuple:
+    """``(library, vocab_size_counts_eod)`` of the installed megatron-core's null tokenizer:
+    ``("null", False)`` in 0.16, ``("null-text", True)`` in 0.17 and later."""
+    from megatron.core.tokenizers import megatron_tokenizer
+
+    if "null-text" in getattr(megatron_tokenizer, "TEXT_LIBRARIES", ()):
+        return "null-text", True
+    if "null" in getattr(megatron_tokenizer, "TOKENIZER_LIBRARIES", ()):
+        return "null", False
+    raise RuntimeError("this megatron-core lists no null tokenizer library (neither TEXT_LIBRARIES' 'null-text' "
+                       "nor TOKENIZER_LIBRARIES' 'null'): megatron_ixt.mcore_private needs updating")

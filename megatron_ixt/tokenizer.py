@@ -88,15 +88,15 @@ def build_tokenizer(args_or_kwargs=None, **kwargs):
 
 def _build_null(vocab_size: int):
     """NullTokenizer with ids ``0..vocab_size-1``, EOD ``vocab_size`` and ``vocab_size + 1`` ids in all,
-    on every supported megatron-core (0.16 names its library "null" and adds the EOD id to
-    ``vocab_size``; later versions call it "null-text" and count EOD in ``vocab_size``)."""
+    on every supported megatron-core (the library's name and its EOD counting differ by version:
+    :func:`megatron_ixt.mcore_private.null_tokenizer_metadata`)."""
     from megatron.core.tokenizers import MegatronTokenizer
-    from megatron.core.tokenizers import megatron_tokenizer
 
-    if "null-text" in getattr(megatron_tokenizer, "TOKENIZER_LIBRARIES", ()):
-        tokenizer = MegatronTokenizer.from_pretrained(metadata_path={"library": "null-text"}, vocab_size=vocab_size + 1)
-    else:
-        tokenizer = MegatronTokenizer.from_pretrained(metadata_path={"library": "null"}, vocab_size=vocab_size)
+    from megatron_ixt.mcore_private import null_tokenizer_metadata
+
+    library, vocab_size_counts_eod = null_tokenizer_metadata()
+    tokenizer = MegatronTokenizer.from_pretrained(metadata_path={"library": library},
+                                                  vocab_size=vocab_size + int(vocab_size_counts_eod))
     if tokenizer.eod != vocab_size or tokenizer.vocab_size != vocab_size + 1:
         raise RuntimeError(f"NullTokenizer(vocab_size={vocab_size}) gave eod {tokenizer.eod} and vocab_size "
                            f"{tokenizer.vocab_size}; this megatron-core changed its NullTokenizer again")

@@ -107,3 +107,40 @@ def test_route_cuda_rng_state():
         assert mcore_random._get_cuda_rng_state is get_state and mcore_random._set_cuda_rng_state is set_state
     finally:
         mcore_random._get_cuda_rng_state, mcore_random._set_cuda_rng_state = saved
+
+
+def test_null_tokenizer_library_matches_the_installed_megatron_core():
+    """The library ``null_tokenizer_metadata`` names is one megatron-core lists, and the tokenizer built
+    from it has EOD ``V`` and ``V + 1`` ids for our ``--vocab-size V``, whichever way the version counts EOD."""
+    from megatron.core import package_info
+    from megatron.core.tokenizers import MegatronTokenizer, megatron_tokenizer
+
+    from megatron_ixt.tokenizer import build_tokenizer
+
+    library, counts_eod = mcore_private.null_tokenizer_metadata()
+    listed = getattr(megatron_tokenizer, "TEXT_LIBRARIES", None) or megatron_tokenizer.TOKENIZER_LIBRARIES
+    assert library in listed
+    major, minor = (int(p) for p in package_info.__version__.split(".")[:2])
+    assert counts_eod == ((major, minor) >= (0, 17))
+    raw = MegatronTokenizer.from_pretrained(metadata_path={"library": library}, vocab_size=100)
+    assert raw.vocab_size == (100 if counts_eod else 101)
+    ours = build_tokenizer(tokenizer_type="NullTokenizer", vocab_size=100)
+    assert (ours.eod, ours.vocab_size) == (100, 101)
+    assert ours.tokenize("3 5 99") == [3, 5, 99]
+
+
+def test_cpu_stream_stand_in_lets_a_gradient_sync_run():
+    """On CPU, ``torch.cuda.current_stream()`` (called by megatron-core 0.19's ``start_grad_sync``)
+    returns a stream whose waits do nothing, once ``megatron_ixt.compat`` is installed."""
+    import torch
+
+    from megatron_ixt import compat
+
+    if not compat.install():
+        import pytest
+
+        pytest.skip("CUDA is available: the CPU layer is not installed")
+    stream = torch.cuda.current_stream()
+    stream.wait_event(object())
+    stream.wait_stream(torch.cuda.current_stream())
+    stream.synchronize()
