@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-robustness test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
+.PHONY: install demo demo-robustness test test-quick smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
 
 $(STAMP): requirements-cpu.txt setup.py
 	@test -n "$(PYTHON)" || { echo "no python3.11 or python3.12 found: install one, or give PYTHON=..." >&2; exit 1; }
@@ -43,6 +43,15 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 
+## A smoke run on another megatron-core release (e.g. `make smoke-mcore MCORE=0.17.1` on Python 3.12):
+## imports, the dataset and one training run, with that release installed beside this venv's packages.
+MCORE ?= 0.17.1
+smoke-mcore: $(STAMP)
+	test -d .mcore-$(MCORE) || $(PY) -m pip install -q --no-deps --target .mcore-$(MCORE) megatron-core==$(MCORE)
+	PYTHONPATH=$(CURDIR)/.mcore-$(MCORE) $(PY) -c "import megatron.core as m; assert m.__version__ == '$(MCORE)', m.__file__; print('smoke: megatron-core', m.__version__)"
+	PYTHONPATH=$(CURDIR)/.mcore-$(MCORE) $(PY) -m pytest -q tests/dataset/test_mcore_private.py \
+		tests/dataset/test_ixt_dataset.py tests/training/test_train.py::test_trains_on_preprocessed_shards
+
 bench: bench-preprocess bench-dataset bench-annotate bench-train bench-generate
 
 bench-preprocess: $(STAMP)
@@ -61,4 +70,4 @@ bench-generate: $(STAMP)
 	$(BENCH) benchmarks/bench_generate.py
 
 clean:
-	rm -rf $(VENV) demo_out demo_robustness bench_out scaling_out build *.egg-info
+	rm -rf $(VENV) .venv-py312 .mcore-* demo_out demo_robustness bench_out scaling_out build *.egg-info

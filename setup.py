@@ -16,13 +16,13 @@ setup(
     package_data={"annotate": ["prompts/*.txt"], "megatron_ixt": ["data/templates/*.txt"]},
     install_requires=[
         "torch>=2.4",
-        "megatron-core>=0.16,<0.20",
+        # what .ci/run tests: 0.16.1 (Python 3.11) and 0.19.2 (Python 3.12) in full, 0.17.1 and 0.18.2 by
+        # a smoke run (docs/training.md, "Supported stacks")
+        "megatron-core>=0.16.1,<0.20",
         "numpy>=1.26",
         "sentencepiece>=0.2",
         "gigatoken>=0.10,<0.11",  # fast tokenization in tools/preprocess_ixt.py (optional at import)
         "orjson>=3.9",  # fast JSONL parsing (optional at import)
-        "psutil>=5.9",
-        "aiohttp>=3.9",
     ],
     extras_require={
         "hf": ["transformers>=5.0", "tokenizers>=0.19", "safetensors>=0.4", "protobuf>=4"],
@@ -33,7 +33,9 @@ setup(
         "tensorboard": ["tensorboard>=2.15"],
         "sglang": ["sglang"],
         "te": ["transformer-engine[pytorch]"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1",
+        # aiohttp: the test suite's stand-in SGLang server; psutil: the annotation benchmark
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "aiohttp>=3.9", "psutil>=5.9", "scipy>=1.11", "matplotlib>=3.7",
+                "threadpoolctl>=3.1",
                 "pyyaml>=6.0", "submitit>=1.5", "transformers>=5.0", "tokenizers>=0.19", "zstandard>=0.22",
                 "tensorboard>=2.15", "lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "safetensors>=0.4", "protobuf>=4"],
     },

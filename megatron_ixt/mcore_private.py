@@ -25,9 +25,9 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
   (:func:`start_checkpoint_writer_helper`): ``_get_write_results_queue()`` in 0.16,
   ``get_write_results_queue(mp_mode="spawn")`` later.
 - The null tokenizer (:func:`null_tokenizer_metadata`): 0.16 lists its library as ``"null"`` in
-  ``megatron.core.tokenizers.megatron_tokenizer.TOKENIZER_LIBRARIES`` and puts EOD one past
-  ``vocab_size``; 0.17+ lists ``"null-text"`` in ``TEXT_LIBRARIES`` and counts EOD inside
-  ``vocab_size`` (so Megatron-LM 0.17+ reads our ``--vocab-size V`` shard sets with ``--vocab-size V+1``).
+  ``megatron.core.tokenizers.megatron_tokenizer.TOKENIZER_LIBRARIES``; 0.17+ lists ``"null-text"`` in
+  ``TEXT_LIBRARIES``. Up to 0.17 EOD is one past ``vocab_size``; 0.18+ counts EOD inside ``vocab_size``
+  (so Megatron-LM 0.18+ reads our ``--vocab-size V`` shard sets with ``--vocab-size V+1``).
 - ``torch.cuda.current_stream()``: 0.19 calls it in every gradient sync (``param_and_grad_buffer``,
   ``start_grad_sync``), 0.16-0.18 only on GPU-overlap paths; ``megatron_ixt.compat`` stands in for it on CPU.
 - ``GPTDataset._pad_token_id`` (0.16-0.19 alike): the id padding a short sample (:func:`pad_token_id`).
@@ -177,12 +177,16 @@ def route_cuda_rng_state(get_state, set_state) -> None:
 
 def null_tokenizer_metadata() -> tuple:
     """``(library, vocab_size_counts_eod)`` of the installed megatron-core's null tokenizer:
-    ``("null", False)`` in 0.16, ``("null-text", True)`` in 0.17 and later."""
-    from megatron.core.tokenizers import megatron_tokenizer
+    ``("null", False)`` in 0.16, ``("null-text", False)`` in 0.17, ``("null-text", True)`` in 0.18 and
+    later (read from the tokenizer itself: whether a vocabulary of 2 puts EOD at id 1)."""
+    from megatron.core.tokenizers import MegatronTokenizer, megatron_tokenizer
 
     if "null-text" in getattr(megatron_tokenizer, "TEXT_LIBRARIES", ()):
-        return "null-text", True
-    if "null" in getattr(megatron_tokenizer, "TOKENIZER_LIBRARIES", ()):
-        return "null", False
-    raise RuntimeError("this megatron-core lists no null tokenizer library (neither TEXT_LIBRARIES' 'null-text' "
-                       "nor TOKENIZER_LIBRARIES' 'null'): megatron_ixt.mcore_private needs updating")
+        library = "null-text"
+    elif "null" in getattr(megatron_tokenizer, "TOKENIZER_LIBRARIES", ()):
+        library = "null"
+    else:
+        raise RuntimeError("this megatron-core lists no null tokenizer library (neither TEXT_LIBRARIES' 'null-text' "
+                           "nor TOKENIZER_LIBRARIES' 'null'): megatron_ixt.mcore_private needs updating")
+    probe = MegatronTokenizer.from_pretrained(metadata_path={"library": library}, vocab_size=2)
+    return library, probe.eod == 1

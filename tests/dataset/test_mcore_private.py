@@ -121,7 +121,8 @@ def test_null_tokenizer_library_matches_the_installed_megatron_core():
     listed = getattr(megatron_tokenizer, "TEXT_LIBRARIES", None) or megatron_tokenizer.TOKENIZER_LIBRARIES
     assert library in listed
     major, minor = (int(p) for p in package_info.__version__.split(".")[:2])
-    assert counts_eod == ((major, minor) >= (0, 17))
+    assert library == ("null-text" if (major, minor) >= (0, 17) else "null")
+    assert counts_eod == ((major, minor) >= (0, 18))
     raw = MegatronTokenizer.from_pretrained(metadata_path={"library": library}, vocab_size=100)
     assert raw.vocab_size == (100 if counts_eod else 101)
     ours = build_tokenizer(tokenizer_type="NullTokenizer", vocab_size=100)
