@@ -81,7 +81,7 @@ def test_retry_failed_reuses_saved_settings(standin, tmp_path):
     inp = write_jsonl(tmp_path / "d.jsonl", docs)
     out = str(tmp_path / "out")
     assert main(["run", "--input", inp, "--output", out, "--url", server.url, "--max-retries", "1",
-                 "--backoff-base", "0.01", "--log-interval", "60"]) == 0
+                 "--backoff-base", "0.01", "--log-interval", "60", "--max-failed-fraction", "1"]) == 0
     before = {r["id"]: r for r in read_jsonl(os.path.join(out, "d.jsonl"))}
     assert {i for i, r in before.items() if r["ixt"]["status"] != "ok"} == {f"f{i}" for i in range(4)}
     assert json.load(open(os.path.join(out, "d.stats.json")))["failed"] == {"failed:http": 4}
@@ -145,7 +145,7 @@ def test_retry_failed_interrupted_after_merge_is_idempotent(standin, tmp_path, m
     inp = write_jsonl(tmp_path / "d.jsonl", docs)
     out = str(tmp_path / "out")
     assert main(["run", "--input", inp, "--output", out, "--url", server.url, "--max-retries", "1",
-                 "--backoff-base", "0.01", "--log-interval", "60"]) == 0
+                 "--backoff-base", "0.01", "--log-interval", "60", "--max-failed-fraction", "1"]) == 0
 
     def crash(path):  # the process dies between the atomic merge and removing the retry file
         raise OSError("simulated crash")

@@ -83,7 +83,8 @@ def test_persistent_faults_fail_with_reason(standin, tmp_path):
             {"id": "range", "text": "z [[fault:range*inf]]"}, {"id": "toolong", "text": "w [[fault:400*1]]"},
             {"id": "fine", "text": "a fine document"}]
     inp = write_jsonl(tmp_path / "docs.jsonl", docs)
-    assert run(inp, tmp_path / "out", [server.url], "--max-retries", "2", "--max-parse-retries", "1") == 0
+    assert run(inp, tmp_path / "out", [server.url], "--max-retries", "2", "--max-parse-retries", "1",
+               "--max-failed-fraction", "1") == 0
     recs = by_id(tmp_path / "out" / "docs.jsonl")
     ixt = {k: r["ixt"] for k, r in recs.items()}
     assert ixt["http"]["status"] == "failed:http" and "HTTP 500" in ixt["http"]["error"]
