@@ -109,13 +109,17 @@ class _Job:
                                    "use a new --output directory (or the same settings) to continue")
 
     def drop_if_empty(self) -> None:
-        """After an aborted run: remove this job's output file if no record reached it."""
+        """After an aborted run: remove this job's output file if no record reached it (and, for
+        ``run``, its stats and an empty list of bad lines, which the next scan rewrites)."""
         path = self.writer.path
-        if not self.finished and os.path.exists(path) and os.path.getsize(path) == 0:
-            os.remove(path)
-            if self.kind == "run" and os.path.exists(self.paths.stats):
-                os.remove(self.paths.stats)
-            self.writer = None
+        if self.finished or not os.path.exists(path) or os.path.getsize(path):
+            return
+        os.remove(path)
+        self.writer = None
+        if self.kind == "run":
+            for other in (self.paths.stats, self.paths.rejected):
+                if os.path.exists(other) and (other == self.paths.stats or not os.path.getsize(other)):
+                    os.remove(other)
 
     def write(self, record: dict) -> None:
         self.writer.append(record)
@@ -377,6 +381,7 @@ class Runner:
         self._fatal: asyncio.Future | None = None  # the first exception of a document task
         self._refused: list = []  # (job, record): the latest documents in a row, all refused alike
         self._refusal: BackendError | None = None  # their common refusal
+        self._refused_since = float("inf")  # when the first of them came back
 
     async def annotate(self, doc_id: str, text: str, slot_held: bool = False) -> tuple[dict, BackendError | None]:
         """The ``ixt`` block for one document (never raises for a per-document failure), and the
@@ -424,18 +429,20 @@ class Runner:
         return ixt, refused
 
     async def _process(self, job: _Job, doc_id: str, obj: dict, text: str) -> None:
+        started = time.monotonic()
         ixt, refused = await self.annotate(doc_id, text, slot_held=True)
         obj["id"] = doc_id
         obj["ixt"] = ixt
         if refused is not None and self.cfg.fail_fast_window > 0:
             if self._refusal is None or refused.refusal != self._refusal.refusal:
                 self._release_refused()
-                self._refusal = refused
+                self._refusal, self._refused_since = refused, time.monotonic()
             self._refused.append((job, obj))  # held back until another outcome shows it is not the setup
             if len(self._refused) >= self.cfg.fail_fast_window:
                 raise self._misconfigured()
             return
-        self._release_refused()
+        if started > self._refused_since:  # sent after the refusals began, and not refused: they were not the setup
+            self._release_refused()
         self._write(job, obj)
 
     def _write(self, job: _Job, obj: dict) -> None:
@@ -444,14 +451,13 @@ class Runner:
 
     def _release_refused(self) -> None:
         """Record the held-back refused documents as failed (another outcome came in between)."""
-        held, self._refused, self._refusal = self._refused, [], None
+        held, self._refused, self._refusal, self._refused_since = self._refused, [], None, float("inf")
         for job, obj in held:
             self._write(job, obj)
 
     def _misconfigured(self) -> Misconfigured:
         e = self._refusal
-        return Misconfigured(f"stopped: {len(self._refused)} document(s) in a row, and no other outcome, failed "
-                             f"with {e}. Likely fix: {e.hint}. They were not recorded as failed: rerun with the "
+        return Misconfigured(f"stopped: {len(self._refused)} document(s) in a row failed with {e}. Likely fix: {e.hint}. They were not recorded as failed: rerun with the "
                              "fixed flags to annotate them")
 
     def _task_done(self, task: asyncio.Task) -> None:
