@@ -6,9 +6,7 @@ import os
 import threading
 import time
 
-import aiohttp
-import asyncio
-from annotate_testlib import read_jsonl, write_jsonl
+from annotate_testlib import read_jsonl, set_fault, write_jsonl
 
 from annotate.cli import EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED, main
 from annotate.runner import bounded
@@ -71,14 +69,6 @@ def test_missing_api_key_401_stops(standin, tmp_path, caplog, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sekret")
     assert run(inp, out, server.url, "--api", "chat", "--api-key-env", "JUDGE_KEY") == 0
     assert all(r["ixt"]["status"] == "ok" for r in read_jsonl(out / "d.jsonl"))
-
-
-def set_fault(server, kind, count):
-    async def post():
-        async with aiohttp.ClientSession() as s:
-            async with s.post(server.url + "/_standin/faults", json={"kind": kind, "count": count}) as r:
-                return await r.json()
-    return asyncio.run(post())
 
 
 def test_refusals_midway_stop_in_a_sliding_window(standin, tmp_path, caplog):

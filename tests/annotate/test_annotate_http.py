@@ -6,10 +6,8 @@ import os
 import threading
 import time
 
-import aiohttp
-import asyncio
 import pytest
-from annotate_testlib import read_jsonl, write_jsonl
+from annotate_testlib import read_jsonl, server_stats, write_jsonl
 from sglang_standin import StandinConfig, StandinServer, verdict_for
 
 from annotate.cli import main
@@ -30,14 +28,6 @@ def by_id(path):
     ids = collections.Counter(r["id"] for r in recs)
     assert all(n == 1 for n in ids.values()), [i for i, n in ids.items() if n > 1]
     return {r["id"]: r for r in recs}
-
-
-def server_stats(server):
-    async def get():
-        async with aiohttp.ClientSession() as s:
-            async with s.get(server.url + "/_standin/stats") as r:
-                return await r.json()
-    return asyncio.run(get())
 
 
 @pytest.mark.parametrize("api, reasoning_parser", [("generate", True), ("chat", True), ("chat", False)])
