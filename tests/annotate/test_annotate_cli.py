@@ -75,14 +75,20 @@ def test_output_validates_against_the_record_contract(tmp_path, arith_docs):
     assert [p.status for p in failed] == ["failed:unverifiable"] and failed[0].annotation is None
 
 
-def test_retry_failed_reuses_saved_settings(standin, tmp_path):
+def _flaky_run(standin, tmp_path, flaky=3, good=5):
+    """A run whose ``flaky`` documents failed (2 server errors each, 1 retry allowed): (server, out, docs)."""
     server = standin()
-    docs = [{"id": f"f{i}", "text": f"flaky {i} [[fault:500*2]]"} for i in range(4)]
-    docs += [{"id": f"g{i}", "text": f"good {i}"} for i in range(6)]
+    docs = [{"id": f"f{i}", "text": f"flaky {i} [[fault:500*2]]"} for i in range(flaky)]
+    docs += [{"id": f"g{i}", "text": f"good {i}"} for i in range(good)]
     inp = write_jsonl(tmp_path / "d.jsonl", docs)
     out = str(tmp_path / "out")
     assert main(["run", "--input", inp, "--output", out, "--url", server.url, "--max-retries", "1",
                  "--backoff-base", "0.01", "--log-interval", "60", "--max-failed-fraction", "1"]) == 0
+    return server, out, docs
+
+
+def test_retry_failed_reuses_saved_settings(standin, tmp_path):
+    _, out, docs = _flaky_run(standin, tmp_path, flaky=4, good=6)
     before = {r["id"]: r for r in read_jsonl(os.path.join(out, "d.jsonl"))}
     assert {i for i, r in before.items() if r["ixt"]["status"] != "ok"} == {f"f{i}" for i in range(4)}
     assert json.load(open(os.path.join(out, "d.stats.json")))["failed"] == {"failed:http": 4}
@@ -185,18 +191,6 @@ def test_output_feeds_preprocess_ixt(tmp_path, arith_docs):
     assert meta["counts"]["annotated"] == stats["ok"] == 120 and meta["counts"]["unannotated"] == 1
     assert {k: v for k, v in meta["quality_histogram"].items() if v} == {k: v for k, v in stats["quality_histogram"].items() if v}
     assert sum(meta["skipped"].values()) == 0
-
-
-def _flaky_run(standin, tmp_path):
-    """A run whose 3 flaky documents failed (2 server errors each, 1 retry allowed): (server, out, docs)."""
-    server = standin()
-    docs = [{"id": f"f{i}", "text": f"flaky {i} [[fault:500*2]]"} for i in range(3)]
-    docs += [{"id": f"g{i}", "text": f"good {i}"} for i in range(5)]
-    inp = write_jsonl(tmp_path / "d.jsonl", docs)
-    out = str(tmp_path / "out")
-    assert main(["run", "--input", inp, "--output", out, "--url", server.url, "--max-retries", "1",
-                 "--backoff-base", "0.01", "--log-interval", "60", "--max-failed-fraction", "1"]) == 0
-    return server, out, docs
 
 
 def test_retry_failed_url_replaces_the_saved_servers(standin, tmp_path, caplog):
