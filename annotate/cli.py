@@ -69,9 +69,9 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
                    help="re-asks after an answer cut by --max-new-tokens or without a valid verdict")
     g.add_argument("--concurrency", type=int, default=run.concurrency, help="most requests in flight")
     g.add_argument("--fail-fast-window", type=int, default=run.fail_fast_window,
-                   help="stop (exit 4) when this many documents in a row, and no other outcome, are refused alike "
-                        "by the server (HTTP 4xx such as a wrong --api, --model or API key), recording none of them "
-                        "as failed; 0: record every refusal as a failure")
+                   help="stop (exit 4) when this many documents in a row are refused alike by the server (an HTTP "
+                        "4xx such as a wrong --api, --model or API key), recording none of them as failed; 0: record "
+                        "every refusal as a failure")
     for name, factory in sorted(REGISTRY.items()):
         factory.add_args(p.add_argument_group(f"--backend {name}", factory.description))
     o = p.add_argument_group("output")
