@@ -6,7 +6,8 @@ histogram, the axes' Spearman correlations, critique and reasoning lengths in to
 by reason, tokens in and out per document, throughput over time (documents/s and output
 tokens/s, from each record's ``completed_at``; pauses longer than ``GAP_S`` between runs are cut
 out), and the projected cost of the whole corpus: GPU-hours at the measured throughput per
-replica, next to IXT's annotation FLOPs ``2 N_ann D_ann``.
+replica, next to IXT's annotation FLOPs ``2 N_ann D_ann``; and the judge's self-consistency when
+``annotate agreement`` has written ``DIR/agreement/agreement.md``.
 """
 from __future__ import annotations
 
@@ -259,6 +260,10 @@ def write_report(args) -> str:
                f"corpus: {_fmt(corpus)} documents{'' if args.corpus_docs else ' (this directory; pass --corpus-docs)'}."
                " D_ann counts cached prompt tokens too (IXT's accounting); a replica's throughput is only "
                "representative if the run kept it saturated.", "", *rows, ""])
+    agreement = os.path.join(args.output, "agreement", "agreement.md")
+    if os.path.exists(agreement):  # written by `annotate agreement DIR`
+        with open(agreement, encoding="utf-8") as f:
+            md.extend(["## Judge self-consistency (`annotate agreement`)", "", *f.read().splitlines()[2:]])
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
     return f"wrote {os.path.join(out, 'report.md')} and 6 PNGs ({n_docs} documents, {ok} ok)"

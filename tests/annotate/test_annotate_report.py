@@ -62,6 +62,9 @@ def test_agreement_of_the_verifier_is_exactly_one(annotated, capsys):
     assert config["judge"] == json.load(open(annotated / "run_config.json"))["judge"]
     # the same settings only
     assert main(["agreement", str(annotated), "--sample", "60", "--temperature", "0"]) == 1
+    assert main(["report", str(annotated)]) == 0
+    md = (annotated / "report" / "report.md").read_text()
+    assert "## Judge self-consistency" in md and "| quality | 1.000 [1.000, 1.000]" in md
 
 
 def test_agreement_metrics_on_known_values():
