@@ -253,7 +253,8 @@ def write_report(args) -> str:
         gpu_h = n / (docs_s / replicas) / 3600 * args.gpus_per_replica if docs_s > 0 else float("nan")
         d_ann = n * tokens_per_doc
         flops = f"{2 * args.judge_params * d_ann:.3g}" if args.judge_params else "pass --judge-params"
-        rows.append(f"| {100 * share:.0f}% | {_fmt(n)} | {gpu_h:,.1f} | {_fmt(d_ann)} | {flops} |")
+        hours = f"{gpu_h:,.0f}" if gpu_h >= 100 else f"{gpu_h:.3g}"
+        rows.append(f"| {100 * share:.0f}% | {_fmt(n)} | {hours} | {_fmt(d_ann)} | {flops} |")
     md.extend(["## Projected cost of the corpus", "",
                f"At the measured {docs_s / replicas:.3f} documents/s per replica ({replicas} replica(s), "
                f"{args.gpus_per_replica} GPU(s) each) and {tokens_per_doc:.0f} tokens read and written per document; "
