@@ -17,11 +17,11 @@ import signal
 import sys
 import time
 
-from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Misconfigured, Sampling
 from annotate.agreement import add_agreement_args, agreement_report, sample_documents
+from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Misconfigured, Sampling
 from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, TokenCounter
-from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.report import add_report_args, write_report
+from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
 from megatron_ixt.data.inputs import expand_inputs
 
@@ -244,12 +244,6 @@ def cmd_retry(args, config: dict | None) -> int:
         raise ValueError(f"{args.output} was annotated with other settings ({'; '.join(changed)}); retrying with them "
                          "would mix judges in one directory: drop those flags, or pass --new-judge to mix them "
                          "knowingly (each retried record then names its settings)")
-    if config is not None:
-        if options["backend"] == config["judge"].get("backend"):  # new servers, timeouts...: reused next time
-            config["judge"].update({k: v for k, v in options.items() if k not in result_flags})
-        config.setdefault("retries", []).append({"judge": options, "new_judge": bool(changed),
-                                                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        write_json_atomic(os.path.join(args.output, RUN_CONFIG), config)
     jobs = []
     statuses = set(args.status) if args.status else None
     for name in sorted(os.listdir(args.output)):
@@ -259,7 +253,15 @@ def cmd_retry(args, config: dict | None) -> int:
     if pending:
         log.warning("%d shard(s) not finished (%s...): rerun `run` to finish them first", len(pending), pending[0])
     summary = _run_jobs(args, jobs, judge_settings={k: options[k] for k in result_flags} if changed else None)
-    return summary if isinstance(summary, int) else 0
+    if isinstance(summary, int):
+        return summary
+    if config is not None:
+        if options["backend"] == config["judge"].get("backend"):  # new servers, timeouts...: reused next time
+            config["judge"].update({k: v for k, v in options.items() if k not in result_flags})
+        config.setdefault("retries", []).append({"judge": options, "new_judge": bool(changed),
+                                                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_json_atomic(os.path.join(args.output, RUN_CONFIG), config)
+    return 0
 
 
 def cmd_agreement(args, config: dict | None) -> int:
@@ -267,9 +269,9 @@ def cmd_agreement(args, config: dict | None) -> int:
     if config is None:
         raise ValueError(f"{args.output}: no {RUN_CONFIG}; `agreement` needs a directory written by `run`")
     options, result_flags = saved_options(args)
-    changed = [f"--{k.replace('_', '-')}" for k in result_flags if config["judge"].get(k) != options[k]]
+    changed = changed_result_flags(args.output, options, result_flags)
     if changed:
-        raise ValueError(f"agreement re-annotates with the settings of {args.output}; these differ: {', '.join(changed)}")
+        raise ValueError(f"agreement re-annotates with the settings of {args.output}; these differ: {'; '.join(changed)}")
     out = args.agreement_dir or os.path.join(args.output, "agreement")
     sample = sample_documents(args.output, out, args.sample, args.seed)
     os.makedirs(out, exist_ok=True)

@@ -457,8 +457,8 @@ class Runner:
 
     def _misconfigured(self) -> Misconfigured:
         e = self._refusal
-        return Misconfigured(f"stopped: {len(self._refused)} document(s) in a row failed with {e}. Likely fix: {e.hint}. They were not recorded as failed: rerun with the "
-                             "fixed flags to annotate them")
+        return Misconfigured(f"stopped: {len(self._refused)} document(s) in a row failed with {e}. Likely fix: "
+                             f"{e.hint}. They were not recorded as failed: rerun with the fixed flags to annotate them")
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)

@@ -17,9 +17,10 @@ failures/resets, timeouts, HTTP 408/429/5xx, aborted requests and malformed resp
 exponential backoff and jitter (``Retry-After`` honoured), at most ``max_retries`` times;
 then the request fails with ``failed:http``. Other 4xx answers (e.g. a prompt longer than the
 context) fail at once, marked as a *refusal* with the likely fix (``--api chat``, ``--model``,
-``--api-key-env``), so the runner stops when documents in a row are all refused the same way. A server that fails at the connection level or times out is taken out
-of rotation and probed on ``/health`` until it answers again; when no server has been up for
-``all_down_timeout`` seconds, :class:`AllServersDown` aborts the run.
+``--api-key-env``), so the runner stops when documents in a row are all refused the same way.
+A server that fails at the connection level or times out is taken out of rotation and probed
+on ``/health`` until it answers again; when no server has been up for ``all_down_timeout``
+seconds, :class:`AllServersDown` aborts the run.
 """
 from __future__ import annotations
 
