@@ -1,6 +1,8 @@
-"""``python -m annotate {run,status,retry-failed,synth}``: see docs/annotate.md.
+"""``python -m annotate {run,status,retry-failed,report,agreement,synth}``: see docs/annotate.md.
 
 Exit codes: 0 done; 1 bad arguments or input; 3 all servers down (resume by rerunning);
+4 misconfigured: the server refused documents in a row alike (nothing recorded as failed; fix the
+flags and rerun); 5 more than --max-failed-fraction of the run's documents failed (committed);
 130/143 interrupted by SIGINT/SIGTERM (resume by rerunning).
 """
 from __future__ import annotations
@@ -15,8 +17,10 @@ import signal
 import sys
 import time
 
-from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Sampling
+from annotate.agreement import add_agreement_args, agreement_report, sample_documents
+from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Misconfigured, Sampling
 from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, TokenCounter
+from annotate.report import add_report_args, write_report
 from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
 from megatron_ixt.data.inputs import expand_inputs
@@ -28,7 +32,8 @@ RUN_CONFIG = "run_config.json"
 # `run` must use the same values; operational ones are only reused as `retry-failed` defaults.
 RESULT_FLAGS = ("backend", "tokenizer", "chat_template_kwargs", "max_doc_tokens", "max_new_tokens", "temperature",
                 "top_p", "max_parse_retries")
-OPERATIONAL_FLAGS = ("prompt_template", "concurrency", "fsync_interval")
+OPERATIONAL_FLAGS = ("prompt_template", "concurrency", "fsync_interval", "fail_fast_window")
+EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED = 4, 5
 
 
 def _json_object(text: str) -> dict:
@@ -63,6 +68,10 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-parse-retries", type=int, default=run.max_parse_retries,
                    help="re-asks after an answer cut by --max-new-tokens or without a valid verdict")
     g.add_argument("--concurrency", type=int, default=run.concurrency, help="most requests in flight")
+    g.add_argument("--fail-fast-window", type=int, default=run.fail_fast_window,
+                   help="stop (exit 4) when this many documents in a row are refused alike by the server (an HTTP "
+                        "4xx such as a wrong --api, --model or API key), recording none of them as failed; 0: record "
+                        "every refusal as a failure")
     for name, factory in sorted(REGISTRY.items()):
         factory.add_args(p.add_argument_group(f"--backend {name}", factory.description))
     o = p.add_argument_group("output")
@@ -91,24 +100,38 @@ def saved_options(args) -> tuple[dict, tuple[str, ...]]:
     return {name: json.loads(json.dumps(getattr(args, name))) for name in names}, result
 
 
+def load_run_config(output: str) -> dict | None:
+    """``output``'s run_config.json, or None when there is none."""
+    path = os.path.join(output, RUN_CONFIG)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def changed_result_flags(output: str, options: dict, result_flags) -> list[str]:
+    """The result flags whose value in ``options`` differs from the one saved in ``output``'s
+    run_config.json, as ``--flag old -> new``; empty when ``output`` holds no annotation yet."""
+    config = load_run_config(output)
+    if config is None or not holds_annotations(output):
+        return []
+    before = config.get("judge", {})
+    return [f"--{name.replace('_', '-')} {before[name]!r} -> {options[name]!r}"
+            for name in result_flags if name in before and before[name] != options[name]]
+
+
 def check_resume(output: str, options: dict, result_flags) -> None:
     """Refuse a ``run`` into ``output`` when it holds annotations made with other values of a
     result flag (as saved in its run_config.json): continuing would mix results."""
-    path = os.path.join(output, RUN_CONFIG)
-    if not os.path.exists(path) or not holds_annotations(output):
-        return
-    with open(path, encoding="utf-8") as f:
-        before = json.load(f).get("judge", {})
-    changed = [f"--{name.replace('_', '-')} {before[name]!r} -> {options[name]!r}"
-               for name in result_flags if name in before and before[name] != options[name]]
+    changed = changed_result_flags(output, options, result_flags)
     if changed:
-        raise ValueError(f"{path}: {output} holds annotations made with other settings ({'; '.join(changed)}); "
-                         "use a new --output directory, or the same settings to continue")
+        raise ValueError(f"{os.path.join(output, RUN_CONFIG)}: {output} holds annotations made with other settings "
+                         f"({'; '.join(changed)}); use a new --output directory, or the same settings to continue")
 
 
-def build_parser(retry_defaults: dict | None = None) -> argparse.ArgumentParser:
-    """The CLI; ``retry_defaults`` (the judge options saved by ``run``) become the defaults of
-    ``retry-failed``."""
+def build_parser(saved_judge: dict | None = None) -> argparse.ArgumentParser:
+    """The CLI; ``saved_judge`` (the judge options saved by ``run``) become the defaults of
+    ``retry-failed`` and ``agreement``."""
     parser = argparse.ArgumentParser(prog="python -m annotate", description="Offline feedback annotation with a judge model.")
     parser.add_argument("--log-level", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +141,8 @@ def build_parser(retry_defaults: dict | None = None) -> argparse.ArgumentParser:
     run.add_argument("--output", required=True, help="output directory")
     run.add_argument("--num-shards", type=int, default=1, help="split the input files over this many tasks")
     run.add_argument("--shard-index", type=int, default=0, help="this task's index in 0..num-shards-1")
+    run.add_argument("--max-failed-fraction", type=float, default=0.05,
+                     help="exit 5 (after committing) when more than this share of the run's documents failed")
     add_judge_args(run)
     status = sub.add_parser("status", help="progress, failures and token counts of an output directory")
     status.add_argument("output", help="output directory of `run`")
@@ -127,9 +152,21 @@ def build_parser(retry_defaults: dict | None = None) -> argparse.ArgumentParser:
     retry.add_argument("output", help="output directory of `run`; its run_config.json gives the judge defaults")
     retry.add_argument("--status", action="append", default=None,
                        help="only these failure statuses, e.g. failed:http (repeatable; default all)")
+    retry.add_argument("--new-judge", action="store_true",
+                       help="allow result flags (--api, --model, sampling...) other than run_config.json's: the "
+                            "directory then mixes judges, recorded in each retried record's ixt.annotator.settings "
+                            "and in the shard stats' annotators")
     add_judge_args(retry)
-    if retry_defaults:
-        retry.set_defaults(**retry_defaults)
+    report = sub.add_parser("report", help="Markdown and PNG report: score distributions, lengths, failures, "
+                                           "throughput and projected cost", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_report_args(report)
+    agree = sub.add_parser("agreement", help="re-annotate a random sample with the same judge settings and report "
+                                             "agreement per axis", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_agreement_args(agree)
+    add_judge_args(agree)
+    if saved_judge:
+        retry.set_defaults(**saved_judge)
+        agree.set_defaults(**saved_judge)
     sub.add_parser("synth", help="write synthetic arithmetic documents (see annotate.synthetic)", add_help=False)
     return parser
 
@@ -144,7 +181,8 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
     return files
 
 
-def _run_jobs(args, jobs) -> int:
+def _run_jobs(args, jobs, judge_settings: dict | None = None) -> int | dict:
+    """Run ``jobs`` with the judge of ``args``: the summary dict, or an exit code when the run stopped."""
     template = PromptTemplate.load(args.prompt_template)
     counter = TokenCounter(args.tokenizer)
     judge = JudgeContext(count=counter.count, format=ChatFormatter(counter.hf_tokenizer, args.chat_template_kwargs),
@@ -153,13 +191,17 @@ def _run_jobs(args, jobs) -> int:
     backend = backend_factory(args.backend).from_args(args, judge)
     cfg = RunConfig(output_dir=args.output, concurrency=args.concurrency, max_doc_tokens=args.max_doc_tokens,
                     max_parse_retries=args.max_parse_retries, fsync_interval=args.fsync_interval,
-                    log_interval=args.log_interval)
+                    log_interval=args.log_interval, fail_fast_window=args.fail_fast_window,
+                    judge_settings=judge_settings)
     runner = Runner(cfg, backend, template, counter, jobs)
     try:
         summary = asyncio.run(runner.run())
     except AllServersDown as e:
         log.error("aborting: %s", e)
         return 3
+    except Misconfigured as e:
+        log.error("%s", e)
+        return EXIT_MISCONFIGURED
     except asyncio.CancelledError:
         log.error("interrupted; completed work is saved, rerun the same command to resume")
         return 128 + (runner.stopped_by or signal.SIGTERM)
@@ -167,7 +209,7 @@ def _run_jobs(args, jobs) -> int:
         log.error("interrupted; completed work is saved, rerun the same command to resume")
         return 130
     log.info("finished: %s", json.dumps(summary))
-    return 0
+    return summary
 
 
 def cmd_run(args) -> int:
@@ -182,10 +224,26 @@ def cmd_run(args) -> int:
                       {"inputs": [os.path.abspath(f) for f in files], "judge": options})
     log.info("task %d/%d: %d of %d input shard(s)", args.shard_index, args.num_shards, len(mine), len(files))
     jobs = [RunJob(path, ShardPaths(args.output, shard_stem(path)), args.fsync_interval) for path in mine]
-    return _run_jobs(args, jobs)
+    summary = _run_jobs(args, jobs)
+    if isinstance(summary, int):
+        return summary
+    if summary["failed"] > args.max_failed_fraction * summary["documents"]:
+        log.error("%d of %d documents failed (%s), more than --max-failed-fraction %g; they are committed as failed: "
+                  "see `python -m annotate status %s`, fix the cause, then `python -m annotate retry-failed %s`",
+                  summary["failed"], summary["documents"], summary["errors"] or "no server errors",
+                  args.max_failed_fraction, args.output, args.output)
+        return EXIT_TOO_MANY_FAILED
+    return 0
 
 
-def cmd_retry(args) -> int:
+def cmd_retry(args, config: dict | None) -> int:
+    """Re-annotate failed records under the judge-settings rule (``--new-judge`` to change a result flag)."""
+    options, result_flags = saved_options(args)
+    changed = changed_result_flags(args.output, options, result_flags)
+    if changed and not args.new_judge:
+        raise ValueError(f"{args.output} was annotated with other settings ({'; '.join(changed)}); retrying with them "
+                         "would mix judges in one directory: drop those flags, or pass --new-judge to mix them "
+                         "knowingly (each retried record then names its settings)")
     jobs = []
     statuses = set(args.status) if args.status else None
     for name in sorted(os.listdir(args.output)):
@@ -194,7 +252,36 @@ def cmd_retry(args) -> int:
     pending = [n for n in os.listdir(args.output) if n.endswith(".jsonl.partial")]
     if pending:
         log.warning("%d shard(s) not finished (%s...): rerun `run` to finish them first", len(pending), pending[0])
-    return _run_jobs(args, jobs)
+    summary = _run_jobs(args, jobs, judge_settings={k: options[k] for k in result_flags} if changed else None)
+    if isinstance(summary, int):
+        return summary
+    if config is not None:
+        if options["backend"] == config["judge"].get("backend"):  # new servers, timeouts...: reused next time
+            config["judge"].update({k: v for k, v in options.items() if k not in result_flags})
+        config.setdefault("retries", []).append({"judge": options, "new_judge": bool(changed),
+                                                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        write_json_atomic(os.path.join(args.output, RUN_CONFIG), config)
+    return 0
+
+
+def cmd_agreement(args, config: dict | None) -> int:
+    """Re-annotate a sample of ``args.output`` into its own directory, then compare."""
+    if config is None:
+        raise ValueError(f"{args.output}: no {RUN_CONFIG}; `agreement` needs a directory written by `run`")
+    options, result_flags = saved_options(args)
+    changed = changed_result_flags(args.output, options, result_flags)
+    if changed:
+        raise ValueError(f"agreement re-annotates with the settings of {args.output}; these differ: {'; '.join(changed)}")
+    out = args.agreement_dir or os.path.join(args.output, "agreement")
+    sample = sample_documents(args.output, out, args.sample, args.seed)
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, RUN_CONFIG), {"inputs": [os.path.abspath(sample)], "judge": options})
+    paths = ShardPaths(out, shard_stem(sample))
+    summary = _run_jobs(args, [RunJob(sample, paths, args.fsync_interval)])
+    if isinstance(summary, int):
+        return summary
+    print(agreement_report(args.output, paths.final, args.bootstrap, args.seed))
+    return 0
 
 
 def collect_status(output: str) -> dict:
@@ -284,12 +371,19 @@ def main(argv=None) -> int:
             return cmd_run(args)
         if args.command == "status":
             return cmd_status(args)
-        config_path = os.path.join(args.output, RUN_CONFIG)
-        if os.path.exists(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                saved = json.load(f)["judge"]
-            args = build_parser(retry_defaults=saved).parse_args(argv)
-        return cmd_retry(args)
+        if args.command == "report":
+            print(write_report(args))
+            return 0
+        config = load_run_config(args.output)
+        if config is not None:
+            given = args
+            args = build_parser(saved_judge=config["judge"]).parse_args(argv)
+            for name, value in config["judge"].items():  # a repeatable flag given anew replaces the saved list
+                if isinstance(value, list) and getattr(given, name, None):
+                    setattr(args, name, getattr(given, name))
+        if args.command == "agreement":
+            return cmd_agreement(args, config)
+        return cmd_retry(args, config)
     except (ValueError, RuntimeError, OSError) as e:  # bad configuration, input or output: a message, not a trace
         log.error("%s", e)
         return 1

@@ -13,11 +13,16 @@ written, while the next shard's documents already keep the servers busy.
              "truncation": null | {"unit", "original", "kept_head", "kept_tail"},
              "usage": {"prompt_tokens", "completion_tokens", "cached_tokens", "requests"}}
     failed: {"status": "failed:<http|length|parse|unverifiable>", "error": str,
-             "annotator", "truncation", "usage"}
+             "annotator", "truncation", "usage",
+             "answer", "reasoning", "finish_reason" (the judge's last answer, if any; bounded)}
+
+Every block also has ``completed_at`` (Unix seconds), which ``annotate report`` turns into
+throughput over time.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import logging
@@ -27,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from annotate.backends import Backend, BackendError, Request
+from annotate.backends import Backend, BackendError, Misconfigured, Request
 from annotate.parse import ParseError, parse_output
 from annotate.store import (ShardPaths, ShardStats, ShardWriter, count_lines, encode_record, fsync_dir,
                             iter_lines, write_json_atomic)
@@ -35,6 +40,8 @@ from megatron_ixt.data.record import STATUS_OK, parse_record
 
 log = logging.getLogger("annotate")
 MAX_LOGGED_REJECTS = 20
+MAX_KEPT_ANSWER = 4000  # characters of a failed answer kept in its record (head and tail)
+RECENT_S = 300.0  # the "last minutes" window of the progress line
 
 
 @dataclass
@@ -45,6 +52,16 @@ class RunConfig:
     max_parse_retries: int = 2
     fsync_interval: float = 5.0
     log_interval: float | None = None  # None: 1 s on a terminal, 30 s otherwise
+    fail_fast_window: int = 16  # stop when this many documents in a row are refused alike; 0: never
+    judge_settings: dict | None = None  # retry-failed --new-judge: result flags recorded in every record
+
+
+def bounded(text: str, limit: int = MAX_KEPT_ANSWER) -> str:
+    """``text``, or its head and tail with a marker when longer than ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"
 
 
 def document_id(obj: dict, text: str) -> str | None:
@@ -90,6 +107,19 @@ class _Job:
                 raise RuntimeError(f"{self.writer.path}: already holds records annotated with {key}="
                                    f"{seen.get(key)!r}, this run uses {annotator.get(key)!r}; "
                                    "use a new --output directory (or the same settings) to continue")
+
+    def drop_if_empty(self) -> None:
+        """After an aborted run: remove this job's output file if no record reached it (and, for
+        ``run``, its stats and an empty list of bad lines, which the next scan rewrites)."""
+        path = self.writer.path
+        if self.finished or not os.path.exists(path) or os.path.getsize(path):
+            return
+        os.remove(path)
+        self.writer = None
+        if self.kind == "run":
+            for other in (self.paths.stats, self.paths.rejected):
+                if os.path.exists(other) and (other == self.paths.stats or not os.path.getsize(other)):
+                    os.remove(other)
 
     def write(self, record: dict) -> None:
         self.writer.append(record)
@@ -272,8 +302,9 @@ class RetryJob(_Job):
 
 
 class Progress:
-    """Progress lines with docs/s, tokens/s and ETA: redrawn in place on a terminal, one
-    timestamped line per ``interval`` otherwise (Slurm logs)."""
+    """Progress lines with docs/s, tokens/s (over the run, and over the last ``RECENT_S``
+    seconds) and ETA: redrawn in place on a terminal, one timestamped line per ``interval``
+    otherwise (Slurm logs)."""
 
     def __init__(self, total: int, already: int, stream=None, interval: float | None = None):
         self.stream = stream or sys.stderr
@@ -282,6 +313,7 @@ class Progress:
         self.total, self.already = total, already
         self.docs = self.ok = self.tokens_in = self.tokens_out = self.cached = 0
         self.start = time.monotonic()
+        self.samples = collections.deque([(self.start, 0, 0, 0)])  # (time, docs, tokens in, tokens out)
 
     def add(self, ixt: dict) -> None:
         usage = ixt["usage"]
@@ -291,16 +323,29 @@ class Progress:
         self.tokens_out += usage["completion_tokens"]
         self.cached += usage["cached_tokens"]
 
+    def recent(self, now: float) -> tuple[float, float, float, float]:
+        """``(seconds, docs/s, tokens in/s, tokens out/s)`` over about the last ``RECENT_S`` seconds."""
+        current = (now, self.docs, self.tokens_in, self.tokens_out)
+        self.samples.append(current)
+        while len(self.samples) > 2 and self.samples[1][0] <= now - RECENT_S:
+            self.samples.popleft()
+        base = self.samples[0]
+        dt = max(now - base[0], 1e-9)
+        return (dt, *((c - b) / dt for c, b in zip(current[1:], base[1:])))
+
     def line(self) -> str:
-        dt = max(time.monotonic() - self.start, 1e-9)
+        now = time.monotonic()
+        dt = max(now - self.start, 1e-9)
         rate = self.docs / dt
+        span, recent_docs, recent_in, recent_out = self.recent(now)
         done = self.already + self.docs
         left = max(self.total - done, 0)
-        eta = _fmt_duration(left / rate) if rate > 0 else "?"
+        eta = _fmt_duration(left / recent_docs) if recent_docs > 0 else "?"
         pct = 100.0 * done / self.total if self.total else 100.0
         cached = f" cached {100.0 * self.cached / self.tokens_in:.0f}%" if self.tokens_in else ""
         return (f"{done}/{self.total} docs ({pct:.1f}%) | {rate:.1f} docs/s | in {self.tokens_in / dt:.0f} tok/s, "
-                f"out {self.tokens_out / dt:.0f} tok/s{cached} | ok {self.ok} failed {self.docs - self.ok} "
+                f"out {self.tokens_out / dt:.0f} tok/s{cached} | last {_fmt_duration(span)}: {recent_docs:.1f} docs/s, "
+                f"in {recent_in:.0f} tok/s, out {recent_out:.0f} tok/s | ok {self.ok} failed {self.docs - self.ok} "
                 f"| elapsed {_fmt_duration(dt)} | ETA {eta}")
 
     def show(self, final: bool = False) -> None:
@@ -334,9 +379,13 @@ class Runner:
         self._slots: asyncio.Semaphore | None = None  # request slots (concurrency)
         self._tasks: set = set()  # document tasks alive
         self._fatal: asyncio.Future | None = None  # the first exception of a document task
+        self._refused: list = []  # (job, record): the latest documents in a row, all refused alike
+        self._refusal: BackendError | None = None  # their common refusal
+        self._refused_since = float("inf")  # when the first of them came back
 
-    async def annotate(self, doc_id: str, text: str, slot_held: bool = False) -> dict:
-        """The ``ixt`` block for one document (never raises for a per-document failure).
+    async def annotate(self, doc_id: str, text: str, slot_held: bool = False) -> tuple[dict, BackendError | None]:
+        """The ``ixt`` block for one document (never raises for a per-document failure), and the
+        backend's error when the server refused it (``BackendError.refusal``).
 
         Each request holds one of the ``concurrency`` slots only while it is in flight; once
         the answer is in, the slot is freed and the task yields, so the next document's request
@@ -344,7 +393,7 @@ class Runner:
         document, truncation = self.counter.truncate(text, self.cfg.max_doc_tokens)
         request = Request(doc_id=doc_id, prompt=self.template.render(document), document=document)
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "requests": 0}
-        failure = ("parse", "no attempt made")
+        failure, last, refused = ("parse", "no attempt made"), None, None
         for _ in range(self.cfg.max_parse_retries + 1):
             if not slot_held:
                 await self._slots.acquire()
@@ -353,7 +402,7 @@ class Runner:
                 c = await self.backend.complete(request)
             except BackendError as e:
                 usage["requests"] += e.attempts
-                failure = (e.reason, str(e))
+                failure, refused = (e.reason, str(e)), (e if e.refusal else None)
                 break
             finally:
                 self._slots.release()
@@ -362,6 +411,7 @@ class Runner:
             usage["prompt_tokens"] += c.prompt_tokens
             usage["completion_tokens"] += c.completion_tokens
             usage["cached_tokens"] += c.cached_tokens
+            last = c
             try:
                 j = parse_output(c.text, c.reasoning)
             except ParseError as e:
@@ -369,16 +419,46 @@ class Runner:
                 failure = (reason, f"{e} (finish_reason={c.finish_reason})")
                 continue
             return {"status": STATUS_OK, "quality": j.quality, "scores": j.scores, "critique": j.critique,
-                    "reasoning": j.reasoning, "annotator": self.annotator, "truncation": truncation, "usage": usage}
-        return {"status": f"failed:{failure[0]}", "error": failure[1], "annotator": self.annotator,
-                "truncation": truncation, "usage": usage}
+                    "reasoning": j.reasoning, "annotator": self.annotator, "truncation": truncation, "usage": usage,
+                    "completed_at": round(time.time(), 3)}, None
+        ixt = {"status": f"failed:{failure[0]}", "error": failure[1], "annotator": self.annotator,
+               "truncation": truncation, "usage": usage, "completed_at": round(time.time(), 3)}
+        if last is not None:  # the evidence: what the judge last answered
+            ixt.update(answer=bounded(last.text), reasoning=bounded(last.reasoning or "") or None,
+                       finish_reason=last.finish_reason)
+        return ixt, refused
 
     async def _process(self, job: _Job, doc_id: str, obj: dict, text: str) -> None:
-        ixt = await self.annotate(doc_id, text, slot_held=True)
+        started = time.monotonic()
+        ixt, refused = await self.annotate(doc_id, text, slot_held=True)
         obj["id"] = doc_id
         obj["ixt"] = ixt
+        if refused is not None and self.cfg.fail_fast_window > 0:
+            if self._refusal is None or refused.refusal != self._refusal.refusal:
+                self._release_refused()
+                self._refusal, self._refused_since = refused, time.monotonic()
+            self._refused.append((job, obj))  # held back until another outcome shows it is not the setup
+            if len(self._refused) >= self.cfg.fail_fast_window:
+                raise self._misconfigured()
+            return
+        if started > self._refused_since:  # sent after the refusals began, and not refused: they were not the setup
+            self._release_refused()
+        self._write(job, obj)
+
+    def _write(self, job: _Job, obj: dict) -> None:
         job.write(obj)
-        self.progress.add(ixt)
+        self.progress.add(obj["ixt"])
+
+    def _release_refused(self) -> None:
+        """Record the held-back refused documents as failed (another outcome came in between)."""
+        held, self._refused, self._refusal, self._refused_since = self._refused, [], None, float("inf")
+        for job, obj in held:
+            self._write(job, obj)
+
+    def _misconfigured(self) -> Misconfigured:
+        e = self._refusal
+        return Misconfigured(f"stopped: {len(self._refused)} document(s) in a row failed with {e}. Likely fix: "
+                             f"{e.hint}. They were not recorded as failed: rerun with the fixed flags to annotate them")
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
@@ -399,6 +479,9 @@ class Runner:
                 job.finish()
         while self._tasks:
             await asyncio.wait(set(self._tasks))
+        if self._refused and self.progress.docs == 0:
+            raise self._misconfigured()  # every document of this run was refused alike
+        self._release_refused()
 
     async def _report(self) -> None:
         while True:
@@ -437,6 +520,8 @@ class Runner:
             await self.backend.start()
             self.annotator = {**self.backend.info(), "prompt_version": self.template.version,
                               "prompt_sha256": self.template.sha256}
+            if self.cfg.judge_settings:
+                self.annotator["settings"] = self.cfg.judge_settings
             for job in self.jobs:
                 job.check_annotator(self.annotator)
                 job.annotator_seen = job.annotator_seen or self.annotator
@@ -461,6 +546,7 @@ class Runner:
             for job in self.jobs:
                 if job.writer is not None:
                     job.writer.close()
+                    job.drop_if_empty()
             self._write_stats(state)
             if self.progress is not None:
                 self.progress.total = sum(j.total for j in self.jobs)

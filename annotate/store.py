@@ -88,6 +88,7 @@ class ShardStats:
         self.requests = 0
         self.quality = {str(q): 0 for q in range(1, 6)}
         self.score_sums = {a: 0 for a in SCORE_AXES}
+        self.annotators: dict[str, int] = {}  # the judges of the records (JSON of ixt.annotator) -> count
 
     @property
     def done(self) -> int:
@@ -101,6 +102,8 @@ class ShardStats:
         self.requests += usage.get("requests", 0)
         if ixt.get("truncation"):
             self.truncated += 1
+        judge = json.dumps(ixt.get("annotator"), sort_keys=True)
+        self.annotators[judge] = self.annotators.get(judge, 0) + 1
         status = ixt["status"]
         if status == STATUS_OK:
             self.ok += 1
@@ -120,6 +123,7 @@ class ShardStats:
             "truncated": self.truncated,
             "quality_histogram": dict(self.quality),
             "score_means": {a: round(v / self.ok, 4) if self.ok else None for a, v in self.score_sums.items()},
+            "annotators": [{"annotator": json.loads(k), "records": n} for k, n in sorted(self.annotators.items())],
         }
 
 

@@ -12,13 +12,13 @@ instances satisfy :class:`Backend`), added to ``_BUILT_IN`` below, or passed to
 from __future__ import annotations
 
 from annotate.backends.base import (AllServersDown, Backend, BackendError, BackendFactory, Completion, JudgeContext,
-                                    Request, Sampling)
+                                    Misconfigured, Request, Sampling)
 from annotate.backends.engine import EngineBackend
 from annotate.backends.http import HttpBackend
 from annotate.backends.verifier import VerifierBackend
 
-__all__ = ["AllServersDown", "Backend", "BackendError", "BackendFactory", "Completion", "JudgeContext", "Request",
-           "Sampling", "REGISTRY", "register"]
+__all__ = ["AllServersDown", "Backend", "BackendError", "BackendFactory", "Completion", "JudgeContext",
+           "Misconfigured", "Request", "Sampling", "REGISTRY", "register"]
 
 REGISTRY: dict[str, BackendFactory] = {}
 

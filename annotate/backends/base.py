@@ -30,12 +30,23 @@ class Completion:
 
 
 class BackendError(Exception):
-    """A request the backend gave up on; ``reason`` becomes ``ixt.status = "failed:<reason>"``."""
+    """A request the backend gave up on; ``reason`` becomes ``ixt.status = "failed:<reason>"``.
 
-    def __init__(self, message: str, reason: str = "http", attempts: int = 1):
+    ``refusal`` marks an answer that every request would get if the run is misconfigured (e.g.
+    ``"HTTP 404"``); ``hint`` is then the likely fix. When a window of documents in a row fail
+    with the same refusal the runner stops instead of recording them as failed."""
+
+    def __init__(self, message: str, reason: str = "http", attempts: int = 1, refusal: str | None = None,
+                 hint: str = ""):
         super().__init__(message)
         self.reason = reason
         self.attempts = attempts
+        self.refusal = refusal
+        self.hint = hint
+
+
+class Misconfigured(RuntimeError):
+    """Documents in a row all failed with the same refusal: stop without recording them."""
 
 
 class AllServersDown(RuntimeError):

@@ -16,9 +16,11 @@ request to the healthy server with the fewest requests in flight, and retries co
 failures/resets, timeouts, HTTP 408/429/5xx, aborted requests and malformed responses with
 exponential backoff and jitter (``Retry-After`` honoured), at most ``max_retries`` times;
 then the request fails with ``failed:http``. Other 4xx answers (e.g. a prompt longer than the
-context) fail at once. A server that fails at the connection level or times out is taken out
-of rotation and probed on ``/health`` until it answers again; when no server has been up for
-``all_down_timeout`` seconds, :class:`AllServersDown` aborts the run.
+context) fail at once, marked as a *refusal* with the likely fix (``--api chat``, ``--model``,
+``--api-key-env``), so the runner stops when documents in a row are all refused the same way.
+A server that fails at the connection level or times out is taken out of rotation and probed
+on ``/health`` until it answers again; when no server has been up for ``all_down_timeout``
+seconds, :class:`AllServersDown` aborts the run.
 """
 from __future__ import annotations
 
@@ -130,6 +132,7 @@ class HttpBackend:
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else None
         self.servers = [_Server(u, HttpPool(u, config.connect_timeout, headers)) for u in config.urls]
         self.errors: dict[str, int] = {}  # error kind -> count (retried or not), for stats
+        self.served_models: list[str] = []  # ids listed by GET /v1/models (for error hints)
         self._any_up: asyncio.Event | None = None
         self._down_since = time.monotonic()
         self._next = 0
@@ -154,10 +157,19 @@ class HttpBackend:
         except asyncio.TimeoutError:
             raise AllServersDown(f"no server answered GET /health with 200 within {self.cfg.health_timeout:g}s: "
                                  + "; ".join(f"{s.url}: {s.last_error}" for s in self.servers)) from None
+        server = next(s for s in self.servers if s.up)
+        models = await self._get_json(server, "/v1/models")
+        try:
+            self.served_models = [str(m["id"]) for m in models["data"]]
+        except (KeyError, TypeError):
+            self.served_models = []
         if self.model is None:
-            self.model = await self._ask_model_name()
+            info = await self._get_json(server, "/model_info")
+            self.model = str(info["model_path"]) if isinstance(info, dict) and info.get("model_path") else (
+                self.served_models[0] if self.served_models else None)
             if self.model is None and self.cfg.api == "chat":
-                raise ValueError("the server reports no model name (/model_info, /v1/models); pass --model")
+                raise ValueError(f"{server.url}: the server reports no model name (/model_info, /v1/models); "
+                                 "pass --model")
 
     async def close(self) -> None:
         for s in self.servers:
@@ -165,16 +177,32 @@ class HttpBackend:
                 s.probe.cancel()
             s.pool.close()
 
-    async def _ask_model_name(self) -> str | None:
-        server = next(s for s in self.servers if s.up)
-        for path, pick in (("/model_info", lambda d: d["model_path"]), ("/v1/models", lambda d: d["data"][0]["id"])):
-            try:
-                status, _, raw = await server.pool.request("GET", path, timeout=10)
-                if status == 200:
-                    return str(pick(json.loads(raw)))
-            except (OSError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError):
-                continue
-        return None
+    @staticmethod
+    async def _get_json(server: _Server, path: str):
+        """The JSON answer of ``GET path``, or None (not 200, unreachable, not JSON)."""
+        try:
+            status, _, raw = await server.pool.request("GET", path, timeout=10)
+            return json.loads(raw) if status == 200 else None
+        except (OSError, asyncio.TimeoutError, ValueError):
+            return None
+
+    def _hint(self, status: int, answer: str) -> str:
+        """The likely fix when the server refuses a request with HTTP ``status``."""
+        if status in (401, 403):
+            if self.cfg.api_key:
+                return "the server refused the token given by --api-key-env: check it"
+            return "the server wants an API key: put it in an environment variable and pass --api-key-env NAME"
+        if status == 404 and self.cfg.api == "generate":
+            return ("this server has no SGLang /generate (an OpenAI-compatible server?): pass --api chat, "
+                    "or check --url")
+        if "model" in answer.lower():
+            listed = f" (GET /v1/models lists {', '.join(self.served_models[:5])})" if self.served_models else ""
+            return f"the server does not serve --model {self.model!r}: pass --model with one it serves{listed}"
+        if status == 404:
+            return "this server has no /v1/chat/completions: check --url (an SGLang server: --api generate)"
+        if "context" in answer.lower() or "too long" in answer.lower():
+            return "documents longer than the judge's context: lower --max-doc-tokens or --max-new-tokens"
+        return "check --model, --chat-template-kwargs and the sampling flags against the server's documentation"
 
     # ---------------------------------------------------------------- server pool
     async def _probe(self, server: _Server) -> None:
@@ -287,7 +315,10 @@ class HttpBackend:
             if status in (408, 429) or status >= 500:
                 wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else 0.0
                 raise _Retryable(f"HTTP {status}: {message}", retry_after=wait)
-            raise BackendError(f"HTTP {status} from {server.url}{self._path}: {message}", "http")
+            kind = f"HTTP {status}"
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            raise BackendError(f"{kind} from {server.url}{self._path}: {message}", "http", refusal=kind,
+                               hint=self._hint(status, message))
         try:
             data = json.loads(raw)
             return self._generate_completion(data) if self.cfg.api == "generate" else self._chat_completion(data)

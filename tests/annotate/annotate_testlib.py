@@ -1,8 +1,11 @@
 """Helpers shared by the annotate tests (import as ``annotate_testlib``; fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+
+import aiohttp
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,3 +26,21 @@ def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def _standin_call(server, method: str, path: str, body=None):
+    async def call():
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, server.url + path, json=body) as r:
+                return await r.json()
+    return asyncio.run(call())
+
+
+def server_stats(server) -> dict:
+    """The stand-in's ``/_standin/stats``: request counts, faults served, peak in flight."""
+    return _standin_call(server, "GET", "/_standin/stats")
+
+
+def set_fault(server, kind: str, count: int) -> dict:
+    """Make the stand-in fail its next ``count`` requests with ``kind`` (0: stop)."""
+    return _standin_call(server, "POST", "/_standin/faults", {"kind": kind, "count": count})

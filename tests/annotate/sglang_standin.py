@@ -23,10 +23,17 @@ with no per-request work, so that the benchmark measures the client).
 Faults, by directive inside a prompt: ``[[fault:KIND*N]]`` makes the first N requests carrying
 that prompt fail with KIND (then it answers normally; N=inf: always). Or globally:
 ``POST /_standin/faults {"kind": KIND, "count": N}`` fails the next N requests of any kind.
-KIND: ``500``, ``503``, ``429``, ``400``, ``reset`` (connection dropped), ``hang`` (never answers),
+KIND: ``500``, ``503``, ``429``, ``400``, ``404``, ``reset`` (connection dropped), ``hang`` (never answers),
 ``badjson`` (malformed JSON body), ``length`` (cut thinking, finish_reason length),
 ``garbage`` (an answer with no verdict), ``range`` (a score of 7).
 ``GET /_standin/stats`` reports request counts and the peak number of requests in flight.
+
+Misconfigured-server cases (``StandinConfig``): ``apis=("chat",)`` serves no ``/generate`` (an
+OpenAI-only server: aiohttp answers 404); ``api_key`` makes ``/generate`` and ``/v1/*`` answer 401
+without ``Authorization: Bearer <key>`` (``/health`` stays open, as in SGLang and vLLM);
+``unknown_model_status`` (e.g. 404 as OpenAI and vLLM, 400 as ``transformers serve``) refuses a
+chat request naming a model other than ``model``; ``list_models=False`` lists no model
+(``/v1/models`` empty, ``/model_info`` 404).
 
 Run ``PYTHONPATH=. python tests/annotate/sglang_standin.py --port 0`` (prints ``READY <url>``), or use
 :class:`StandinServer` in-process (a thread with its own event loop).
@@ -58,6 +65,10 @@ class StandinConfig:
     reasoning_parser: bool = True  # chat API: reasoning in reasoning_content
     startup_delay: float = 0.0  # /health answers 503 this long after start
     model: str = "standin/judge-7b"
+    apis: tuple = ("generate", "chat")  # the APIs served; a missing one answers 404
+    api_key: str | None = None  # required as a bearer token on /generate and /v1/*
+    unknown_model_status: int | None = None  # None: any model name is accepted (like SGLang)
+    list_models: bool = True  # False: /v1/models lists none, /model_info answers 404
 
 
 def verdict_for(prompt: str) -> dict:
@@ -154,6 +165,8 @@ class Standin:
             return fault, web.json_response({"object": "error", "message": "The input is longer than the model's "
                                              "context length.", "type": "BadRequestError", "param": None, "code": 400},
                                             status=400)
+        if fault == "404":
+            return fault, web.json_response({"detail": "Not Found"}, status=404)
         if fault == "badjson":
             return fault, web.Response(status=200, body=b'{"text": "<think>cut', content_type="application/json")
         return fault, None
@@ -165,13 +178,31 @@ class Standin:
             return web.Response(status=503)
         return web.Response(status=200)
 
+    def _refused(self, request: web.Request, model: str | None = None) -> web.Response | None:
+        """401 without the API key; the unknown-model error for another model name; else None."""
+        if self.cfg.api_key and request.headers.get("Authorization") != f"Bearer {self.cfg.api_key}":
+            return web.json_response({"error": {"message": "Unauthorized", "type": "invalid_request_error",
+                                                "code": "invalid_api_key"}}, status=401)
+        if model is not None and self.cfg.unknown_model_status and model != self.cfg.model:
+            return web.json_response({"error": {"message": f"The model `{model}` does not exist.",
+                                                "type": "NotFoundError", "code": self.cfg.unknown_model_status}},
+                                     status=self.cfg.unknown_model_status)
+        return None
+
     async def model_info(self, request: web.Request) -> web.Response:
+        if not self.cfg.list_models:
+            return web.json_response({"detail": "Not Found"}, status=404)
         return web.json_response({"model_path": self.cfg.model, "served_model_name": self.cfg.model,
                                   "tokenizer_path": self.cfg.model, "is_generation": True,
                                   "preferred_sampling_params": None, "weight_version": "default",
                                   "reasoning_parser": "qwen3" if self.cfg.reasoning_parser else None})
 
     async def models(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if not self.cfg.list_models:
+            return web.json_response({"object": "list", "data": []})
         return web.json_response({"object": "list", "data": [{"id": self.cfg.model, "object": "model",
                                                               "created": int(time.time()), "owned_by": "sglang",
                                                               "root": self.cfg.model, "max_model_len": 32768}]})
@@ -185,6 +216,9 @@ class Standin:
         return web.json_response(self.stats)
 
     async def generate(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         raw = await request.read()
         if self._fast_body is not None and b"[[fault:" not in raw and not self.global_fault["count"]:
             # benchmark mode (fixed token counts): a canned answer, no per-request work
@@ -227,6 +261,9 @@ class Standin:
         self._count("chat")
         try:
             body = await request.json()
+            refused = self._refused(request, body.get("model"))
+            if refused is not None:
+                return refused
             prompt = "\n".join(m["content"] for m in body["messages"] if isinstance(m.get("content"), str))
             fault, error = await self._enter(request, prompt)
             if error is not None:
@@ -264,9 +301,11 @@ class Standin:
         app.router.add_get("/health_generate", self.health)
         app.router.add_get("/model_info", self.model_info)
         app.router.add_get("/v1/models", self.models)
-        app.router.add_post("/generate", self.generate)
-        app.router.add_put("/generate", self.generate)
-        app.router.add_post("/v1/chat/completions", self.chat)
+        if "generate" in self.cfg.apis:
+            app.router.add_post("/generate", self.generate)
+            app.router.add_put("/generate", self.generate)
+        if "chat" in self.cfg.apis:
+            app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/_standin/faults", self.control)
         app.router.add_get("/_standin/stats", self.get_stats)
         return app

@@ -2,11 +2,12 @@
 import gzip
 import io
 import json
+import logging
 import os
 
 import pytest
 import zstandard
-from annotate_testlib import read_jsonl, write_jsonl
+from annotate_testlib import read_jsonl, server_stats, write_jsonl
 
 from annotate.cli import collect_status, main
 from annotate.runner import Progress
@@ -74,14 +75,20 @@ def test_output_validates_against_the_record_contract(tmp_path, arith_docs):
     assert [p.status for p in failed] == ["failed:unverifiable"] and failed[0].annotation is None
 
 
-def test_retry_failed_reuses_saved_settings(standin, tmp_path):
+def _flaky_run(standin, tmp_path, flaky=3, good=5):
+    """A run whose ``flaky`` documents failed (2 server errors each, 1 retry allowed): (server, out, docs)."""
     server = standin()
-    docs = [{"id": f"f{i}", "text": f"flaky {i} [[fault:500*2]]"} for i in range(4)]
-    docs += [{"id": f"g{i}", "text": f"good {i}"} for i in range(6)]
+    docs = [{"id": f"f{i}", "text": f"flaky {i} [[fault:500*2]]"} for i in range(flaky)]
+    docs += [{"id": f"g{i}", "text": f"good {i}"} for i in range(good)]
     inp = write_jsonl(tmp_path / "d.jsonl", docs)
     out = str(tmp_path / "out")
     assert main(["run", "--input", inp, "--output", out, "--url", server.url, "--max-retries", "1",
-                 "--backoff-base", "0.01", "--log-interval", "60"]) == 0
+                 "--backoff-base", "0.01", "--log-interval", "60", "--max-failed-fraction", "1"]) == 0
+    return server, out, docs
+
+
+def test_retry_failed_reuses_saved_settings(standin, tmp_path):
+    _, out, docs = _flaky_run(standin, tmp_path, flaky=4, good=6)
     before = {r["id"]: r for r in read_jsonl(os.path.join(out, "d.jsonl"))}
     assert {i for i, r in before.items() if r["ixt"]["status"] != "ok"} == {f"f{i}" for i in range(4)}
     assert json.load(open(os.path.join(out, "d.stats.json")))["failed"] == {"failed:http": 4}
@@ -145,7 +152,7 @@ def test_retry_failed_interrupted_after_merge_is_idempotent(standin, tmp_path, m
     inp = write_jsonl(tmp_path / "d.jsonl", docs)
     out = str(tmp_path / "out")
     assert main(["run", "--input", inp, "--output", out, "--url", server.url, "--max-retries", "1",
-                 "--backoff-base", "0.01", "--log-interval", "60"]) == 0
+                 "--backoff-base", "0.01", "--log-interval", "60", "--max-failed-fraction", "1"]) == 0
 
     def crash(path):  # the process dies between the atomic merge and removing the retry file
         raise OSError("simulated crash")
@@ -184,3 +191,56 @@ def test_output_feeds_preprocess_ixt(tmp_path, arith_docs):
     assert meta["counts"]["annotated"] == stats["ok"] == 120 and meta["counts"]["unannotated"] == 1
     assert {k: v for k, v in meta["quality_histogram"].items() if v} == {k: v for k, v in stats["quality_histogram"].items() if v}
     assert sum(meta["skipped"].values()) == 0
+
+
+def test_retry_failed_url_replaces_the_saved_servers(standin, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="annotate")
+    old, out, docs = _flaky_run(standin, tmp_path)
+    new = standin()
+    sent_to_old = server_stats(old)["generate"]
+    assert main(["retry-failed", out, "--url", new.url, "--max-retries", "3", "--log-interval", "60"]) == 0
+    assert f"waiting for /health on 1 server(s): {new.url}" in caplog.text
+    assert server_stats(old)["generate"] == sent_to_old  # the old server got nothing
+    assert server_stats(new)["generate"] == 3 * 3  # each flaky document: two 500s, then the answer
+    assert all(r["ixt"]["status"] == "ok" for r in read_jsonl(os.path.join(out, "d.jsonl")))
+    assert json.load(open(os.path.join(out, "run_config.json")))["judge"]["url"] == [new.url]  # reused next time
+
+
+def test_retry_failed_keeps_one_judge_unless_new_judge(standin, tmp_path, caplog):
+    server, out, docs = _flaky_run(standin, tmp_path)
+    before = open(os.path.join(out, "d.jsonl")).read()
+    retry = ["retry-failed", out, "--max-retries", "3", "--log-interval", "60"]
+    assert main(retry + ["--api", "chat"]) == 1
+    assert "--api 'generate' -> 'chat'" in caplog.text and "--new-judge" in caplog.text
+    assert open(os.path.join(out, "d.jsonl")).read() == before
+    assert main(retry + ["--api", "chat", "--new-judge"]) == 0
+    recs = {r["id"]: r["ixt"] for r in read_jsonl(os.path.join(out, "d.jsonl"))}
+    assert all(ixt["status"] == "ok" for ixt in recs.values())
+    for i in range(3):
+        assert recs[f"f{i}"]["annotator"]["api"] == "chat" and recs[f"f{i}"]["annotator"]["settings"]["api"] == "chat"
+    for i in range(5):
+        assert recs[f"g{i}"]["annotator"]["api"] == "generate" and "settings" not in recs[f"g{i}"]["annotator"]
+    judges = json.load(open(os.path.join(out, "d.stats.json")))["annotators"]
+    assert sorted((j["annotator"]["api"], j["records"]) for j in judges) == [("chat", 3), ("generate", 5)]
+    config = json.load(open(os.path.join(out, "run_config.json")))
+    assert config["judge"]["api"] == "generate" and config["retries"][-1]["new_judge"] is True
+    # the directory's own judge is still the run's: a run with it is accepted, another is refused
+    assert main(["run", "--input", str(tmp_path / "d.jsonl"), "--output", out, "--url", server.url]) == 0
+    assert main(["run", "--input", str(tmp_path / "d.jsonl"), "--output", out, "--url", server.url,
+                 "--api", "chat"]) == 1
+
+
+def test_progress_line_shows_recent_rates(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("annotate.runner.time.monotonic", lambda: clock[0])
+    stream = io.StringIO()
+    p = Progress(total=1000, already=0, stream=stream, interval=30)
+    usage = {"prompt_tokens": 100, "completion_tokens": 10, "cached_tokens": 0}
+    for minute in range(10):  # 1 doc/s for 5 minutes, then 3 docs/s
+        for _ in range(60 * (1 if minute < 5 else 3)):
+            p.add({"status": "ok", "usage": usage})
+        clock[0] += 60
+        p.show()
+    last = stream.getvalue().splitlines()[-1]
+    assert "| 2.0 docs/s | in 200 tok/s, out 20 tok/s" in last  # over the run
+    assert "last 5m00s: 3.0 docs/s, in 300 tok/s, out 30 tok/s" in last  # over the last minutes

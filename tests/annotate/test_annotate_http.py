@@ -6,10 +6,8 @@ import os
 import threading
 import time
 
-import aiohttp
-import asyncio
 import pytest
-from annotate_testlib import read_jsonl, write_jsonl
+from annotate_testlib import read_jsonl, server_stats, write_jsonl
 from sglang_standin import StandinConfig, StandinServer, verdict_for
 
 from annotate.cli import main
@@ -30,14 +28,6 @@ def by_id(path):
     ids = collections.Counter(r["id"] for r in recs)
     assert all(n == 1 for n in ids.values()), [i for i, n in ids.items() if n > 1]
     return {r["id"]: r for r in recs}
-
-
-def server_stats(server):
-    async def get():
-        async with aiohttp.ClientSession() as s:
-            async with s.get(server.url + "/_standin/stats") as r:
-                return await r.json()
-    return asyncio.run(get())
 
 
 @pytest.mark.parametrize("api, reasoning_parser", [("generate", True), ("chat", True), ("chat", False)])
@@ -83,7 +73,8 @@ def test_persistent_faults_fail_with_reason(standin, tmp_path):
             {"id": "range", "text": "z [[fault:range*inf]]"}, {"id": "toolong", "text": "w [[fault:400*1]]"},
             {"id": "fine", "text": "a fine document"}]
     inp = write_jsonl(tmp_path / "docs.jsonl", docs)
-    assert run(inp, tmp_path / "out", [server.url], "--max-retries", "2", "--max-parse-retries", "1") == 0
+    assert run(inp, tmp_path / "out", [server.url], "--max-retries", "2", "--max-parse-retries", "1",
+               "--max-failed-fraction", "1") == 0
     recs = by_id(tmp_path / "out" / "docs.jsonl")
     ixt = {k: r["ixt"] for k, r in recs.items()}
     assert ixt["http"]["status"] == "failed:http" and "HTTP 500" in ixt["http"]["error"]
