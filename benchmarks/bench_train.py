@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from megatron_ixt.data.shards import text_store_path, write_token_shard_set
 from megatron_ixt.training.config import parse_args
-from megatron_ixt.data.provider import build_datasets
+from megatron_ixt.training.data import build_datasets
 from megatron_ixt.training.trainer import Trainer
 
 VOCAB = 4095  # NullTokenizer ids 0..4094, EOD 4095

@@ -74,7 +74,7 @@ def steering_texts(args) -> List[str]:
 def conditionings(args, tokenizer, config) -> Dict[str, object]:
     """``{name: dataset config}`` of every conditioning this evaluation runs (module docstring)."""
     from megatron_ixt.data import prefix_kinds
-    from megatron_ixt.data.dataset import NO_PREFIX
+    from megatron_ixt.data.options import NO_PREFIX
     from megatron_ixt.data.provider import conditioning_configs, config_paths, steering_prefix
 
     paths, kind = config_paths(config), config.prefix_kind
@@ -110,12 +110,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.transformer.module import Float16Module
 
-    from megatron_ixt.data.provider import dataset_config, valid_datasets
+    from megatron_ixt.data.provider import valid_datasets
     from megatron_ixt.distributed import init_distributed, set_seed
     from megatron_ixt.evaluation.heldout import eval_loss_func, evaluate
     from megatron_ixt.model import model_from_config, padded_vocab_size, transformer_config
     from megatron_ixt.tokenizer import build_tokenizer
     from megatron_ixt.training.config import ConfigError, config_from_dict, validate
+    from megatron_ixt.training.data import dataset_config
     from megatron_ixt.training.trainer import MicroBatches, forward_step
 
     try:

@@ -32,7 +32,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from megatron_ixt.training.checkpoint import CheckpointError
-    from megatron_ixt.training.trainer import EXIT_RESUMABLE, Trainer
+    from megatron_ixt.training.run_contract import EXIT_RESUMABLE
+    from megatron_ixt.training.trainer import Trainer
 
     try:
         code = Trainer(cfg).train().exit_code

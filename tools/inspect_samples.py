@@ -63,7 +63,7 @@ def summary(sample: dict, tokenizer) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_ixt.data.provider import add_ixt_dataset_args
+    from megatron_ixt.data.options import add_ixt_dataset_args
     from megatron_ixt.tokenizer import add_tokenizer_args
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    from megatron_ixt.data.options import IXTOptions
     from megatron_ixt.data.prefix_kinds import parse_level
     from megatron_ixt.data.provider import (
         build_train_valid_test_datasets,
@@ -116,10 +117,9 @@ def main(argv=None) -> None:
     if dataset is None:
         sys.exit(f"the {args.split_name} split is empty with --split {args.split}")
     color = sys.stdout.isatty() and not args.no_color
+    options = " ".join(f"{name}={getattr(config, name)}" for name in IXTOptions.__dataclass_fields__)
     print(f"{type(dataset).__name__}: {len(dataset)} {args.split_name} samples of {args.seq_length} tokens, "
-          f"prefix_kind={config.prefix_kind} prefix_loss={config.prefix_loss} "
-          f"prefix_dropout={config.prefix_dropout} annotated_fraction={config.annotated_fraction}"
-          + (f" steering={list(config.steering_prefix)}" if config.steering_prefix else ""))
+          f"{options}" + (f" steering={list(config.steering_prefix)}" if config.steering_prefix else ""))
     for i in args.samples:
         if i >= len(dataset):
             sys.exit(f"sample {i} out of range: the dataset has {len(dataset)} samples")

@@ -1,24 +1,25 @@
-"""IXT data: prefix kinds (``prefix_kinds``, ``templates``), shard sets (``shards``) and the
-IXT-aware GPT dataset (``dataset``, ``provider``).
+"""IXT data: the IXT options (``options``), prefix kinds (``prefix_kinds``, ``templates``), shard sets
+(``shards``), blends (``blends``) and the IXT-aware GPT dataset (``dataset``, ``provider``).
 
 ``from megatron_ixt.data import IXTGPTDataset, IXTGPTDatasetConfig, ...`` works; the names are
-loaded on first use so that ``megatron_ixt.data.record`` / ``.prefix_kinds`` / ``.shards`` / ``.templates`` import
-without pulling in torch and megatron-core's dataset stack.
+loaded on first use so that ``megatron_ixt.data.record`` / ``.options`` / ``.blends`` /
+``.prefix_kinds`` / ``.shards`` / ``.templates`` import without pulling in torch and megatron-core's
+dataset stack.
 """
 import importlib
 
 _EXPORTS = {
-    "PREFIX_LOSS_CHOICES": "dataset",
-    "prefix_kind_choices": "dataset",
+    "IXTOptions": "options",
+    "NO_PREFIX": "options",
+    "PREFIX_LOSS_CHOICES": "options",
+    "prefix_kind_choices": "options",
+    "add_ixt_dataset_args": "options",
+    "blends_from_args": "blends",
     "IXTGPTDataset": "dataset",
     "IXTGPTDatasetConfig": "dataset",
-    "add_ixt_dataset_args": "provider",
-    "blends_from_args": "provider",
     "build_train_valid_test_datasets": "provider",
-    "build_datasets": "provider",
     "conditioning_configs": "provider",
     "config_paths": "provider",
-    "dataset_config": "provider",
     "dataset_config_from_args": "provider",
     "steering_prefix": "provider",
     "train_valid_test_datasets_provider": "provider",

@@ -17,11 +17,10 @@ tensor shaped like ``loss_mask``, 1.0 where ``labels[i]`` is a prefix token.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Dict, Optional, Tuple
 
 import numpy
@@ -33,44 +32,24 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 from megatron.core.utils import log_single_rank
 
-from megatron_ixt.data import prefix_kinds
+from megatron_ixt.data.options import NO_PREFIX, IXTOptions
 from megatron_ixt.data.shards import metadata_path, prefix_store_path, read_metadata, shard_set_stem
 from megatron_ixt.mcore_private import QUERY_RETURNS_LENGTHS, build_document_index, build_shuffle_index, pad_token_id
 
 logger = logging.getLogger(__name__)
-
-NO_PREFIX = "none"  # the prefix kind of the baseline arm: plain GPTDataset samples
-PREFIX_LOSS_CHOICES = ("train", "mask")
-
-
-def prefix_kind_choices() -> tuple:
-    """``none`` plus every registered prefix kind (``megatron_ixt.data.prefix_kinds``)."""
-    return (NO_PREFIX,) + prefix_kinds.names()
 
 # Salts that keep the per-document random decisions independent of each other.
 _SALT_ANNOTATED = 0xA11
 _SALT_DROPOUT = 0xD40
 
 @dataclass
-class IXTGPTDatasetConfig(GPTDatasetConfig):
-    """``GPTDatasetConfig`` plus the IXT conditioning options (all part of the index cache key)."""
+class IXTGPTDatasetConfig(GPTDatasetConfig, IXTOptions):
+    """``GPTDatasetConfig`` plus the IXT options (keyword arguments, declared in
+    ``megatron_ixt.data.options.IXTOptions``) and an evaluation-only steering prefix; all of them
+    are part of the index cache key.
 
-    prefix_kind: str = "critique"
-    """Which prefix precedes each document: ``none`` (plain GPTDataset samples: the baseline arm)
-    or a registered prefix kind (``critique``: natural-language critique, ``quality``: templated
-    5-level quality, ``scores``: templated per-axis levels; see ``prefix_kinds``)."""
-
-    prefix_loss: str = "train"
-    """``train``: prefix tokens stay in the loss; ``mask``: ``loss_mask`` is 0 on prefix labels."""
-
-    prefix_dropout: float = 0.0
-    """Probability that a document is shown without its prefix, decided deterministically per
-    document and epoch from ``random_seed``."""
-
-    annotated_fraction: float = 1.0
-    """Use the annotations of only this deterministic fraction of the annotated documents (chosen
-    per document from ``random_seed``; the subset for a smaller fraction is contained in the subset
-    for a larger one). The others are trained on without prefix."""
+    ``prefix_dropout`` and ``annotated_fraction`` draw per document from ``random_seed``.
+    """
 
     steering_prefix: Optional[Tuple[int, ...]] = None
     """Evaluation: condition every document (annotated or not, in IXT and plain stores alike) on
@@ -78,14 +57,9 @@ class IXTGPTDatasetConfig(GPTDatasetConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.prefix_kind not in prefix_kind_choices():
-            raise ValueError(f"prefix_kind={self.prefix_kind!r}: expected one of {prefix_kind_choices()}")
-        if self.prefix_loss not in PREFIX_LOSS_CHOICES:
-            raise ValueError(f"prefix_loss={self.prefix_loss!r}: expected one of {PREFIX_LOSS_CHOICES}")
-        if not 0.0 <= self.prefix_dropout <= 1.0:
-            raise ValueError(f"prefix_dropout={self.prefix_dropout}: expected a probability in [0, 1]")
-        if not 0.0 <= self.annotated_fraction <= 1.0:
-            raise ValueError(f"annotated_fraction={self.annotated_fraction}: expected a fraction in [0, 1]")
+        problems = self.problems()
+        if problems:
+            raise ValueError("IXTGPTDatasetConfig: " + "; ".join(problems))
         if self.steering_prefix is not None:
             self.steering_prefix = tuple(int(t) for t in self.steering_prefix)
             if self.prefix_kind == NO_PREFIX:
@@ -95,17 +69,6 @@ class IXTGPTDatasetConfig(GPTDatasetConfig):
                                  "prefix_dropout=0.0 and annotated_fraction=1.0")
         if self.defer_npy_index_mmap:
             raise ValueError("IXTGPTDataset builds its indices eagerly; defer_npy_index_mmap is not supported")
-
-
-IXT_FIELDS = ("prefix_kind", "prefix_loss", "prefix_dropout", "annotated_fraction")
-"""The IXT training options (``--ixt-<field>`` flags; ``steering_prefix`` is for evaluation only)."""
-
-
-def ixt_default(name: str):
-    """The default of IXT option ``name`` (one of ``IXT_FIELDS``): defined once, on ``IXTGPTDatasetConfig``."""
-    if name not in IXT_FIELDS:
-        raise KeyError(f"{name!r} is not an IXT option; expected one of {IXT_FIELDS}")
-    return next(f.default for f in dataclasses.fields(IXTGPTDatasetConfig) if f.name == name)
 
 
 def _splitmix64(x: numpy.ndarray) -> numpy.ndarray:
@@ -183,10 +146,8 @@ class IXTGPTDataset(GPTDataset):
 
     @staticmethod
     def _key_config_attributes():
-        return GPTDataset._key_config_attributes() + [
-            "prefix_kind", "prefix_loss", "prefix_dropout", "annotated_fraction", "steering_prefix",
-            "add_extra_token_to_sequence",
-        ]
+        return GPTDataset._key_config_attributes() + [f.name for f in fields(IXTOptions)] + [
+            "steering_prefix", "add_extra_token_to_sequence"]
 
     # ---------------------------------------------------------------- prefixes per document
 

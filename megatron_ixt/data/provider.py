@@ -1,15 +1,14 @@
 """Blends, splits and per-split paths -> IXT datasets through megatron-core's builder.
 
-- :func:`add_ixt_dataset_args` adds ``--ixt-prefix-kind --ixt-prefix-loss --ixt-prefix-dropout
-  --ixt-annotated-fraction`` to an argparse parser (also usable as Megatron-LM's
-  ``extra_args_provider``).
-- :func:`dataset_config` turns our ``DataConfig`` (``cfg.data``) into an
-  :class:`IXTGPTDatasetConfig`, reading every field by name (a renamed field fails, it never
-  takes a default); :func:`dataset_config_from_args` does the same for Megatron-LM-named args
-  (``--data-path`` weighted blends with ``--split``, or ``--train-data-path/--valid-data-path/
-  --test-data-path``, ``--seq-length``, ``--seed``, ``--data-cache-path``, ``--reset-position-ids``, ...).
+- :func:`add_ixt_dataset_args` (defined in ``megatron_ixt.data.options``) adds the ``--ixt-*``
+  flags to an argparse parser (also usable as Megatron-LM's ``extra_args_provider``).
+- :func:`dataset_config_from_args` makes an :class:`IXTGPTDatasetConfig` from Megatron-LM-named
+  args (``--data-path`` weighted blends with ``--split``, or ``--train-data-path/--valid-data-path/
+  --test-data-path``, ``--seq-length``, ``--seed``, ``--data-cache-path``, ``--reset-position-ids``,
+  ...) and the ``--ixt-*`` flags, every IXT option read by name (a missing one fails, it never takes
+  a default). The trainer's equivalent is ``megatron_ixt.training.data``.
 - :func:`build_train_valid_test_datasets` runs ``BlendedMegatronDatasetBuilder`` with
-  :class:`IXTGPTDataset`; :func:`build_datasets` gives the trainer its train and eval datasets.
+  :class:`IXTGPTDataset`; :func:`valid_datasets` builds one validation dataset per conditioning.
 - :func:`steering_prefix` and :func:`conditioning_configs`: the evaluation conditionings
   (true prefix, no prefix, steering prefix).
 - :func:`train_valid_test_datasets_provider`: drop-in for Megatron-LM's ``pretrain_gpt.py``
@@ -17,30 +16,18 @@
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-from megatron.core.datasets.utils import get_blend_from_list
 
-from megatron_ixt.data.dataset import (
-    NO_PREFIX,
-    PREFIX_LOSS_CHOICES,
-    IXTGPTDataset,
-    IXTGPTDatasetConfig,
-    ixt_default,
-    prefix_kind_choices,
-)
+from megatron_ixt.data.blends import DEFAULT_SPLIT, blends_from_args
+from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
+from megatron_ixt.data.options import NO_PREFIX, IXTOptions
+from megatron_ixt.data.options import add_ixt_dataset_args  # noqa: F401 (public here too: Megatron-LM's entry)
 from megatron_ixt.data.prefix_kinds import Level
 from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_stem
 from megatron_ixt.data.templates import recorded_template, steering
-
-if TYPE_CHECKING:
-    from megatron_ixt.training.config import Config, DataConfig
-
-DEFAULT_SPLIT = "969,30,1"
-"""Megatron-LM's split when --data-path is given without --split (the one definition of it)."""
 
 # GPTDatasetConfig field <- Megatron-LM arg, passed on when the args have it (else megatron-core's default).
 _MEGATRON_LM_ARGS = {
@@ -55,51 +42,6 @@ _MEGATRON_LM_ARGS = {
 _MEGATRON_LM_SWITCHES = ("reset_position_ids", "reset_attention_mask", "eod_mask_loss")
 
 
-def add_ixt_dataset_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the IXT dataset flags to ``parser`` and return it (defaults: ``IXTGPTDatasetConfig``'s)."""
-    group = parser.add_argument_group("IXT dataset")
-    group.add_argument("--ixt-prefix-kind", choices=prefix_kind_choices(), default=ixt_default("prefix_kind"),
-                       help="prefix before each document (a kind of megatron_ixt.data.prefix_kinds the shard sets "
-                            "hold); 'none' is the plain GPTDataset baseline")
-    group.add_argument("--ixt-prefix-loss", choices=PREFIX_LOSS_CHOICES, default=ixt_default("prefix_loss"),
-                       help="'train': prefix tokens stay in the loss; 'mask': no loss on prefix tokens")
-    group.add_argument("--ixt-prefix-dropout", type=float, default=ixt_default("prefix_dropout"),
-                       help="probability a document is shown without its prefix (per document and epoch)")
-    group.add_argument("--ixt-annotated-fraction", type=float, default=ixt_default("annotated_fraction"),
-                       help="use annotations of only this deterministic fraction of annotated documents")
-    return parser
-
-
-def blends_from_args(args) -> Tuple[Optional[Tuple[List[str], Optional[List[float]]]],
-                                    Optional[List[Optional[Tuple[List[str], Optional[List[float]]]]]]]:
-    """``(blend, blend_per_split)`` from ``--data-path`` or the per-split ``--*-data-path`` lists."""
-    data_path = getattr(args, "data_path", None)
-    per_split = [getattr(args, f"{split}_data_path", None) for split in ("train", "valid", "test")]
-    if data_path and any(per_split):
-        raise ValueError("--data-path and --train-data-path/--valid-data-path/--test-data-path are exclusive")
-    if data_path:
-        return get_blend_from_list(data_path), None
-    if any(per_split):
-        return None, [get_blend_from_list(paths) if paths else None for paths in per_split]
-    raise ValueError("no data: give --data-path or --train-data-path/--valid-data-path/--test-data-path")
-
-
-def dataset_config(data: "DataConfig", *, seed: int, sequence_length: int, tokenizer,
-                   **overrides) -> IXTGPTDatasetConfig:
-    """The :class:`IXTGPTDatasetConfig` of ``cfg.data`` (every field read by name); ``overrides`` win."""
-    blend, blend_per_split = blends_from_args(data)
-    values = dict(
-        random_seed=seed, sequence_length=sequence_length, tokenizer=tokenizer,
-        blend=blend, blend_per_split=blend_per_split, split=data.split if blend is not None else None,
-        path_to_cache=data.data_cache_path, reset_position_ids=data.reset_position_ids,
-        reset_attention_mask=data.reset_attention_mask, eod_mask_loss=data.eod_mask_loss,
-        create_attention_mask=data.reset_attention_mask,
-        prefix_kind=data.ixt_prefix_kind, prefix_loss=data.ixt_prefix_loss,
-        prefix_dropout=data.ixt_prefix_dropout, annotated_fraction=data.ixt_annotated_fraction,
-    )
-    return IXTGPTDatasetConfig(**{**values, **overrides})
-
-
 def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfig:
     """An :class:`IXTGPTDatasetConfig` from Megatron-LM-named args (with :func:`add_ixt_dataset_args`'
     flags); ``overrides`` win. Megatron-LM args the namespace lacks keep megatron-core's defaults."""
@@ -110,8 +52,7 @@ def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfi
         random_seed=args.seed, sequence_length=args.seq_length, tokenizer=tokenizer,
         blend=blend, blend_per_split=blend_per_split,
         split=(getattr(args, "split", None) or DEFAULT_SPLIT) if blend is not None else None,
-        prefix_kind=args.ixt_prefix_kind, prefix_loss=args.ixt_prefix_loss,
-        prefix_dropout=args.ixt_prefix_dropout, annotated_fraction=args.ixt_annotated_fraction,
+        **IXTOptions.values_from_flags(args),
     )
     return IXTGPTDatasetConfig(**{**values, **overrides})
 
@@ -187,41 +128,19 @@ def conditioning_configs(config: IXTGPTDatasetConfig,
     return variants
 
 
-def build_datasets(cfg: "Config", tokenizer):
-    """``(train dataset, {conditioning: valid dataset})`` through megatron_ixt.data's provider.
-
-    Conditionings (``conditioning_configs``): ``prefix`` (true prefixes), ``none`` and, when the
-    shard sets carry one, ``steering`` (the top-quality prefix of ``P_ixt.json``); the baseline
-    arm (``--ixt-prefix-kind none``) has only ``none``.
-    """
-    t = cfg.train
-    config = dataset_config(cfg.data, seed=t.seed, sequence_length=cfg.model.seq_length, tokenizer=tokenizer)
-    n_train = t.train_iters * t.global_batch_size
-    n_valid = cfg.eval.eval_iters * t.global_batch_size
-    train = build_train_valid_test_datasets(_one_split(config, 0), [n_train, 0, 0])[0]
-    steer = None
-    if config.prefix_kind != NO_PREFIX:
-        try:
-            steer = steering_prefix(config_paths(config), config.prefix_kind)
-        except ValueError:
-            steer = None  # plain stores only: no steering conditioning to evaluate
-    valid = valid_datasets(conditioning_configs(config, steer), n_valid) if n_valid else {}
-    return train, valid
-
-
 def valid_datasets(variants: Dict[str, IXTGPTDatasetConfig], num_samples: int) -> Dict[str, object]:
     """``{conditioning: validation-split dataset of num_samples samples}`` for each config variant
     (the trainer's eval and ``python -m megatron_ixt.evaluate``); variants without a validation
     split are left out."""
     out = {}
     for name, variant in variants.items():
-        dataset = build_train_valid_test_datasets(_one_split(variant, 1), [0, num_samples, 0])[1]
+        dataset = build_train_valid_test_datasets(one_split(variant, 1), [0, num_samples, 0])[1]
         if dataset is not None:
             out[name] = dataset
     return out
 
 
-def _one_split(config, split: int):
+def one_split(config, split: int):
     """A copy of a dataset config that builds only ``split`` (0 train, 1 valid, 2 test): the same
     documents as the full build (same split boundaries), the other splits are left out (None)."""
     config = dataclasses.replace(config)

@@ -29,11 +29,10 @@ import sys
 import time
 from typing import List, Optional
 
-from megatron_ixt.training.trainer import EXIT_RESUMABLE
 from megatron_ixt.scaling.points import PointError, read_point
 from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
-from megatron_ixt.training.checkpoint import TRACKER_FILE
 from megatron_ixt.training.metrics import read_metrics
+from megatron_ixt.training.run_contract import EXIT_RESUMABLE, TRACKER_FILE
 
 RECORD = "run.json"
 QUEUED = ("submitted", "running")  # states a Slurm relaunch leaves alone unless --resubmit

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_ixt.tokenizer import model_sha256
 from megatron_ixt.training.flops import annotation_flops
@@ -88,6 +87,8 @@ def _tokenizer_id(config: dict) -> str:
 
 def _heldout_id(config: dict) -> str:
     """The held-out documents: the validation blend, or the split of the ``--data-path`` blend."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
     d = config["data"]
 
     def blend(paths):

@@ -28,8 +28,8 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.mcore_private import start_checkpoint_writer_helper
+from megatron_ixt.training.run_contract import TRACKER_FILE
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
 CHECKPOINT_VERSION = 1
 
 

@@ -1,12 +1,13 @@
 """Training configuration: dataclasses plus a thin argparse layer with Megatron-LM flag names.
 
 Every dataclass field ``foo_bar`` is the CLI flag ``--foo-bar`` (Megatron-LM's name where the
-concept exists), declared once with :func:`arg` (default, help text, choices): the field is the
-only place a flag's default and ``--help`` text are written. The IXT dataset flags
-(``megatron_ixt.data.provider.add_ixt_dataset_args``) and the tokenizer flags
-(``megatron_ixt.tokenizer.add_tokenizer_args``) are shared with other entry points and declared
-there. :func:`parse_args` returns a validated :class:`Config`; :func:`validate` raises
+concept exists), declared once with :func:`~megatron_ixt.flags.arg` (default, help text, choices):
+the field is the only place a flag's default and ``--help`` text are written. The IXT options
+(``megatron_ixt.data.options.IXTOptions``, fields ``ixt_*`` of :class:`DataConfig`) and the
+tokenizer flags (``megatron_ixt.tokenizer.add_tokenizer_args``) are shared with other entry points
+and declared there. :func:`parse_args` returns a validated :class:`Config`; :func:`validate` raises
 :class:`ConfigError` naming the flag to change before any process group or file is touched.
+This module imports neither torch nor megatron-core (a blend is parsed only when validated).
 """
 from __future__ import annotations
 
@@ -17,25 +18,14 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
-from megatron.core.datasets.utils import get_blend_from_list
-
-from megatron_ixt.data.dataset import ixt_default
-from megatron_ixt.data.provider import DEFAULT_SPLIT, add_ixt_dataset_args, blends_from_args
+from megatron_ixt.data.blends import DEFAULT_SPLIT, blends_from_args
+from megatron_ixt.data.options import IXTFlags, IXTOptions, add_ixt_dataset_args
+from megatron_ixt.flags import add_flags, arg, flag_name
 from megatron_ixt.tokenizer import TokenizerConfig, add_tokenizer_args
 
 
 class ConfigError(ValueError):
     """A bad flag or flag combination; the message says what to change."""
-
-
-def arg(default=None, help: str = "", *, choices=None, factory=None):
-    """A config field that is also a CLI flag: ``help`` (required) and ``choices`` feed argparse."""
-    if not help:
-        raise TypeError("every config field needs help text")
-    metadata = {"help": help, "choices": choices}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -99,7 +89,9 @@ class OptimConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(IXTFlags):
+    """Data flags, plus the IXT options as ``ixt_*`` fields (inherited from ``IXTFlags``)."""
+
     data_path: List[str] = arg(help="dataset blend 'P1 P2 ...' or 'W1 P1 W2 P2 ...' of text-store paths "
                                     "(P_text_document), split by --split", factory=list)
     split: str = arg(DEFAULT_SPLIT, "train,valid,test weights splitting the documents of --data-path")
@@ -110,11 +102,6 @@ class DataConfig:
     reset_position_ids: bool = arg(False, "restart position ids after each end-of-document token")
     reset_attention_mask: bool = arg(False, "no attention across end-of-document tokens (explicit mask)")
     eod_mask_loss: bool = arg(False, "no loss on end-of-document tokens")
-    # Flags of megatron_ixt.data.provider.add_ixt_dataset_args (defaults: IXTGPTDatasetConfig's):
-    ixt_prefix_kind: str = ixt_default("prefix_kind")  # a registered prefix kind | none (the baseline arm)
-    ixt_prefix_loss: str = ixt_default("prefix_loss")  # train (prefix tokens in the loss) | mask
-    ixt_prefix_dropout: float = ixt_default("prefix_dropout")
-    ixt_annotated_fraction: float = ixt_default("annotated_fraction")
 
 
 @dataclass
@@ -179,10 +166,6 @@ _SECTION_CLASSES = {"model": ModelConfig, "parallel": ParallelConfig, "optim": O
                     "data": DataConfig, "train": TrainConfig, "logging": LoggingConfig,
                     "eval": EvalConfig, "checkpoint": CheckpointConfig}
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 class _ArgsFileParser(argparse.ArgumentParser):
     """``@file`` arguments: whitespace-separated flags, ``#`` starts a comment."""
 
@@ -201,43 +184,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """Argparse parser: one flag per config field, its help and choices from the field's ``arg``
-    metadata (booleans on by default also get ``--no-FLAG``), plus megatron_ixt.data's IXT flags
-    and megatron_ixt.tokenizer's tokenizer flags."""
+    metadata (booleans on by default also get ``--no-FLAG``; the IXT options in their own group,
+    as ``add_ixt_dataset_args`` adds them), plus megatron_ixt.tokenizer's tokenizer flags."""
     parser = _ArgsFileParser(
         prog="python -m megatron_ixt.pretrain", fromfile_prefix_chars="@", formatter_class=_HelpFormatter,
         description="Pretrain a GPT model with Introspective Training (IXT) on Megatron-Core. "
                     "@FILE reads flags from FILE (whitespace-separated, '#' comments).")
+    ixt_fields = [f.name for f in fields(IXTFlags)]
     for section, cls in _SECTION_CLASSES.items():
-        group = parser.add_argument_group(section)
-        defaults = cls()
-        for f in fields(cls):
-            if f.name.startswith("ixt_"):
-                continue  # added by add_ixt_dataset_args below
-            default = getattr(defaults, f.name)
-            kwargs = {"dest": f.name, "default": default, "help": f.metadata["help"]}
-            if f.metadata["choices"]:
-                kwargs["choices"] = f.metadata["choices"]
-            if isinstance(default, bool):
-                action = argparse.BooleanOptionalAction if default else "store_true"
-                group.add_argument(_flag(f.name), action=action, **kwargs)
-            elif isinstance(default, list):
-                group.add_argument(_flag(f.name), nargs="+", **kwargs)
-            else:
-                group.add_argument(_flag(f.name), type=_field_type(f, default), **kwargs)
+        add_flags(parser.add_argument_group(section), cls, skip=ixt_fields)
     add_ixt_dataset_args(parser)
     add_tokenizer_args(parser)
     return parser
-
-
-def _field_type(f, default):
-    if default is not None:
-        return type(default)
-    text = str(f.type)
-    if "float" in text:
-        return float
-    if "int" in text:
-        return int
-    return str
 
 
 def config_from_namespace(ns: argparse.Namespace) -> Config:
@@ -305,9 +263,9 @@ def validate(cfg: Config, world_size: int, cuda: bool) -> None:
 
     for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length",
                  "ffn_hidden_size"):
-        need(getattr(m, name) > 0, f"{_flag(name)} must be > 0 (got {getattr(m, name)})")
+        need(getattr(m, name) > 0, f"{flag_name(name)} must be > 0 (got {getattr(m, name)})")
     for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
-        need(getattr(p, name) >= 1, f"{_flag(name)} must be >= 1")
+        need(getattr(p, name) >= 1, f"{flag_name(name)} must be >= 1")
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     if errors:
         raise ConfigError("; ".join(errors))
@@ -369,9 +327,7 @@ def validate(cfg: Config, world_size: int, cuda: bool) -> None:
     except Exception as e:  # megatron-core's blend parser asserts on malformed weight/path lists
         errors.append(f"bad data path blend ({type(e).__name__}: {e}); expected 'PATH ...' or "
                       f"'WEIGHT PATH WEIGHT PATH ...'")
-    need(0.0 <= d.ixt_prefix_dropout <= 1.0, "--ixt-prefix-dropout must be in [0, 1]")
-    need(0.0 <= d.ixt_annotated_fraction <= 1.0,
-         "--ixt-annotated-fraction must be in [0, 1]")
+    errors += IXTOptions(**IXTOptions.values_from_flags(d)).problems()
     tk = cfg.tokenizer
     need(tk.tokenizer_type != "NullTokenizer" or (tk.vocab_size or 0) > 0,
          "--tokenizer-type NullTokenizer needs --vocab-size")
@@ -388,13 +344,15 @@ def validate(cfg: Config, world_size: int, cuda: bool) -> None:
 
 def check_data_paths(cfg: Config) -> None:
     """Every dataset prefix of the blends has ``.bin`` and ``.idx`` files; ConfigError otherwise."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
     missing = []
     for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
         blend = get_blend_from_list(getattr(cfg.data, name) or None)
         for path in (blend[0] if blend else []):
             absent = [ext for ext in (".bin", ".idx") if not os.path.isfile(path + ext)]
             if absent:
-                missing.append(f"{_flag(name)}: {path}{'/'.join(absent)} not found (expected a Megatron "
+                missing.append(f"{flag_name(name)}: {path}{'/'.join(absent)} not found (expected a Megatron "
                                f"IndexedDataset prefix such as P_text_document; weighted blends "
                                f"alternate WEIGHT PATH)")
     if missing:

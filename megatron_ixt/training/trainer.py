@@ -4,7 +4,7 @@ One :class:`Trainer` per process (launched by ``torchrun``; a plain ``python`` l
 world of one). Its setup is a sequence of calls into the modules that own each piece: process
 groups and seeding (:mod:`megatron_ixt.distributed`), model and DDP wrapping
 (:mod:`megatron_ixt.model`), optimizer and scheduler (:mod:`megatron_ixt.training.optimizer`),
-checkpoints (:mod:`megatron_ixt.training.checkpoint`), datasets (:mod:`megatron_ixt.data.provider`).
+checkpoints (:mod:`megatron_ixt.training.checkpoint`), datasets (:mod:`megatron_ixt.training.data`).
 Parallelism is megatron-core's: TP through its parallel layers, PP through
 ``get_forward_backward_func`` schedules, DP through its ``DistributedDataParallel`` (and the
 distributed optimizer on GPU). Losses are per-token: each micro-batch returns its summed loss
@@ -30,21 +30,19 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.evaluation import heldout
-from megatron_ixt.data.provider import build_datasets
 from megatron_ixt.distributed import init_distributed, set_seed
 from megatron_ixt.model import padded_vocab_size, training_model, transformer_config
 from megatron_ixt.tokenizer import build_tokenizer
 from megatron_ixt.training import checkpoint as ckpt
 from megatron_ixt.training.config import CheckpointConfig, Config, data_parallel_size
+from megatron_ixt.training.data import build_datasets
 from megatron_ixt.training.flops import mfu, peak_tflops, training_flops_per_iteration
 from megatron_ixt.training.metrics import MetricsWriter
 from megatron_ixt.training.optimizer import build_optimizer
+from megatron_ixt.training.run_contract import EXIT_RESUMABLE
 
 # Loss statistics reported per micro-batch: (sum of per-token losses, token count).
 LOSS_KEYS = ("loss", "doc", "prefix")
-
-
-EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --load
 
 
 class StopReason(enum.Enum):

@@ -115,9 +115,10 @@ def test_dataset_config_of_cfg_data_reads_every_field(make_shard_set, tokenizer)
     import dataclasses
     import types
 
-    from megatron_ixt.data.dataset import IXT_FIELDS, ixt_default
-    from megatron_ixt.data.provider import DEFAULT_SPLIT, dataset_config
+    from megatron_ixt.data.blends import DEFAULT_SPLIT
+    from megatron_ixt.data.options import IXTOptions
     from megatron_ixt.training.config import DataConfig
+    from megatron_ixt.training.data import dataset_config
 
     corpus = make_shard_set(num_documents=40)
     data = DataConfig(data_path=[corpus.path], eod_mask_loss=True, ixt_prefix_kind="quality", ixt_prefix_loss="mask",
@@ -130,6 +131,7 @@ def test_dataset_config_of_cfg_data_reads_every_field(make_shard_set, tokenizer)
     with pytest.raises(AttributeError, match="ixt_prefix_loss"):
         dataset_config(renamed, seed=3, sequence_length=32, tokenizer=tokenizer)
     defaults, flags = DataConfig(), add_ixt_dataset_args(argparse.ArgumentParser()).parse_args([])
-    for name in IXT_FIELDS:
-        assert getattr(defaults, f"ixt_{name}") == getattr(flags, f"ixt_{name}") == ixt_default(name)
+    for field in dataclasses.fields(IXTOptions):
+        name = field.name
+        assert getattr(defaults, f"ixt_{name}") == getattr(flags, f"ixt_{name}") == getattr(IXTOptions(), name)
     assert DataConfig().split == DEFAULT_SPLIT
