@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
@@ -148,6 +149,7 @@ def evaluate_run(run_dir: str, arm: str, ev: Evaluate, python: str, device: str,
     ``exit_code`` and no ``results`` when a step failed)."""
     hf = os.path.join(run_dir, HF_DIR)
     if not os.path.isfile(os.path.join(hf, "config.json")):
+        shutil.rmtree(hf + ".tmp", ignore_errors=True)  # what an interrupted export left
         code = run_step(export_command(run_dir, python))
         if code != 0:
             return {"digest": None, "steer": ev.steer[arm], "exit_code": code, "step": "export"}
@@ -191,11 +193,16 @@ def read_score(run_dir: str, metric: str, results: Optional[str] = None) -> Scor
     the one ``run.json`` records, else the newest under ``RUN/lm_eval`` holding the task) and its
     per-item samples file; :class:`PointError` naming the run and file otherwise."""
     task, name, flt = split_metric(metric, run_dir)
-    candidates = [results] if results else ([r for r in [_recorded_results(run_dir)] if r] or results_files(run_dir))
+    recorded = _recorded_results(run_dir)
+    candidates = [results] if results else (
+        [recorded] if recorded and os.path.isfile(recorded) else results_files(run_dir))
     data = path = None
     for path in reversed(candidates):
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise PointError(f"run {run_dir}: {path}: unreadable lm-eval results ({e})") from None
         if task in data.get("results", {}):
             break
     else:

@@ -10,7 +10,8 @@
   where the arm never does.
 * :func:`bootstrap`: paired resamples of whole runs (seeds pooled): resample ``i`` of every arm
   is fitted from the same drawn run keys where the arms share them, and 95% percentile CIs of
-  ``k`` come from fit ``i`` of the reference against fit ``i`` of the arm.
+  ``k`` come from fit ``i`` of the reference against fit ``i`` of the arm; for a downstream metric
+  (the error rate ``1 - score`` as ``L``) each resample also redraws the task's items.
 * :func:`leave_largest_out`: fit without the largest model size, report the relative error of
   the predicted loss on the held-out runs.
 """

@@ -89,7 +89,8 @@ def test_interrupted_sweep_resumes_and_relaunch_is_idempotent(tmp_path, corpus, 
 def test_slurm_dry_run_prints_every_command_and_the_job_array_script(tmp_path, corpus):
     extra = ("launcher: {nproc_per_node: 8, nodes: 1, gpus: true}\n"
              "slurm: {partition: h100, account: proj, time: 600, array_parallelism: 2, "
-             "setup: [\"source /opt/venv/bin/activate\"]}\n")
+             "setup: [\"source /opt/venv/bin/activate\"]}\n"
+             "evaluate: {tasks: [gsm8k], metrics: [gsm8k/exact_match], num_fewshot: 5}\n")
     spec_path = tiny_spec(str(tmp_path / "s.yaml"), corpus, str(tmp_path / "runs"), extra=extra, gbs=32,
                           arms={"baseline": "--ixt-prefix-kind none", "ixt-quality": "--ixt-prefix-kind quality"})
     proc = subprocess.run([sys.executable, "-m", "megatron_ixt.scaling", "launch", spec_path, "--executor", "slurm",
@@ -104,6 +105,9 @@ def test_slurm_dry_run_prints_every_command_and_the_job_array_script(tmp_path, c
                  "#SBATCH --time=600", "#SBATCH --gpus-per-node=8", "#SBATCH --signal=USR2@120",
                  "source /opt/venv/bin/activate", "submitit.core._submit"):
         assert line in out
+    # the evaluation: a second array after the training array, one task per run
+    assert ("# evaluation array (4 task(s), after the training array): export to RUN/hf, then lm-eval into "
+            "RUN/lm_eval, for baseline/h32_1536_s7, baseline/h32_3072_s7, ixt-quality/h32_1536_s7") in out
     assert not os.path.exists(str(tmp_path / "runs" / "baseline"))  # nothing ran or was recorded
 
 
