@@ -90,7 +90,7 @@ def _tables(res: dict) -> List[str]:
     downstream = res.get("kind") == "downstream"
     what = "score" if downstream else "loss"
     lines = _fits_table(res, downstream)
-    lines += ["", f"Multiplier at target {what}s:", "",
+    lines += ["", f"Multiplier at target {'scores' if downstream else 'losses'}:", "",
               f"| arm | target {what} | k [95% CI] | reference reaches it |", "|---|---|---|---|"]
     for row in res["multiplier"]:
         target = row["target_score"] if downstream else row["target_loss"]
