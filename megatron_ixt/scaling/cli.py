@@ -1,13 +1,15 @@
 """Command line of ``python -m megatron_ixt.scaling``.
 
-``fit``: ``--arm NAME=GLOB[:METRIC]`` (repeatable; GLOB matches run directories holding a
-``metrics.jsonl``), ``--reference NAME``, optional annotation FLOPs (``--annotation-stats
+``fit SPEC``: the spec's arms (``ROOT/<arm>/*``), reference and downstream metrics; or, ad hoc,
+``--arm NAME=GLOB[:METRIC]`` (repeatable; GLOB matches run directories holding a
+``metrics.jsonl``) and ``--reference NAME``; ``--downstream TASK/METRIC`` (lm-eval scores, fitted
+as error rates), ``--target-score``, optional annotation FLOPs (``--annotation-stats
 NAME=GLOB --annotator-params N`` or ``--annotation-flops NAME=FLOPS``), ``--target-loss``,
 ``--reference-budget``, ``--shared-e``, ``--bootstrap``, ``--output DIR``.
 
-``launch SPEC``: train every unfinished run of a sweep spec (``--executor local|slurm``,
-``--dry-run``); ``status SPEC``: the grid. Exit status 0, 2 with a message naming the run, file
-or key on bad input; ``launch`` also 1 (some runs failed) and 75 (stopped; relaunch to resume).
+``launch SPEC``: train (and, with an ``evaluate:`` section, score) every unfinished run of a sweep
+spec (``--executor local|slurm``, ``--dry-run``); ``status SPEC``: the grid and its scores.
+Exit status 0, 2 with a message naming the run, file or key on bad input; ``launch`` also 1 (some runs failed) and 75 (stopped; relaunch to resume).
 """
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ def spec_fit_inputs(path: str, root: Optional[str]):
     from megatron_ixt.scaling.spec import load_spec
 
     spec = load_spec(path, root)
-    arms = [(arm, os.path.join(glob.escape(spec.root), glob.escape(arm), "*"), None) for arm in spec.raw["arms"]]
+    arms = [(arm, os.path.join(glob.escape(spec.root), glob.escape(arm), "*"), None) for arm in spec.arm_flags]
     plain = [arm for arm, flags in spec.arm_flags.items() if default_steer(flags) == "none"]
     return arms, (plain[0] if plain else None), (spec.evaluate.metrics if spec.evaluate else [])
 
