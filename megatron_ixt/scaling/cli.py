@@ -9,7 +9,8 @@ NAME=GLOB --annotator-params N`` or ``--annotation-flops NAME=FLOPS``), ``--targ
 
 ``launch SPEC``: train (and, with an ``evaluate:`` section, score) every unfinished run of a sweep
 spec (``--executor local|slurm``, ``--dry-run``); ``status SPEC``: the grid and its scores.
-Exit status 0, 2 with a message naming the run, file or key on bad input; ``launch`` also 1 (some runs failed) and 75 (stopped; relaunch to resume).
+Exit status 0, 2 with a message naming the run, file or key on bad input; ``launch`` also 1
+(some runs failed) and 75 (stopped; relaunch to resume).
 """
 from __future__ import annotations
 
