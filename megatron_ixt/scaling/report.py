@@ -70,7 +70,8 @@ def _ci(pair) -> str:
 def _fits_table(res: dict, downstream: bool) -> List[str]:
     head = "| arm | metric | runs | E | A | alpha | annotation FLOPs | leave-largest-size-out error |"
     if downstream:
-        head = "| arm | steer | runs | floor E (ceiling 1-E) | A | alpha | annotation FLOPs | leave-largest-size-out error |"
+        head = ("| arm | steer | runs | floor E (ceiling 1-E) | A | alpha | annotation FLOPs | "
+                "leave-largest-size-out error |")
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for name, arm in res["arms"].items():
         ex = arm["extrapolation"]
