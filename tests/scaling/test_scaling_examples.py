@@ -130,7 +130,7 @@ def test_cpu_downstream_smoke_at_toy_scale(tmp_path):
     tasks.mkdir()
     task = open(os.path.join(EXAMPLES, "tasks", "carry_add.yaml"), encoding="utf-8").read()
     (tasks / "carry_add.yaml").write_text(task.replace("scaling_out/cpu_tiny/data/carry_add.jsonl", questions)
-                                          .replace("max_gen_toks: 64", "max_gen_toks: 24"))
+                                          .replace("max_gen_toks: 96", "max_gen_toks: 24"))
     spec_path = toy_spec(tmp_path, "cpu_downstream.yaml", data, include_path=str(tasks), batch_size=8)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "megatron_ixt.scaling", "launch", spec_path],
