@@ -116,7 +116,7 @@ def write_scores(run_dir: str, task: str, items, *, metric: str = "exact_match",
     results = {"results": {task: {"alias": task, f"{metric},none": float(np.mean(items)) if value is None else value,
                                   f"{metric}_stderr,none": 0.01}},
                "versions": {task: version}, "n-shot": {task: n_shot},
-               "config": {"model": "ixt_hf", "model_args": f"pretrained={run_dir}/hf,steer={steer}"}}
+               "config": {"model": "ixt_hf", "model_args": {"pretrained": f"{run_dir}/hf", "steer": steer}}}
     with open(os.path.join(out, f"results_{stamp}.json"), "w", encoding="utf-8") as f:
         json.dump(results, f)
     with open(os.path.join(out, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as f:
