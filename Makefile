@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-robustness test test-quick smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
+.PHONY: install demo demo-robustness test test-quick smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu scaling-downstream
 
 $(STAMP): requirements-cpu.txt setup.py
 	@test -n "$(PYTHON)" || { echo "no python3.11 or python3.12 found: install one, or give PYTHON=..." >&2; exit 1; }
@@ -33,6 +33,12 @@ demo-robustness: $(STAMP)
 ## The CPU scaling sweep (examples/scaling/cpu_tiny.yaml) and its fit into examples/scaling/results/.
 scaling-cpu: $(STAMP)
 	$(PY) examples/scaling/run_cpu_tiny.py
+
+## The CPU downstream sweep (examples/scaling/cpu_downstream.yaml: + the carry task's accuracy under
+## steering, lm-eval on every run) and its fit into examples/scaling/results_downstream/ (~45 min on 2 cores).
+scaling-downstream: $(STAMP)
+	$(PY) examples/scaling/run_cpu_tiny.py --spec examples/scaling/cpu_downstream.yaml \
+	    --results examples/scaling/results_downstream
 
 ## The default test suite (what CI runs). Slow multi-process tests are included unless -m says otherwise.
 test: $(STAMP)

@@ -71,9 +71,12 @@ class Analysis:
 
 def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequence[float]] = None,
             budgets: Optional[Sequence[float]] = None, shared_e: bool = False,
-            resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Analysis:
+            resamples: int = DEFAULT_RESAMPLES, seed: int = 0, items: Optional[Dict[str, np.ndarray]] = None,
+            floor: float = 0.0) -> Analysis:
     """Fit every arm, the multiplier of each non-reference arm against ``reference`` at
-    ``targets`` (losses) and ``budgets`` (reference FLOPs), with paired-bootstrap CIs."""
+    ``targets`` (losses) and ``budgets`` (reference FLOPs), with paired-bootstrap CIs. ``items``
+    and ``floor``: per-item errors of a downstream metric (:func:`fit.bootstrap`); no Chinchilla
+    fit then."""
     if reference not in arms:
         raise F.FitError(f"--reference {reference!r} is not one of the arms {sorted(arms)}")
     if len(arms) < 2:
@@ -82,7 +85,8 @@ def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequ
     data = _data(arms)
     fits = F.fit_power_laws(data, shared_e=shared_e)
     keys = {name: [p.key for p in pts] for name, pts in arms.items()}
-    boot = F.bootstrap(data, keys, resamples, seed=seed, shared_e=shared_e, full=fits)
+    boot = F.bootstrap(data, keys, resamples, seed=seed, shared_e=shared_e, full=fits, items=items,
+                       floor=floor)
     targets = list(targets) if targets else default_targets(arms)
     budgets = list(budgets) if budgets else default_budgets(arms[reference])
     warnings: List[str] = []
@@ -104,7 +108,7 @@ def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequ
         if all(v is not None for v in params):
             extrapolation = F.leave_largest_out(c, loss, params, name)
             tokens = [p.tokens for p in pts]
-            if all(t is not None for t in tokens) and F.chinchilla_grid_ok(params, tokens):
+            if items is None and all(t is not None for t in tokens) and F.chinchilla_grid_ok(params, tokens):
                 chinchilla = F.fit_chinchilla(params, tokens, loss, name).to_dict()
         out_arms[name] = {**law.to_dict(), "points": [p.to_dict() for p in pts], "metric": pts[0].metric,
                           "annotation_flops": pts[0].annotation_flops, "ci": ci, "residual_scale": scale,
@@ -136,3 +140,35 @@ def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequ
             "bootstrap": {"resamples": resamples, "failed": failed, "seed": seed, "paired": boot.paired},
             "warnings": warnings}
     return Analysis(result, fits, boot, targets)
+
+
+def analyze_downstream(arms: Dict[str, List[Point]], metric: str, reference: str,
+                       scores: Optional[Sequence[float]] = None, budgets: Optional[Sequence[float]] = None,
+                       shared_e: bool = False, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Analysis:
+    """The multiplier at matched ``TASK/METRIC`` score: each arm's error rate ``1 - score`` fitted as
+    ``E + A*C^-alpha`` (``E`` the floor: ``1 - E`` is the arm's ceiling), ``k`` at ``scores``
+    (default: spread over the observed ones) and at ``budgets``; the bootstrap resamples whole runs
+    and the task's items. ``arms``: the runs' held-out loss points (their compute and annotation
+    FLOPs are used). Rows carry ``target_score``; the result ``metric``, ``kind`` and ``steer``."""
+    from megatron_ixt.scaling.downstream import check_same_evaluation, downstream_points, error_floor, error_matrix
+
+    points, items, every = {}, {}, []
+    for name, pts in arms.items():
+        points[name], found = downstream_points(pts, metric)
+        items[name] = error_matrix(found)
+        every += found
+    check_same_evaluation(every)
+    targets = [1.0 - s for s in scores] if scores else None
+    try:
+        analysis = analyze(points, reference, targets=targets, budgets=budgets, shared_e=shared_e,
+                           resamples=resamples, seed=seed, items=items, floor=error_floor(len(every[0].items)))
+    except F.FitError as e:
+        raise F.FitError(f"{every[0].metric} (error rate fit): {e}") from None
+    res = analysis.result
+    for row in res["multiplier"] + res["budget_multiplier"]:
+        row["target_score"] = 1.0 - row["target_loss"]
+    steer = {}
+    for name, pts in points.items():
+        steer[name] = sorted({str(s.steer) for s in every if s.run in {p.run for p in pts}})
+    res.update(metric=every[0].metric, kind="downstream", items=len(every[0].items), steer=steer)
+    return analysis

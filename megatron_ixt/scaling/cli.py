@@ -1,13 +1,16 @@
 """Command line of ``python -m megatron_ixt.scaling``.
 
-``fit``: ``--arm NAME=GLOB[:METRIC]`` (repeatable; GLOB matches run directories holding a
-``metrics.jsonl``), ``--reference NAME``, optional annotation FLOPs (``--annotation-stats
+``fit SPEC``: the spec's arms (``ROOT/<arm>/*``), reference and downstream metrics; or, ad hoc,
+``--arm NAME=GLOB[:METRIC]`` (repeatable; GLOB matches run directories holding a
+``metrics.jsonl``) and ``--reference NAME``; ``--downstream TASK/METRIC`` (lm-eval scores, fitted
+as error rates), ``--target-score``, optional annotation FLOPs (``--annotation-stats
 NAME=GLOB --annotator-params N`` or ``--annotation-flops NAME=FLOPS``), ``--target-loss``,
 ``--reference-budget``, ``--shared-e``, ``--bootstrap``, ``--output DIR``.
 
-``launch SPEC``: train every unfinished run of a sweep spec (``--executor local|slurm``,
-``--dry-run``); ``status SPEC``: the grid. Exit status 0, 2 with a message naming the run, file
-or key on bad input; ``launch`` also 1 (some runs failed) and 75 (stopped; relaunch to resume).
+``launch SPEC``: train (and, with an ``evaluate:`` section, score) every unfinished run of a sweep
+spec (``--executor local|slurm``, ``--dry-run``); ``status SPEC``: the grid and its scores.
+Exit status 0, 2 with a message naming the run, file or key on bad input; ``launch`` also 1
+(some runs failed) and 75 (stopped; relaunch to resume).
 """
 from __future__ import annotations
 
@@ -47,10 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Scaling-law sweeps and the IXT compute multiplier.")
     sub = parser.add_subparsers(dest="command", required=True)
     fit = sub.add_parser("fit", help="fit L(C) per arm and the compute multiplier against a reference arm")
-    fit.add_argument("--arm", action="append", type=_arm, required=True, metavar="NAME=GLOB[:METRIC]",
-                     help="an arm: run directories matching GLOB; METRIC is a key of the last eval record "
-                          "(default: none/doc_loss for --ixt-prefix-kind none, else steering/doc_loss)")
-    fit.add_argument("--reference", required=True, help="the arm k is measured against (the baseline)")
+    fit.add_argument("spec", nargs="?", default=None,
+                     help="sweep spec (YAML): its arms (runs under ROOT/<arm>/*), reference and the evaluate "
+                          "section's downstream metrics; without it, give --arm for an ad-hoc fit")
+    fit.add_argument("--root", default=None, help="with SPEC: the run root (default: the spec's 'root')")
+    fit.add_argument("--arm", action="append", type=_arm, default=[], metavar="NAME=GLOB[:METRIC]",
+                     help="an arm (ad-hoc fits, without SPEC): run directories matching GLOB; METRIC is a key of "
+                          "the last eval record (default: none/doc_loss for --ixt-prefix-kind none, else "
+                          "steering/doc_loss)")
+    fit.add_argument("--reference", default=None,
+                     help="the arm k is measured against (default with SPEC: its first arm trained with "
+                          "--ixt-prefix-kind none)")
+    fit.add_argument("--downstream", action="append", default=None, metavar="TASK/METRIC[,FILTER]",
+                     help="also fit this lm-eval score (a rate in [0, 1], e.g. gsm8k/exact_match) read from each "
+                          "run's RUN/lm_eval results (default with SPEC: the evaluate section's metrics)")
+    fit.add_argument("--target-score", type=float, nargs="+", default=None,
+                     help="downstream scores at which to report k (default: 5 spread over the observed range)")
     fit.add_argument("--annotation-stats", action="append", default=[], type=lambda t: _pair(t, "--annotation-stats"),
                      metavar="NAME=GLOB", help="annotate *.stats.json files of arm NAME's corpus; their "
                                                "prompt+completion tokens x 2 x --annotator-params are added to its compute")
@@ -102,13 +117,40 @@ def cmd_status(args) -> int:
     return print_status(load_spec(args.spec, args.root), as_json=args.json)
 
 
+def spec_fit_inputs(path: str, root: Optional[str]):
+    """A spec's arms as ``(name, ROOT/<arm>/*, None)``, its default reference (the first arm trained
+    with ``--ixt-prefix-kind none``) and its evaluate section's downstream metrics."""
+    import glob
+    import os
+
+    from megatron_ixt.scaling.downstream import default_steer
+    from megatron_ixt.scaling.spec import load_spec
+
+    spec = load_spec(path, root)
+    arms = [(arm, os.path.join(glob.escape(spec.root), glob.escape(arm), "*"), None) for arm in spec.arm_flags]
+    plain = [arm for arm, flags in spec.arm_flags.items() if default_steer(flags) == "none"]
+    return arms, (plain[0] if plain else None), (spec.evaluate.metrics if spec.evaluate else [])
+
+
 def cmd_fit(args) -> int:
-    from megatron_ixt.scaling.analysis import analyze
+    from megatron_ixt.scaling.analysis import analyze, analyze_downstream
     from megatron_ixt.scaling.points import add_annotation, annotation_tokens, frontier, read_arm
     from megatron_ixt.scaling.report import write_outputs
 
+    if args.spec:
+        if args.arm:
+            raise PointError("give either a SPEC or --arm (ad-hoc fits), not both")
+        arm_specs, reference, downstream = spec_fit_inputs(args.spec, args.root)
+    elif not args.arm:
+        raise PointError("fit needs a SPEC or at least two --arm NAME=GLOB[:METRIC]")
+    else:
+        arm_specs, reference, downstream = args.arm, None, []
+    reference = args.reference or reference
+    if reference is None:
+        raise PointError("--reference is required (the arm k is measured against)")
+    downstream = downstream if args.downstream is None else args.downstream
     arms = {}
-    for name, pattern, metric in args.arm:
+    for name, pattern, metric in arm_specs:
         if name in arms:
             raise PointError(f"--arm {name!r} given twice")
         arms[name] = read_arm(name, pattern, metric)
@@ -125,12 +167,15 @@ def cmd_fit(args) -> int:
             p.annotation_flops = value
     if args.frontier:
         arms = {name: frontier(points) for name, points in arms.items()}
-    analysis = analyze(arms, args.reference, targets=args.target_loss, budgets=args.reference_budget,
+    analysis = analyze(arms, reference, targets=args.target_loss, budgets=args.reference_budget,
                        shared_e=args.shared_e, resamples=args.bootstrap, seed=args.seed)
+    scores = [analyze_downstream(arms, metric, reference, scores=args.target_score, budgets=args.reference_budget,
+                                 shared_e=args.shared_e, resamples=args.bootstrap, seed=args.seed)
+              for metric in downstream]
     command = "python -m megatron_ixt.scaling " + " ".join(shlex.quote(a) for a in args.argv)
-    for path in write_outputs(analysis, args.output, command):
+    for path in write_outputs(analysis, args.output, command, downstream=scores):
         print(path)
-    for warning in analysis.result["warnings"]:
+    for warning in analysis.result["warnings"] + [w for d in scores for w in d.result["warnings"]]:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
 

@@ -10,7 +10,8 @@
   where the arm never does.
 * :func:`bootstrap`: paired resamples of whole runs (seeds pooled): resample ``i`` of every arm
   is fitted from the same drawn run keys where the arms share them, and 95% percentile CIs of
-  ``k`` come from fit ``i`` of the reference against fit ``i`` of the arm.
+  ``k`` come from fit ``i`` of the reference against fit ``i`` of the arm; for a downstream metric
+  (the error rate ``1 - score`` as ``L``) each resample also redraws the task's items.
 * :func:`leave_largest_out`: fit without the largest model size, report the relative error of
   the predicted loss on the held-out runs.
 """
@@ -318,13 +319,24 @@ def percentile_ci(values: np.ndarray, level: float = 0.95):
 
 @_one_blas_thread
 def bootstrap(data: Dict[str, tuple], keys: Dict[str, Sequence[str]], resamples: int, seed: int = 0,
-              shared_e: bool = False, full: Optional[Dict[str, PowerLaw]] = None) -> Bootstrap:
+              shared_e: bool = False, full: Optional[Dict[str, PowerLaw]] = None,
+              items: Optional[Dict[str, np.ndarray]] = None, floor: float = 0.0) -> Bootstrap:
     """Paired bootstrap over whole runs. ``data`` as in :func:`fit_power_laws`; ``keys[arm][j]``
     names run ``j`` of that arm (e.g. ``"<size>_<tokens>_s<seed>"``). Arms whose key sets are equal
     are resampled with the same drawn keys (paired); other arms draw their own indices from the
     same random stream. A resample whose fit is impossible (too few distinct points) is redrawn
-    up to 10 times, then recorded as None."""
+    up to 10 times, then recorded as None.
+
+    ``items[arm]``: per-item errors (runs x items, the same items for every run) of a downstream
+    metric; each resample then also draws the items (the same draw for every run and arm: the
+    evaluation's own sampling noise) and a run's loss is its mean error over them, at least
+    ``floor``."""
     rng = np.random.default_rng(seed)
+    if items is not None:
+        n_items = {m.shape[1] for m in items.values()}
+        if len(n_items) != 1:
+            raise FitError(f"per-item errors of different lengths across arms: {sorted(n_items)}")
+        n_items = n_items.pop()
     names = list(data)
     key_sets = {n: sorted(set(keys[n])) for n in names}
     shared = all(key_sets[n] == key_sets[names[0]] and len(key_sets[n]) == len(keys[n]) for n in names)
@@ -339,7 +351,12 @@ def bootstrap(data: Dict[str, tuple], keys: Dict[str, Sequence[str]], resamples:
                     picks[n] = np.array([index[key_sets[n][d]] for d in drawn])
             else:
                 picks = {n: rng.integers(0, len(keys[n]), len(keys[n])) for n in names}
-            sample = {n: (np.asarray(data[n][0])[picks[n]], np.asarray(data[n][1])[picks[n]]) for n in names}
+            if items is None:
+                loss = {n: np.asarray(data[n][1]) for n in names}
+            else:
+                cols = rng.integers(0, n_items, n_items)
+                loss = {n: np.maximum(items[n][:, cols].mean(axis=1), floor) for n in names}
+            sample = {n: (np.asarray(data[n][0])[picks[n]], loss[n][picks[n]]) for n in names}
             try:
                 fits.append(fit_power_laws(sample, shared_e=shared_e, starts=1, warm=full))
                 break

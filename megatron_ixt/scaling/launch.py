@@ -9,6 +9,8 @@ Each run of a :class:`~megatron_ixt.scaling.spec.Spec` lives in ``ROOT/<arm>/<si
     metrics.jsonl  the trainer's metrics (``--metrics-file``)
     ckpt/          its checkpoints (``--save``; a relaunch resumes from here with ``--load``)
     train.log      the trainer's output
+    hf/, lm_eval/  with an ``evaluate:`` section: the exported model and lm-eval's results and
+                   per-item samples (``evaluation`` in run.json; eval.log the commands' output)
 
 ``launch`` is idempotent: finished runs are skipped, interrupted or failed ones resume from their
 latest checkpoint (``--load``), and a run whose recorded command differs from the spec's is
@@ -16,7 +18,9 @@ refused before anything starts (its results would mix two specs). Executors: ``l
 grid one run after another on this machine (SIGTERM/SIGINT are forwarded to the trainer, which
 saves and exits 75; the launch then stops with 75); ``slurm`` submits one job array through
 submitit; a job whose trainer exits 75 (SIGTERM, ``--exit-duration-in-mins``) or that Slurm
-preempts or times out is checkpointed and requeued by submitit.
+preempts or times out is checkpointed and requeued by submitit. With an ``evaluate:`` section
+each finished run is then evaluated (locally right after its training; on Slurm as a second job
+array that depends on the training array); a run already scored under the same settings is skipped.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import sys
 import time
 from typing import List, Optional
 
+from megatron_ixt.scaling.downstream import evaluate_run
 from megatron_ixt.scaling.points import PointError, read_point
 from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
 from megatron_ixt.training.metrics import read_metrics
@@ -179,6 +184,22 @@ def _run(cmd: List[str], log_path: str, forward: _Forward) -> int:
         return forward.proc.wait()
 
 
+def needs_evaluation(plan: RunPlan, spec: Spec) -> bool:
+    """The spec evaluates and this run has no scores under its current evaluation settings."""
+    if spec.evaluate is None:
+        return False
+    entry = (read_record(plan) or {}).get("evaluation") or {}
+    return entry.get("digest") != spec.evaluate.digest(plan.arm) or not os.path.isfile(entry.get("results") or "")
+
+
+def evaluate_plan(plan: RunPlan, spec: Spec, run_step, python: str = sys.executable) -> dict:
+    """Evaluate a finished run (export cached, lm-eval) and record it in run.json."""
+    device = "cuda" if spec.launcher["gpus"] else "cpu"
+    entry = evaluate_run(plan.run_dir, plan.arm, spec.evaluate, python, device, run_step)
+    write_record(plan, evaluation=entry)
+    return entry
+
+
 def launch_local(spec: Spec, dry_run: bool = False) -> int:
     """Run every unfinished run in order; 0 when all finished, 75 when stopped by a signal, 1 when
     some failed (the others still ran)."""
@@ -189,23 +210,37 @@ def launch_local(spec: Spec, dry_run: bool = False) -> int:
             state = run_state(plan)
             if state == "finished":
                 print(f"skip {plan.name}: finished", flush=True)
-                continue
-            cmd = trainer_command(plan, spec)
-            if dry_run:
-                print(shlex.join(cmd), flush=True)
-                continue
-            print(f"run {plan.name} ({state}{', resuming' if '--load' in cmd else ''})", flush=True)
-            write_record(plan, state="running", exit_code=None)
-            exit_code = _run(cmd, os.path.join(plan.run_dir, "train.log"), forward)
-            state = finish(plan, exit_code)
-            print(f"  {plan.name}: {state} (exit {exit_code})", flush=True)
-            if forward.stopped or exit_code == EXIT_RESUMABLE:
-                print("stopped; relaunch the same command to resume", flush=True)
-                return EXIT_RESUMABLE
+            else:
+                cmd = trainer_command(plan, spec)
+                if dry_run:
+                    print(shlex.join(cmd), flush=True)
+                    continue
+                print(f"run {plan.name} ({state}{', resuming' if '--load' in cmd else ''})", flush=True)
+                write_record(plan, state="running", exit_code=None)
+                exit_code = _run(cmd, os.path.join(plan.run_dir, "train.log"), forward)
+                state = finish(plan, exit_code)
+                print(f"  {plan.name}: {state} (exit {exit_code})", flush=True)
+                if forward.stopped or exit_code == EXIT_RESUMABLE:
+                    print("stopped; relaunch the same command to resume", flush=True)
+                    return EXIT_RESUMABLE
             if state == "failed":
                 failed.append(plan.name)
+            elif state == "finished" and needs_evaluation(plan, spec):
+                if dry_run:
+                    print(f"# then evaluate {plan.name}: export to {plan.run_dir}/hf, lm-eval into "
+                          f"{plan.run_dir}/lm_eval", flush=True)
+                    continue
+                print(f"evaluate {plan.name} (steer {spec.evaluate.steer[plan.arm]})", flush=True)
+                log = os.path.join(plan.run_dir, "eval.log")
+                entry = evaluate_plan(plan, spec, lambda cmd: _run(cmd, log, forward))
+                print(f"  {plan.name}: {entry.get('scores') or 'evaluation failed (see eval.log)'}", flush=True)
+                if forward.stopped:
+                    print("stopped; relaunch the same command to resume", flush=True)
+                    return EXIT_RESUMABLE
+                if entry["exit_code"] != 0:
+                    failed.append(plan.name + " (evaluation)")
     if failed:
-        print(f"{len(failed)} run(s) failed (see their train.log): {failed}", file=sys.stderr)
+        print(f"{len(failed)} run(s) failed (see their train.log or eval.log): {failed}", file=sys.stderr)
         return 1
     return 0
 
@@ -279,6 +314,30 @@ class RunJob:
         return submitit.helpers.DelayedSubmission(RunJob(self.plan, self.spec, self.python))
 
 
+class EvalJob:
+    """The callable of one Slurm array task of the evaluation array: evaluates its run once the
+    training task has finished it (a run that did not finish is left for a later launch)."""
+
+    def __init__(self, plan: RunPlan, spec: Spec, python: str):
+        self.plan, self.spec, self.python = plan, spec, python
+
+    def __call__(self) -> str:
+        if run_state(self.plan) != "finished":
+            return f"{self.plan.name}: not finished; not evaluated"
+        log_path = os.path.join(self.plan.run_dir, "eval.log")
+
+        def run_step(cmd):
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"$ {shlex.join(cmd)}\n")
+                log.flush()
+                return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+
+        entry = evaluate_plan(self.plan, self.spec, run_step, self.python)
+        if entry["exit_code"] != 0:
+            raise RuntimeError(f"{self.plan.name}: evaluation failed at {entry['step']} (see {log_path})")
+        return f"{self.plan.name}: {entry['scores']}"
+
+
 def slurm_executor(spec: Spec):
     import submitit
 
@@ -312,7 +371,9 @@ def launch_slurm(spec: Spec, dry_run: bool = False, python: str = sys.executable
             print(f"skip {plan.name}: {state}", flush=True)
         else:
             pending.append(plan)
-    if not pending:
+    # evaluated after this launch's training array: its runs and finished runs without scores
+    to_score = [p for p in spec.runs if p in pending or (run_state(p) == "finished" and needs_evaluation(p, spec))]
+    if not pending and not to_score:
         return 0
     executor = slurm_executor(spec)
     if dry_run:
@@ -320,16 +381,31 @@ def launch_slurm(spec: Spec, dry_run: bool = False, python: str = sys.executable
             cmd = trainer_command(plan, spec, python, node_rank="$SLURM_NODEID", master_addr="$MASTER_ADDR",
                                   master_port="$MASTER_PORT")
             print(f"# array task {i}: {plan.name}\n{shlex.join(cmd)}")
-        print(f"# job script ({len(pending)}-task array; each task runs python -m submitit.core._submit, which "
-              f"calls the command above):")
-        print(slurm_job_script(executor, len(pending)))
+        if pending:
+            print(f"# job script ({len(pending)}-task array; each task runs python -m submitit.core._submit, "
+                  f"which calls the command above):")
+            print(slurm_job_script(executor, len(pending)))
+        if spec.evaluate is not None and to_score:
+            print(f"# evaluation array ({len(to_score)} task(s){', after the training array' if pending else ''}): "
+                  f"export to RUN/hf, then lm-eval into RUN/lm_eval, for " + ", ".join(p.name for p in to_score))
         return 0
-    with executor.batch():
-        jobs = [executor.submit(RunJob(plan, spec, python)) for plan in pending]
-    for plan, job in zip(pending, jobs):
-        write_record(plan, state="submitted", slurm_job_id=job.job_id)
-    print(f"submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]}; "
-          f"python -m megatron_ixt.scaling status {spec.path} shows the grid")
+    train_array = None
+    if pending:
+        with executor.batch():
+            jobs = [executor.submit(RunJob(plan, spec, python)) for plan in pending]
+        for plan, job in zip(pending, jobs):
+            write_record(plan, state="submitted", slurm_job_id=job.job_id)
+        train_array = jobs[0].job_id.split("_")[0]
+        print(f"submitted {len(jobs)} run(s) as job array {train_array}; "
+              f"python -m megatron_ixt.scaling status {spec.path} shows the grid")
+    if spec.evaluate is not None and to_score:
+        evaluator = slurm_executor(spec)
+        evaluator.update_parameters(job_name=os.path.basename(spec.root) + "-eval",
+                                    **({"dependency": f"afterany:{train_array}"} if train_array else {}))
+        with evaluator.batch():
+            eval_jobs = [evaluator.submit(EvalJob(plan, spec, python)) for plan in to_score]
+        print(f"submitted {len(eval_jobs)} evaluation(s) as job array {eval_jobs[0].job_id.split('_')[0]}"
+              f"{f' (after array {train_array})' if train_array else ''}")
     return 0
 
 
@@ -340,9 +416,12 @@ def status_rows(spec: Spec) -> List[dict]:
         record = read_record(plan) or {}
         state = run_state(plan)
         point = record.get("point") or {}
+        scores = None
+        if spec.evaluate is not None:
+            scores = None if needs_evaluation(plan, spec) else record["evaluation"]["scores"]
         rows.append({"run": plan.name, "state": state, "iteration": latest_iteration(plan),
                      "train_iters": plan.train_iters, "loss": point.get("loss"), "metric": point.get("metric"),
-                     "flops": point.get("compute")})
+                     "flops": point.get("compute"), "scores": scores})
     return rows
 
 
@@ -352,14 +431,21 @@ def print_status(spec: Spec, as_json: bool = False) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     width = max(len(r["run"]) for r in rows)
-    print(f"{'run':<{width}}  {'state':<11} {'checkpoint':>12} {'loss':>8} {'FLOPs':>10}")
+    print(f"{'run':<{width}}  {'state':<11} {'checkpoint':>12} {'loss':>8} {'FLOPs':>10}"
+          + ("  scores" if spec.evaluate is not None else ""))
     for r in rows:
         ckpt = f"{r['iteration'] or 0}/{r['train_iters']}"
         loss = "" if r["loss"] is None else f"{r['loss']:.4f}"
         flops = "" if r["flops"] is None else f"{r['flops']:.3g}"
-        print(f"{r['run']:<{width}}  {r['state']:<11} {ckpt:>12} {loss:>8} {flops:>10}")
+        scores = ""
+        if spec.evaluate is not None:
+            scores = "  " + (", ".join(f"{m}={v:.3f}" for m, v in r["scores"].items()) if r["scores"] is not None
+                             else "-")
+        print(f"{r['run']:<{width}}  {r['state']:<11} {ckpt:>12} {loss:>8} {flops:>10}{scores}")
     counts = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" of {len(rows)} runs under {spec.root}")
+    scored = "" if spec.evaluate is None else f"; {sum(r['scores'] is not None for r in rows)} with scores"
+    print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" of {len(rows)} runs under {spec.root}"
+          + scored)
     return 0

@@ -4,11 +4,14 @@
   fitted curve and the 95% bootstrap band, extended 4x beyond the largest run.
 * ``multiplier_vs_loss.png``: ``k(L)`` per non-reference arm with its 95% band, over the losses
   where the reference's fit reaches ``L``; a dotted line at the reference's asymptote ``E``.
+* A downstream analysis (``TASK/METRIC``): ``score_vs_flops_<metric>.png`` (score = 1 - the fitted
+  error rate, log FLOPs, with bands) and ``multiplier_vs_score_<metric>.png`` (``k`` against the
+  target score; the dotted line is the reference's ceiling ``1 - E``).
 """
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 import matplotlib
 
@@ -21,43 +24,54 @@ from megatron_ixt.scaling import fit as F  # noqa: E402
 from megatron_ixt.scaling.analysis import Analysis  # noqa: E402
 
 
-def write_plots(analysis: Analysis, output: str) -> List[str]:
-    """Write both figures into ``output``; returns their paths."""
-    return [_loss_vs_flops(analysis, os.path.join(output, "loss_vs_flops.png")),
-            _multiplier_vs_loss(analysis, os.path.join(output, "multiplier_vs_loss.png"))]
+def write_plots(analysis: Analysis, output: str, metric_slug: Optional[str] = None) -> List[str]:
+    """Write both figures into ``output`` (downstream: named after ``metric_slug``); returns their paths."""
+    if metric_slug is None:
+        return [_curves(analysis, os.path.join(output, "loss_vs_flops.png")),
+                _multiplier(analysis, os.path.join(output, "multiplier_vs_loss.png"))]
+    return [_curves(analysis, os.path.join(output, f"score_vs_flops_{metric_slug}.png")),
+            _multiplier(analysis, os.path.join(output, f"multiplier_vs_score_{metric_slug}.png"))]
 
 
-def _loss_vs_flops(analysis: Analysis, path: str) -> str:
+def _curves(analysis: Analysis, path: str) -> str:
     res = analysis.result
+    score = res.get("kind") == "downstream"
+    y = (lambda v: 1.0 - np.asarray(v)) if score else np.asarray  # the plotted quantity
     compute = [p["total_compute"] for arm in res["arms"].values() for p in arm["points"]]
     grid = np.logspace(np.log10(min(compute) / 1.5), np.log10(max(compute) * 4), 200)
     fig, ax = plt.subplots(figsize=(7, 5))
     for i, (name, arm) in enumerate(res["arms"].items()):
         color = f"C{i}"
         law = analysis.fits[name]
-        ax.scatter([p["total_compute"] for p in arm["points"]], [p["loss"] for p in arm["points"]],
+        ax.scatter([p["total_compute"] for p in arm["points"]], y([p["loss"] for p in arm["points"]]),
                    color=color, s=18, zorder=3)
-        label = f"{name}: E={law.E:.3g}, alpha={law.alpha:.3g}"
-        ax.plot(grid, law.loss(grid), color=color, label=label)
+        label = (f"{name}: ceiling {1 - law.E:.3g}, alpha={law.alpha:.3g}" if score
+                 else f"{name}: E={law.E:.3g}, alpha={law.alpha:.3g}")
+        ax.plot(grid, y(law.loss(grid)), color=color, label=label)
         lo, hi = analysis.boot.loss_band(name, grid)
-        ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+        ax.fill_between(grid, y(lo), y(hi), color=color, alpha=0.2, linewidth=0)
     ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs (IXT arms: + annotation FLOPs)")
+    if score:
+        ax.set_ylabel(f"{res['metric']} (score)")
+        return _save(fig, ax, "score = 1 - (E + A C^-alpha), 95% bootstrap band (runs and items)", path)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
     ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.set_xlabel("training FLOPs (IXT arms: + annotation FLOPs)")
     ax.set_ylabel("held-out document loss (nats/token)")
     return _save(fig, ax, "L(C) = E + A C^-alpha, 95% bootstrap band", path)
 
 
-def _multiplier_vs_loss(analysis: Analysis, path: str) -> str:
+def _multiplier(analysis: Analysis, path: str) -> str:
     res = analysis.result
+    score = res.get("kind") == "downstream"
     reference = res["reference"]
     ref = analysis.fits[reference]
     losses = [p["loss"] for arm in res["arms"].values() for p in arm["points"]]
     lo_l = max(min(min(losses), min(analysis.targets)), ref.E + 1e-6 * abs(ref.E) + 1e-9)
     hi_l = max(max(losses), max(analysis.targets))
-    grid = np.linspace(lo_l, hi_l, 80)
+    grid = np.linspace(lo_l, hi_l, 80) if lo_l < hi_l else np.array([hi_l])
+    x = 1.0 - grid if score else grid
     fig, ax = plt.subplots(figsize=(7, 5))
     for i, name in enumerate(res["arms"]):
         if name == reference:
@@ -67,14 +81,19 @@ def _multiplier_vs_loss(analysis: Analysis, path: str) -> str:
         bands = [F.percentile_ci(analysis.boot.multipliers(reference, name, L)) for L in grid]
         low = np.array([_nan(b[0]) for b in bands])
         high = np.array([_nan(b[1]) for b in bands])
-        ax.plot(grid, k, color=color, label=f"{name} vs {reference}")
-        ax.fill_between(grid, low, high, color=color, alpha=0.2, linewidth=0)
+        ax.plot(x, k, color=color, label=f"{name} vs {reference}")
+        ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
     ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.axvline(ref.E, color="grey", linestyle=":", label=f"{reference} asymptote E={ref.E:.3g}")
     ax.set_yscale("log")
-    ax.set_xlabel("target held-out loss L (nats/token)")
-    ax.set_ylabel(f"k(L) = C_{reference}(L) / C_arm(L)")
-    ax.invert_xaxis()
+    if score:
+        ax.axvline(1.0 - ref.E, color="grey", linestyle=":", label=f"{reference} ceiling 1-E={1 - ref.E:.3g}")
+        ax.set_xlabel(f"target {res['metric']} score")
+        ax.set_ylabel(f"k(s) = C_{reference}(s) / C_arm(s)")
+    else:
+        ax.axvline(ref.E, color="grey", linestyle=":", label=f"{reference} asymptote E={ref.E:.3g}")
+        ax.set_xlabel("target held-out loss L (nats/token)")
+        ax.set_ylabel(f"k(L) = C_{reference}(L) / C_arm(L)")
+        ax.invert_xaxis()
     return _save(fig, ax, "compute multiplier, 95% paired-bootstrap band", path)
 
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from megatron_ixt.tokenizer import model_sha256
-from megatron_ixt.training.flops import annotation_flops
+from megatron_ixt.training.flops import annotation_flops, layer_matrix_params
 from megatron_ixt.training.metrics import read_metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -63,12 +63,12 @@ class Point:
 
 def non_embedding_params(model: dict) -> float:
     """Matrix parameters of the transformer layers (QKV, output projection, MLP) of a
-    ``config["model"]`` dict; embeddings, logits, norms and biases are not counted."""
-    h, heads = model["hidden_size"], model["num_attention_heads"]
-    head_dim = model.get("kv_channels") or h // heads
-    q, kv = heads * head_dim, (model.get("num_query_groups") or heads) * head_dim
-    mlp = h * model["ffn_hidden_size"] * (3 if model.get("swiglu") else 2)
-    return float(model["num_layers"] * (h * (q + 2 * kv) + q * h + mlp))
+    ``config["model"]`` dict (flops.py's shape formula); embeddings, logits, norms and biases are
+    not counted."""
+    return model["num_layers"] * layer_matrix_params(
+        hidden_size=model["hidden_size"], ffn_hidden_size=model["ffn_hidden_size"],
+        num_attention_heads=model["num_attention_heads"], num_query_groups=model.get("num_query_groups"),
+        kv_channels=model.get("kv_channels"), swiglu=bool(model.get("swiglu")))
 
 
 def default_metric(config: Optional[dict], run: str) -> str:

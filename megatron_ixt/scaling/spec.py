@@ -17,6 +17,8 @@ Keys (docs/scaling.md has a full example)::
     checkpoints_per_run: 2       # --save-interval = train iters / this (resume granularity)
     launcher: {nproc_per_node: 1, nodes: 1, gpus: false}
     slurm: {partition, account, qos, time_min, array_parallelism, cpus_per_gpu, setup: [...], ...}
+    evaluate: {tasks: [...], metrics: [TASK/METRIC], include_path, num_fewshot, limit, steer, ...}
+                                 # lm-eval on each finished run (megatron_ixt/scaling/downstream.py)
 
 A rule is ``value * (x / reference) ** exponent`` with ``x`` one of ``hidden_size``,
 ``num_layers`` or ``params`` (non-embedding matrix parameters); a table entry overrides it.
@@ -31,14 +33,15 @@ import math
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import yaml
 
-from megatron_ixt.scaling.points import non_embedding_params
+from megatron_ixt.scaling.downstream import Evaluate, parse_evaluate
+from megatron_ixt.scaling.points import PointError, non_embedding_params
 
 SPEC_KEYS = {"root", "common", "data", "sizes", "budgets", "arms", "seeds", "hyperparameters", "schedule",
-             "eval_iters", "checkpoints_per_run", "launcher", "slurm"}
+             "eval_iters", "checkpoints_per_run", "launcher", "slurm", "evaluate"}
 RULE_INPUTS = ("hidden_size", "num_layers", "params")
 INTEGER_FLAGS = {"global_batch_size", "micro_batch_size"}
 SCHEDULES = ("cosine", "linear")
@@ -79,6 +82,8 @@ class Spec:
     raw: dict
     root: str
     runs: List[RunPlan] = field(default_factory=list)
+    arm_flags: Dict[str, List[str]] = field(default_factory=dict)  # arm -> the flags that distinguish it
+    evaluate: Optional[Evaluate] = None  # the evaluate: section
 
     @property
     def launcher(self) -> dict:
@@ -179,11 +184,15 @@ def load_spec(path: str, root: Optional[str] = None) -> Spec:
     common = _flags(raw.get("common"), f"{path}: common") + _key_flags(raw.get("data"))
     seeds = raw.get("seeds") or [1234]
     per_ckpt = int(raw.get("checkpoints_per_run", 2))
+    spec.arm_flags = {arm: _flags(value, f"{path}: arms.{arm}") for arm, value in raw["arms"].items()}
+    try:
+        spec.evaluate = parse_evaluate(raw.get("evaluate"), spec.arm_flags, path)
+    except PointError as e:
+        raise SpecError(str(e)) from None
     for size, size_value in raw["sizes"].items():
         size_flags = _flags(size_value.get("flags") if isinstance(size_value, dict) else size_value,
                             f"{path}: sizes.{size}")
-        for arm, arm_value in raw["arms"].items():
-            arm_flags = _flags(arm_value, f"{path}: arms.{arm}")
+        for arm, arm_flags in spec.arm_flags.items():
             for tokens in raw["budgets"]:
                 for seed in seeds:
                     plan = _plan(spec, size, size_flags, arm, arm_flags, _tokens(tokens, path), int(seed), common,

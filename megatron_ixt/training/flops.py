@@ -35,21 +35,31 @@ def peak_tflops(device_name: str) -> Optional[float]:
     return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
 
 
+def layer_matrix_params(*, hidden_size: int, ffn_hidden_size: int, num_attention_heads: int,
+                        num_query_groups: Optional[int], kv_channels: Optional[int], swiglu: bool) -> float:
+    """Matrix parameters of one transformer layer: QKV (GQA shrinks K and V), the output projection
+    and the MLP (SwiGLU has three ``h x ffn`` matrices); norms and biases are not counted."""
+    h = hidden_size
+    head_dim = kv_channels or h // num_attention_heads
+    q_dim = num_attention_heads * head_dim
+    kv_dim = (num_query_groups or num_attention_heads) * head_dim
+    return float(h * (q_dim + 2 * kv_dim) + q_dim * h + h * ffn_hidden_size * (3 if swiglu else 2))
+
+
 def forward_flops_per_sequence(*, num_layers: int, hidden_size: int, ffn_hidden_size: int,
                                num_attention_heads: int, num_query_groups: Optional[int],
                                kv_channels: Optional[int], seq_length: int, vocab_size: int,
                                swiglu: bool, causal: bool = True) -> float:
     """Forward FLOPs of one sequence of ``seq_length`` tokens through the whole model."""
     s, h = seq_length, hidden_size
-    head_dim = kv_channels or h // num_attention_heads
-    q_dim = num_attention_heads * head_dim
-    kv_dim = (num_query_groups or num_attention_heads) * head_dim
-    qkv = 2 * s * h * (q_dim + 2 * kv_dim)
+    q_dim = num_attention_heads * (kv_channels or h // num_attention_heads)
+    matrices = 2 * s * layer_matrix_params(hidden_size=h, ffn_hidden_size=ffn_hidden_size,
+                                           num_attention_heads=num_attention_heads,
+                                           num_query_groups=num_query_groups, kv_channels=kv_channels,
+                                           swiglu=swiglu)  # QKV, output projection, MLP
     attention = 2 * 2 * s * s * q_dim * (0.5 if causal else 1.0)  # QK^T and PV
-    out_proj = 2 * s * q_dim * h
-    mlp = 2 * s * h * ffn_hidden_size * (3 if swiglu else 2)
     logits = 2 * s * h * vocab_size
-    return float(num_layers * (qkv + attention + out_proj + mlp) + logits)
+    return float(num_layers * (matrices + attention) + logits)
 
 
 def training_flops_per_iteration(model_cfg, vocab_size: int, global_batch_size: int) -> float:

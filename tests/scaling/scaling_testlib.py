@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from megatron_ixt.scaling.fit import PowerLaw
+from megatron_ixt.scaling.points import read_point
 from megatron_ixt.tokenizer import TokenizerConfig
 from megatron_ixt.training.config import Config
 from megatron_ixt.training.metrics import MetricsWriter
@@ -100,3 +101,39 @@ eval_iters: 2
 checkpoints_per_run: 2
 {extra}""")
     return path
+
+
+def write_scores(run_dir: str, task: str, items, *, metric: str = "exact_match", version=1.0, n_shot=0,
+                 steer: str = "none", stamp: str = "2026-01-01T00-00-00.000000", value=None) -> str:
+    """lm-eval's output for one task under ``run_dir/lm_eval/<model>/``: ``results_<stamp>.json``
+    (aggregate ``metric,none``, ``value`` or the items' mean; ``versions``, ``n-shot``,
+    ``config.model_args``) and the ``--log_samples`` file ``samples_<task>_<stamp>.jsonl``."""
+    import json
+
+    out = os.path.join(run_dir, "lm_eval", "model")
+    os.makedirs(out, exist_ok=True)
+    items = [float(v) for v in items]
+    results = {"results": {task: {"alias": task, f"{metric},none": float(np.mean(items)) if value is None else value,
+                                  f"{metric}_stderr,none": 0.01}},
+               "versions": {task: version}, "n-shot": {task: n_shot},
+               "config": {"model": "ixt_hf", "model_args": {"pretrained": f"{run_dir}/hf", "steer": steer}}}
+    with open(os.path.join(out, f"results_{stamp}.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f)
+    with open(os.path.join(out, f"samples_{task}_{stamp}.jsonl"), "w", encoding="utf-8") as f:
+        for i, v in enumerate(items):
+            f.write(json.dumps({"doc_id": i, "filter": "none", "metrics": [metric], metric: v}) + "\n")
+    return run_dir
+
+
+def write_downstream_arm(root: str, arm: str, law: PowerLaw, *, kind: str, task: str = "carry_add",
+                         items: int = 200, budgets=(1e15, 3e15, 1e16, 3e16), seeds=(1, 2), rng=None,
+                         steer: str = "none", sizes=SIZES, **score_kwargs) -> list:
+    """:func:`write_arm`'s grid, each run also scored on ``task``: ``items`` items, each right with
+    probability ``1 - law(C)`` (the error rate follows ``law``)."""
+    rng = rng or np.random.default_rng(0)
+    runs = write_arm(root, arm, law, kind=kind, budgets=budgets, seeds=seeds, rng=rng, sizes=sizes)
+    for run in runs:
+        flops = read_point(run).compute
+        error = min(float(law.loss(flops)), 1.0)
+        write_scores(run, task, rng.random(items) >= error, steer=steer, **score_kwargs)
+    return runs

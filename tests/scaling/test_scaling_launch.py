@@ -89,7 +89,8 @@ def test_interrupted_sweep_resumes_and_relaunch_is_idempotent(tmp_path, corpus, 
 def test_slurm_dry_run_prints_every_command_and_the_job_array_script(tmp_path, corpus):
     extra = ("launcher: {nproc_per_node: 8, nodes: 1, gpus: true}\n"
              "slurm: {partition: h100, account: proj, time: 600, array_parallelism: 2, "
-             "setup: [\"source /opt/venv/bin/activate\"]}\n")
+             "setup: [\"source /opt/venv/bin/activate\"]}\n"
+             "evaluate: {tasks: [gsm8k], metrics: [gsm8k/exact_match], num_fewshot: 5}\n")
     spec_path = tiny_spec(str(tmp_path / "s.yaml"), corpus, str(tmp_path / "runs"), extra=extra, gbs=32,
                           arms={"baseline": "--ixt-prefix-kind none", "ixt-quality": "--ixt-prefix-kind quality"})
     proc = subprocess.run([sys.executable, "-m", "megatron_ixt.scaling", "launch", spec_path, "--executor", "slurm",
@@ -104,6 +105,9 @@ def test_slurm_dry_run_prints_every_command_and_the_job_array_script(tmp_path, c
                  "#SBATCH --time=600", "#SBATCH --gpus-per-node=8", "#SBATCH --signal=USR2@120",
                  "source /opt/venv/bin/activate", "submitit.core._submit"):
         assert line in out
+    # the evaluation: a second array after the training array, one task per run
+    assert ("# evaluation array (4 task(s), after the training array): export to RUN/hf, then lm-eval into "
+            "RUN/lm_eval, for baseline/h32_1536_s7, baseline/h32_3072_s7, ixt-quality/h32_1536_s7") in out
     assert not os.path.exists(str(tmp_path / "runs" / "baseline"))  # nothing ran or was recorded
 
 
@@ -129,3 +133,61 @@ def test_sigterm_to_a_local_launch_saves_and_stops_with_75(tmp_path, corpus):
     saved = int(open(tracker).read())
     assert 250 < saved < plan.train_iters  # saved on stopping, before the end
     assert run_state(plan) == "interrupted" and "--load" in trainer_command(plan, load_spec(spec_path))
+
+
+def write_count_task(directory) -> str:
+    """A local lm-eval generation task on the tiny counting corpus: the next number of a count."""
+    os.makedirs(directory, exist_ok=True)
+    data = os.path.join(directory, "count_next.jsonl")
+    with open(data, "w", encoding="utf-8") as f:
+        for start in range(10, 90, 10):
+            f.write(json.dumps({"q": " ".join(str(start + i) for i in range(4)), "a": str(start + 4)}) + "\n")
+    with open(os.path.join(directory, "count_next.yaml"), "w", encoding="utf-8") as f:
+        f.write(f"task: count_next\noutput_type: generate_until\ndataset_path: json\n"
+                f"dataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+                "doc_to_text: \"{{q}}\"\ndoc_to_target: \"{{a}}\"\n"
+                "generation_kwargs:\n  until: [\" \"]\n  max_gen_toks: 2\n  do_sample: false\n"
+                "metric_list:\n  - metric: exact_match\n    ignore_case: true\n    ignore_punctuation: true\n")
+    return str(directory)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # 8 trainings, exports and lm-eval runs: 37 min on 2 cores at load 40-80
+def test_tiny_sweep_with_a_local_task_is_evaluated_idempotently_and_fitted(tmp_path, corpus, capsys):
+    """launch trains 2 arms x 4 budgets, exports each finished run and runs lm-eval on a local task
+    into the run directory; a relaunch redoes nothing; status shows the scores; fit SPEC fits them."""
+    pytest.importorskip("lm_eval")
+    tasks = write_count_task(tmp_path / "tasks")
+    evaluate = (f"evaluate:\n  tasks: [count_next]\n  metrics: [count_next/exact_match]\n"
+                f"  include_path: {tasks}\n  num_fewshot: 0\n  batch_size: 8\n")
+    spec_path = tiny_spec(str(tmp_path / "s.yaml"), corpus, str(tmp_path / "runs"), budgets=(512, 768, 1024, 1536),
+                          arms={"baseline": "--ixt-prefix-kind none",
+                                "wd": "--ixt-prefix-kind none --weight-decay 0.1"}, extra=evaluate)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "megatron_ixt.scaling", "launch", spec_path]
+    proc = subprocess.run(launch, capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    spec = load_spec(spec_path)
+    results = []
+    for plan in spec.runs:
+        record = json.load(open(os.path.join(plan.run_dir, "run.json")))
+        entry = record["evaluation"]
+        assert entry["exit_code"] == 0 and entry["steer"] == "none", entry
+        assert entry["results"].startswith(os.path.join(plan.run_dir, "lm_eval"))
+        assert 0.0 <= entry["scores"]["count_next/exact_match"] <= 1.0
+        assert os.path.isfile(os.path.join(plan.run_dir, "hf", "config.json"))
+        results.append(entry["results"])
+    assert proc.stdout.count("evaluate ") == 8
+
+    again = subprocess.run(launch, capture_output=True, text=True, cwd=REPO, env=env)
+    assert again.returncode == 0 and "evaluate " not in again.stdout and again.stdout.count(": finished") == 8
+    assert [json.load(open(os.path.join(p.run_dir, "run.json")))["evaluation"]["results"] for p in spec.runs] == results
+
+    assert main(["status", spec_path]) == 0
+    status = capsys.readouterr().out
+    assert "8 finished of 8 runs" in status and "8 with scores" in status and "count_next/exact_match=" in status
+    out = str(tmp_path / "fit")
+    assert main(["fit", spec_path, "--bootstrap", "20", "--output", out]) == 0
+    fits = json.load(open(os.path.join(out, "fits.json")))
+    assert fits["reference"] == "baseline" and list(fits["downstream"]) == ["count_next/exact_match,none"]
+    assert fits["downstream"]["count_next/exact_match,none"]["items"] == 8
