@@ -12,6 +12,10 @@ store ``P_text_document``; the ``P_<kind>_prefix`` store next to it holds one pr
 (length 0 = unannotated), for each kind listed in ``P_ixt.json``. A text store without
 ``P_ixt.json`` is a plain store: no prefixes.
 
+With ``prefix_every_segment`` a sample that starts inside a document starts with that document's
+prefix again (:func:`every_segment_sample_index` packs the samples; the reader re-inserts it).
+:class:`PrefixCooldownDataset` switches a training split to prefix-free samples by sample index.
+
 Samples (``docs/CONTRACTS.md`` section 3): ``GPTDataset``'s dict plus ``prefix_mask``, a float
 tensor shaped like ``loss_mask``, 1.0 where ``labels[i]`` is a prefix token.
 """
@@ -117,6 +121,72 @@ def _open_prefix_store(dataset_path: Optional[str], text: IndexedDataset,
     return store
 
 
+def reinserts_prefix(prefix_length: int, offset: int, length: int, sequence_length: int, extra: int) -> bool:
+    """Whether a sample starting at ``offset`` of a conditioned document of ``length`` tokens (its
+    prefix ``prefix_length`` of them) repeats the prefix (``prefix_every_segment``): when the sample
+    starts inside the document and predicts at least one more of its tokens, and the prefix leaves
+    room for the document in a sample (``prefix_length < sequence_length``)."""
+    return 0 < prefix_length < sequence_length and 0 < offset and offset + extra < length
+
+
+def every_segment_sample_index(lengths: numpy.ndarray, prefix_lengths: numpy.ndarray, sequence_length: int,
+                               extra: int, drop_last: bool) -> numpy.ndarray:
+    """megatron-core's ``build_sample_idx`` (identity document index, one pass) for samples that
+    re-insert the prefix (:func:`reinserts_prefix`): such a sample holds the prefix, then
+    ``sequence_length + extra - prefix`` tokens of the stream from ``max(offset, prefix)`` on.
+
+    ``lengths``: conditioned length of each document-index position; returns int64 ``[samples + 1, 2]``
+    rows (position, offset) with ``build_sample_idx``'s meaning. Without prefixes it equals
+    ``build_sample_idx`` (tested).
+    """
+    lengths, prefix_lengths = lengths.tolist(), prefix_lengths.tolist()
+    last = len(lengths) - 1
+    rows = [(0, 0)]
+    position, offset = 0, 0
+    while not (position == last and lengths[last] - offset <= extra):  # until nothing is left to predict
+        room = sequence_length + extra
+        if reinserts_prefix(prefix_lengths[position], offset, lengths[position], sequence_length, extra):
+            room -= prefix_lengths[position]
+            offset = max(offset, prefix_lengths[position])
+        while lengths[position] - offset < room and position < last:
+            room -= lengths[position] - offset
+            position, offset = position + 1, 0
+        if lengths[position] - offset >= room:
+            offset += room - extra
+        elif drop_last:  # the stream ends inside this sample
+            break
+        else:
+            offset = lengths[last] - extra
+        rows.append((position, offset))
+    return numpy.array(rows, dtype=numpy.int64)
+
+
+class PrefixCooldownDataset(torch.utils.data.Dataset):
+    """A training split whose samples ``[0, first_plain_sample)`` come from ``conditioned`` and the
+    later ones from ``plain``, the same split packed without prefixes (``prefix_cooldown_fraction``).
+
+    The switch depends on the sample index alone, so a run resumed at any sample reads exactly what
+    an uninterrupted run reads, and any loop that draws samples by index (ours, Megatron-LM's)
+    gets the cooldown.
+    """
+
+    def __init__(self, conditioned, plain, first_plain_sample: int) -> None:
+        self.conditioned, self.plain, self.first_plain_sample = conditioned, plain, first_plain_sample
+
+    def __len__(self) -> int:
+        return min(len(self.conditioned), len(self.plain))
+
+    def __getitem__(self, idx: int) -> Dict[str, torch.Tensor]:
+        return (self.plain if idx >= self.first_plain_sample else self.conditioned)[idx]
+
+
+def cooldown_start_sample(fraction: float, train_samples: int, global_batch_size: int = 1) -> int:
+    """The first sample of the prefix-free cooldown: the last ``round(fraction * iterations)`` of
+    the ``train_samples // global_batch_size`` iterations are the cooldown."""
+    iterations = train_samples // global_batch_size
+    return (iterations - round(fraction * iterations)) * global_batch_size
+
+
 def _write_atomically(path: str, write) -> None:
     """``write(binary file)`` into a temporary file next to ``path``, then rename it to ``path``."""
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -137,6 +207,9 @@ class IXTGPTDataset(GPTDataset):
     def __init__(self, indexed_dataset: IndexedDataset, dataset_path: Optional[str],
                  indexed_indices: numpy.ndarray, num_samples: Optional[int], index_split: Split,
                  config: IXTGPTDatasetConfig) -> None:
+        if config.prefix_cooldown_fraction:
+            raise ValueError("prefix_cooldown_fraction switches a whole training split (blend) to prefix-free "
+                             "samples: build through megatron_ixt.data.provider.build_train_valid_test_datasets")
         self.prefix_dataset = _open_prefix_store(dataset_path, indexed_dataset, config)
         self.steering_tokens = (None if config.steering_prefix is None
                                 else numpy.asarray(config.steering_prefix, dtype=numpy.int64))
@@ -240,7 +313,21 @@ class IXTGPTDataset(GPTDataset):
                              f"{self.dataset_path} (rebuilt shards?); delete these cache files")
 
     def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray, numpy.ndarray]:
-        """(document_index, prefix_length, sample_index, shuffle_index), freshly computed."""
+        """(document_index, prefix_length, sample_index, shuffle_index), freshly computed.
+
+        The number of epochs comes from token counts, as in GPTDataset; prefixes re-inserted by
+        ``prefix_every_segment`` take room those counts do not know of, so then one more epoch is
+        added until ``num_samples`` samples exist."""
+        min_epochs = 1
+        while True:
+            num_epochs, indices = self._build_indices_over_epochs(min_epochs)
+            if self.num_samples is None or len(indices[2]) - 1 >= self.num_samples:
+                return indices
+            min_epochs = num_epochs + 1
+
+    def _build_indices_over_epochs(self, min_epochs: int):
+        """``(epochs, (document_index, prefix_length, sample_index, shuffle_index))`` over at least
+        ``min_epochs`` epochs and enough tokens for ``num_samples``."""
         sequence_length = self.config.sequence_length
         extra = int(self.config.add_extra_token_to_sequence)
         text_lengths = numpy.array(self.dataset.sequence_lengths)  # in memory: gathered at random below
@@ -252,7 +339,7 @@ class IXTGPTDataset(GPTDataset):
         epoch_prefix_lengths, tokens_per_epoch = [], []  # [epoch][i]: prefix length of documents[i]
         requested = None if self.num_samples is None else self.num_samples * sequence_length + extra
         total_tokens = 0
-        while not tokens_per_epoch or (requested is not None and total_tokens < requested):
+        while len(tokens_per_epoch) < min_epochs or (requested is not None and total_tokens < requested):
             if self.config.prefix_dropout == 0.0 and tokens_per_epoch:
                 lengths = epoch_prefix_lengths[0]
             else:
@@ -291,20 +378,27 @@ class IXTGPTDataset(GPTDataset):
         conditioned_lengths = (text_lengths[document_index] + prefix_length).astype(numpy.int32)
 
         drop_last = self.config.drop_last_partial_validation_sequence if self.index_split == Split.valid else True
-        sample_index = helpers.build_sample_idx(
-            conditioned_lengths,
-            numpy.arange(len(document_index), dtype=numpy.int32),
-            sequence_length,
-            1,
-            total_tokens,
-            drop_last,
-            self.config.add_extra_token_to_sequence,
-        )
+        if self.config.prefix_every_segment and prefix_length.any():
+            sample_index = every_segment_sample_index(conditioned_lengths, prefix_length, sequence_length, extra,
+                                                      drop_last)
+            if separate_final_epoch:  # the samples that end before the final epoch's first document
+                num_samples_sans_final_epoch = int(numpy.searchsorted(
+                    sample_index[1:, 0], len(documents) * (num_epochs - 1), side="left"))
+        else:
+            sample_index = helpers.build_sample_idx(
+                conditioned_lengths,
+                numpy.arange(len(document_index), dtype=numpy.int32),
+                sequence_length,
+                1,
+                total_tokens,
+                drop_last,
+                self.config.add_extra_token_to_sequence,
+            )
         num_samples = sample_index.shape[0] - 1
         shuffle_index = build_shuffle_index(
             num_samples_sans_final_epoch if separate_final_epoch else num_samples, num_samples, numpy_random_state)
         log_single_rank(logger, logging.INFO, f"> total number of epochs: {num_epochs}")
-        return document_index, prefix_length, sample_index, shuffle_index
+        return num_epochs, (document_index, prefix_length, sample_index, shuffle_index)
 
     # ---------------------------------------------------------------- samples
 
@@ -334,6 +428,12 @@ class IXTGPTDataset(GPTDataset):
             start = beg_offset if i == 0 else 0
             stop = end_offset + extra if i == last else None  # None: to the end of the document
             n = 0
+            if i == 0 and self.config.prefix_every_segment and reinserts_prefix(
+                    prefix_len, start, prefix_len + int(self.dataset.sequence_lengths[document_id]),
+                    self.config.sequence_length, extra):
+                parts.append(self._prefix_tokens(document_id, 0, prefix_len))
+                flags[:prefix_len] = True
+                n, start = prefix_len, max(start, prefix_len)
             if start < prefix_len:
                 prefix_stop = prefix_len if stop is None else min(stop, prefix_len)
                 parts.append(self._prefix_tokens(document_id, start, prefix_stop - start))

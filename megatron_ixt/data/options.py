@@ -46,6 +46,12 @@ class IXTOptions:
     annotated_fraction: float = arg(
         1.0, "use the annotations of only this deterministic fraction of the annotated documents (the subset "
         "for a smaller fraction lies inside the one for a larger); the others train without prefix")
+    prefix_cooldown_fraction: float = arg(
+        0.0, "the last fraction of the training iterations sees the documents without prefixes (packed as with "
+        "--ixt-prefix-kind none), the optimizer and learning-rate schedule continuing; 0: no cooldown")
+    prefix_every_segment: bool = arg(
+        False, "a document split across samples gets its prefix again at the start of each later segment "
+        "(in the loss as --ixt-prefix-loss says)")
 
     def problems(self) -> List[str]:
         """What is wrong with these values: one message per problem, naming the flag and the field."""
@@ -58,6 +64,9 @@ class IXTOptions:
         for name in ("prefix_dropout", "annotated_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 out.append(f"{option_flag(name)} must be in [0, 1] ({name} = {getattr(self, name)})")
+        if not 0.0 <= self.prefix_cooldown_fraction < 1.0:
+            out.append(f"{option_flag('prefix_cooldown_fraction')} must be in [0, 1) "
+                       f"(prefix_cooldown_fraction = {self.prefix_cooldown_fraction})")
         return out
 
     @classmethod

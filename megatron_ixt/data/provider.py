@@ -22,7 +22,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
 from megatron_ixt.data.blends import DEFAULT_SPLIT, blends_from_args
-from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
+from megatron_ixt.data.dataset import (
+    IXTGPTDataset,
+    IXTGPTDatasetConfig,
+    PrefixCooldownDataset,
+    cooldown_start_sample,
+)
 from megatron_ixt.data.options import NO_PREFIX, IXTOptions
 from megatron_ixt.data.options import add_ixt_dataset_args  # noqa: F401 (public here too: Megatron-LM's entry)
 from megatron_ixt.data.prefix_kinds import Level
@@ -58,11 +63,29 @@ def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfi
 
 
 def build_train_valid_test_datasets(config: IXTGPTDatasetConfig, train_val_test_num_samples: Sequence[Optional[int]],
-                                    is_built_on_rank: Callable[[], bool] = lambda: True) -> list:
+                                    is_built_on_rank: Callable[[], bool] = lambda: True,
+                                    global_batch_size: int = 1) -> list:
     """``[train, valid, test]`` datasets (``IXTGPTDataset`` or megatron-core ``BlendedDataset`` of
-    them; None for a split that is not built). Call on every rank when torch.distributed is up."""
-    return BlendedMegatronDatasetBuilder(IXTGPTDataset, list(train_val_test_num_samples), is_built_on_rank,
-                                         config).build()
+    them; None for a split that is not built). Call on every rank when torch.distributed is up.
+
+    With ``config.prefix_cooldown_fraction`` the training split is a :class:`PrefixCooldownDataset`:
+    the samples of its last iterations (of ``global_batch_size`` samples each, see
+    :func:`cooldown_start_sample`) come from the same split built as ``conditioning_configs``'
+    ``none`` variant. The validation and test splits are never cooled down.
+    """
+    sizes = list(train_val_test_num_samples)
+    datasets = BlendedMegatronDatasetBuilder(
+        IXTGPTDataset, sizes, is_built_on_rank, dataclasses.replace(config, prefix_cooldown_fraction=0.0)).build()
+    fraction = config.prefix_cooldown_fraction
+    if fraction and datasets[0] is not None:
+        if not sizes[0]:
+            raise ValueError("--ixt-prefix-cooldown-fraction needs the number of training samples")
+        plain_config = one_split(conditioning_configs(config)["none"], 0)
+        plain = BlendedMegatronDatasetBuilder(IXTGPTDataset, [sizes[0], 0, 0], is_built_on_rank,
+                                              plain_config).build()[0]
+        datasets[0] = PrefixCooldownDataset(datasets[0], plain,
+                                            cooldown_start_sample(fraction, sizes[0], global_batch_size))
+    return datasets
 
 
 def config_paths(config: IXTGPTDatasetConfig) -> List[str]:
@@ -112,19 +135,18 @@ def conditioning_configs(config: IXTGPTDatasetConfig,
                          steering_tokens: Optional[Sequence[int]] = None) -> Dict[str, IXTGPTDatasetConfig]:
     """Evaluation variants of ``config``: ``prefix`` (each document with its true prefix, no
     dropout, all annotations), ``none`` (no prefix: GPTDataset samples) and, when
-    ``steering_tokens`` are given, ``steering`` (every document under that one prefix).
+    ``steering_tokens`` are given, ``steering`` (every document under that one prefix), none of
+    them cooled down; ``prefix`` and ``steering`` keep ``prefix_every_segment``.
     For ``prefix_kind='none'`` only ``none`` is returned."""
     plain = dataclasses.replace(config, prefix_kind=NO_PREFIX, prefix_dropout=0.0, annotated_fraction=1.0,
-                                steering_prefix=None)
+                                steering_prefix=None, prefix_cooldown_fraction=0.0, prefix_every_segment=False)
     if config.prefix_kind == NO_PREFIX:
         return {"none": plain}
-    variants = {
-        "prefix": dataclasses.replace(config, prefix_dropout=0.0, annotated_fraction=1.0, steering_prefix=None),
-        "none": plain,
-    }
+    conditioned = dataclasses.replace(config, prefix_dropout=0.0, annotated_fraction=1.0, steering_prefix=None,
+                                      prefix_cooldown_fraction=0.0)
+    variants = {"prefix": conditioned, "none": plain}
     if steering_tokens is not None:
-        variants["steering"] = dataclasses.replace(config, prefix_dropout=0.0, annotated_fraction=1.0,
-                                                   steering_prefix=tuple(steering_tokens))
+        variants["steering"] = dataclasses.replace(conditioned, steering_prefix=tuple(steering_tokens))
     return variants
 
 
@@ -168,10 +190,12 @@ def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage: Opt
     """
     from megatron.training import get_args, get_tokenizer, print_rank_0
 
-    config = dataset_config_from_args(get_args(), get_tokenizer())
+    args = get_args()
+    config = dataset_config_from_args(args, get_tokenizer())
     print_rank_0(f"> building IXT train, validation, and test datasets (prefix_kind={config.prefix_kind}) ...")
     datasets = build_train_valid_test_datasets(config, train_val_test_num_samples,
-                                               lambda: _is_dataset_built_on_rank(vp_stage))
+                                               lambda: _is_dataset_built_on_rank(vp_stage),
+                                               global_batch_size=args.global_batch_size)
     print_rank_0("> finished creating IXT datasets ...")
     return datasets
 

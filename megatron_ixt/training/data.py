@@ -52,7 +52,8 @@ def build_datasets(cfg: "Config", tokenizer):
     config = dataset_config(cfg.data, seed=t.seed, sequence_length=cfg.model.seq_length, tokenizer=tokenizer)
     n_train = t.train_iters * t.global_batch_size
     n_valid = cfg.eval.eval_iters * t.global_batch_size
-    train = build_train_valid_test_datasets(one_split(config, 0), [n_train, 0, 0])[0]
+    train = build_train_valid_test_datasets(one_split(config, 0), [n_train, 0, 0],
+                                            global_batch_size=t.global_batch_size)[0]
     steer = None
     if config.prefix_kind != NO_PREFIX:
         try:

@@ -184,6 +184,7 @@ def test_cache_key_changes_with_every_option(make_shard_set, config):
         "mask": dict(prefix_loss="mask"),
         "dropout": dict(prefix_dropout=0.1),
         "fraction": dict(annotated_fraction=0.5),
+        "every_segment": dict(prefix_every_segment=True),
         "steering": dict(steering_prefix=(740, 741)),
         "steering2": dict(steering_prefix=(740, 742)),
         "extra_token": dict(add_extra_token_to_sequence=False),

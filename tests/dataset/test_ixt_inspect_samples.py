@@ -30,3 +30,16 @@ def test_prefix_and_document_runs(make_shard_set, capsys):
 def test_plain_store_shows_no_prefix(make_plain_store, capsys):
     out = run(capsys, make_plain_store(num_documents=40))
     assert "[D| " in out and "[P" not in out and "0 prefix /" in out
+
+
+def test_every_segment_shows_the_reinserted_prefix(make_shard_set, capsys):
+    corpus = make_shard_set(num_documents=60, annotated=1.0)
+    samples = ["--seq-length", "16", "--samples", *map(str, range(20))]
+
+    def prefix_first(out):  # samples whose first input token and first labels are prefix tokens
+        return len(re.findall(r"^'(\d+)' -> \[P\|", out, flags=re.M))
+
+    off = run(capsys, corpus, *samples)
+    on = run(capsys, corpus, *samples, "--ixt-prefix-every-segment")
+    assert "prefix_every_segment=True" in on and "prefix_every_segment=False" in off
+    assert prefix_first(on) >= prefix_first(off) + 5

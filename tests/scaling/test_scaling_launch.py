@@ -45,6 +45,17 @@ def test_plan_expands_the_grid_with_per_size_rules(tmp_path, corpus):
         load_spec(tiny_spec(str(tmp_path / "bad2.yaml"), corpus, str(tmp_path / "r3"), extra="budget: [1]\n"))
 
 
+def test_conditioning_recipes_are_arms(tmp_path, corpus):
+    spec = load_spec(tiny_spec(str(tmp_path / "s.yaml"), corpus, str(tmp_path / "runs"), arms={
+        "cooldown": "--ixt-prefix-cooldown-fraction 0.1", "every-segment": "--ixt-prefix-every-segment"}))
+    argv = {plan.arm: " ".join(plan.argv) for plan in spec.runs}
+    assert "--ixt-prefix-cooldown-fraction 0.1" in argv["cooldown"]
+    assert "--ixt-prefix-every-segment" in argv["every-segment"]
+    with pytest.raises(SpecError, match="bad/h32_1536_s7: the trainer refuses(.|\n)*--ixt-prefix-cooldown-fraction"):
+        load_spec(tiny_spec(str(tmp_path / "bad.yaml"), corpus, str(tmp_path / "r2"),
+                            arms={"bad": "--ixt-prefix-cooldown-fraction 1"}))
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_and_relaunch_is_idempotent(tmp_path, corpus, capsys):
     root = str(tmp_path / "runs")

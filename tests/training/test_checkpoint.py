@@ -100,3 +100,28 @@ def test_load_of_missing_or_corrupt_checkpoint_is_an_error(synth_data, tmp_path)
     proc = run_pretrain(args + ["--load", str(corrupt)], check=False)
     assert proc.returncode == 3 and "iter_0000005: cannot" in proc.stderr, proc.stderr[-2000:]
     assert not (corrupt / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_prefix_cooldown_switches_at_its_iteration_and_resumes_exactly(synth_data, tmp_path):
+    # 6 iterations, the last round(0.5 * 6) = 3 without prefixes; the interrupted run stops before
+    # the switch (iteration 2) and inside the cooldown (iteration 4)
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
+        "--train-iters", "6", "--ixt-prefix-cooldown-fraction", "0.5", "--eval-interval", "2", "--eval-iters", "1"]
+    full, part = str(tmp_path / "full"), str(tmp_path / "part")
+    run_pretrain(args + ["--save", full])
+    run_pretrain(args + ["--save", part, "--exit-interval", "2"])
+    run_pretrain(args + ["--save", part, "--load", part, "--exit-interval", "4"])
+    assert read_latest_iteration(part) == 4
+    run_pretrain(args + ["--save", part, "--load", part])
+    expected, got = train_losses(os.path.join(full, "metrics.jsonl")), train_losses(os.path.join(part, "metrics.jsonl"))
+    assert sorted(got) == list(range(1, 7))
+    for it in range(1, 7):
+        assert got[it]["loss"] == pytest.approx(expected[it]["loss"], rel=1e-5), it
+        assert got[it]["lr"] == pytest.approx(expected[it]["lr"], rel=1e-9), it
+        assert (expected[it]["prefix_loss"] is None) == (it > 3), it  # prefix tokens only before the switch
+    for path in (full, part):
+        evals = read_records(os.path.join(path, "metrics.jsonl"), "eval")
+        assert sorted({r["iteration"] for r in evals}) == [2, 4, 6]
+        for record in evals:  # every conditioning is evaluated on both sides of the switch
+            assert {"prefix/doc_loss", "none/doc_loss", "steering/doc_loss"} <= set(record), record
