@@ -43,6 +43,7 @@ from megatron_ixt.data.provider import (
 from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_stem
 from megatron_ixt.evaluation import heldout
 from megatron_ixt.training import trainer
+from megatron_ixt.training.trainer import EXIT_RESUMABLE
 
 # Megatron-LM data modes whose batches this entry does not produce (flag -> Megatron-LM args attribute).
 UNSUPPORTED = {"--sft": "sft", "--mock-data": "mock_data", "--fim-data": "fim_data",
@@ -71,9 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     return add_args(build_megatron_lm_parser())
 
 
+class _ArgsFiles(argparse.ArgumentParser):
+    """Reads ``@FILE`` arguments as ``python -m megatron_ixt.pretrain`` does (whitespace-separated, ``#`` comments)."""
+
+    def convert_arg_line_to_args(self, arg_line: str) -> List[str]:
+        return arg_line.split("#", 1)[0].split()
+
+
+def expand_args_files(argv: Sequence[str]) -> List[str]:
+    """``argv`` with each ``@FILE`` replaced by FILE's flags (Megatron-LM's parser has no ``@FILE``)."""
+    return _ArgsFiles(fromfile_prefix_chars="@")._read_args_from_files(list(argv))
+
+
 def parse_args(argv: Optional[Sequence[str]] = None):
     """Megatron-LM's flags plus ``--ixt-*`` parsed and validated by the installed megatron.training
-    (``argv`` None: ``sys.argv[1:]``); sets its global args and tokenizer. Raises ``SystemExit(2)``
+    (``argv`` None: ``sys.argv[1:]``; ``@FILE`` reads flags from FILE); sets its global args and tokenizer. Raises ``SystemExit(2)``
     on an unsupported data mode and ``RuntimeError`` on a megatron-core without 0.19's API. Also
     lets ``initialize_megatron`` use the wheel's prebuilt dataset helpers
     (``mcore_private.use_prebuilt_dataset_helpers``)."""
@@ -82,7 +95,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         raise RuntimeError(reason)
     from megatron.training.arguments import parse_and_validate_args
 
-    with _argv(argv):
+    with _argv(expand_args_files(sys.argv[1:] if argv is None else argv)):
         args = parse_and_validate_args(extra_args_provider=add_args)
     mcore_private.use_prebuilt_dataset_helpers()
     given = [flag for flag, name in UNSUPPORTED.items() if getattr(args, name, None)]
@@ -93,11 +106,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
 
 
 @contextlib.contextmanager
-def _argv(argv: Optional[Sequence[str]]):
+def _argv(argv: Sequence[str]):
     """``sys.argv`` holding ``argv`` for the duration (Megatron-LM's parser reads ``sys.argv``)."""
     saved = sys.argv
-    if argv is not None:
-        sys.argv = [saved[0] if saved else "megatron_lm", *argv]
+    sys.argv = [saved[0] if saved else "megatron_lm", *argv]
     try:
         yield
     finally:
@@ -255,15 +267,34 @@ def log_conditionings(result: Dict[str, float], iteration: int, writer) -> None:
         wandb.log(values, iteration)
 
 
+def stop_status(args) -> int:
+    """Our exit status for Megatron-LM's early stop (it saves, then ``sys.exit(0)``): 75
+    (``EXIT_RESUMABLE``: run again with ``--load``, examples/slurm requeues) after SIGTERM with
+    ``--exit-signal-handler`` or with ``--exit-duration-in-mins`` set; 0 otherwise (``--exit-interval``,
+    a planned stop). With both ``--exit-duration-in-mins`` and ``--exit-interval`` an interval stop says 75."""
+    from megatron.training import get_signal_handler
+
+    if args.exit_signal_handler and any(get_signal_handler().signals_received()):
+        return EXIT_RESUMABLE
+    return EXIT_RESUMABLE if args.exit_duration_in_mins else 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse, check the shard sets' tokenizer, and run ``megatron.training.pretrain``; 0 when done."""
-    from megatron.training import get_tokenizer
+    """Parse, check the shard sets' tokenizer, and run ``megatron.training.pretrain``. Exit status: 0 when
+    done or at ``--exit-interval``, 75 stopped early with a checkpoint (:func:`stop_status`), 2 bad flags,
+    Megatron-LM's own otherwise."""
+    from megatron.training import get_args, get_tokenizer
 
     args = parse_args(argv)
     check_shard_tokenizer(config_paths(dataset_config_from_args(args, get_tokenizer())), get_tokenizer())
-    mcore_private.megatron_lm_pretrain(args, train_valid_test_datasets_provider, forward_step,
-                                       non_loss_data_func=ConditioningEval(),
-                                       process_non_loss_data_func=log_conditionings)
+    try:
+        mcore_private.megatron_lm_pretrain(args, train_valid_test_datasets_provider, forward_step,
+                                           non_loss_data_func=ConditioningEval(),
+                                           process_non_loss_data_func=log_conditionings)
+    except SystemExit as stop:
+        if stop.code not in (0, None):
+            raise
+        return stop_status(get_args())
     return 0
 
 

@@ -194,3 +194,41 @@ def test_help_lists_both_flag_sets(megatron_lm, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--ixt-prefix-kind" in out and "--tensor-model-parallel-size" in out and "10%)" in out
+
+
+def test_args_files(megatron_lm, ixt_shard_set, tmp_path):
+    """@FILE reads flags as python -m megatron_ixt.pretrain does (examples/slurm passes @MODEL_ARGS @ARM_ARGS)."""
+    model = tmp_path / "model.args"
+    model.write_text("# a comment line\n" + " ".join(model_flags(ixt_shard_set.prefix + "_text_document",
+                                                                  *sp_flags(ixt_shard_set))) + "  # trailing\n")
+    arm = tmp_path / "arm.args"
+    arm.write_text("--ixt-prefix-kind quality # the arm\n--ixt-prefix-dropout 0.5\n")
+    args = megatron_lm.parse_args([f"@{model}", f"@{arm}", "--num-layers", "3"])
+    assert (args.ixt_prefix_kind, args.ixt_prefix_dropout, args.num_layers, args.hidden_size) == ("quality", 0.5, 3, 64)
+
+
+def test_stop_status(megatron_lm, ixt_shard_set):
+    """Megatron-LM's early stop exits 0; ours: 75 after SIGTERM or with --exit-duration-in-mins, else 0."""
+    import signal
+
+    from megatron.training import get_signal_handler
+    from megatron.training.training import destroy_global_state
+
+    from megatron_ixt.distributed import init_distributed
+
+    flags = model_flags(ixt_shard_set.prefix + "_text_document", *sp_flags(ixt_shard_set))
+    args = megatron_lm.parse_args(flags + ["--exit-interval", "2"])
+    init_distributed()
+    assert megatron_lm.stop_status(args) == 0
+    destroy_global_state()
+    assert megatron_lm.stop_status(megatron_lm.parse_args(flags + ["--exit-duration-in-mins", "5"])) == 75
+    destroy_global_state()
+
+    args = megatron_lm.parse_args(flags + ["--exit-signal-handler"])
+    handler = get_signal_handler()
+    try:
+        assert megatron_lm.stop_status(args) == 0
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert megatron_lm.stop_status(args) == 75
+    finally:
+        handler.release()
