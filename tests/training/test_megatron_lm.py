@@ -178,6 +178,53 @@ def test_datasets_forward_loss_and_eval_match_trainer(megatron_lm, ixt_shard_set
     assert len({round(v, 6) for v in result.values()}) == len(result)  # the conditionings differ
 
 
+def _tp_worker(rank: int, port: int, flags: list, out: str) -> None:
+    """One rank of a TP=2 world: get_batch with the batch on rank 0 only; saves what this rank got."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      CUDA_DEVICE_MAX_CONNECTIONS="1",  # Megatron-LM requires it with TP > 1
+                      MASTER_PORT=str(port))
+    from megatron.training import arguments
+
+    from megatron_ixt import megatron_lm
+
+    # with TP > 1 Megatron-LM's validation asks the GPU's architecture (for CUDA_DEVICE_MAX_CONNECTIONS
+    # advice): what a CPU cannot answer; say Hopper
+    arguments.get_device_arch_version = lambda: 9
+    args = megatron_lm.parse_args(flags + ["--tensor-model-parallel-size", "2"])
+    initialize(args)
+    iterator = None
+    if rank == 0:
+        g = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, 1000, (2, SEQ + 1), generator=g)
+        # contiguous, as the data loader's collated batches are (gloo sends a strided view's storage)
+        sample = {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
+                  "loss_mask": (torch.rand(2, SEQ, generator=g) > 0.1).float(),
+                  "prefix_mask": (torch.rand(2, SEQ, generator=g) > 0.7).float(),
+                  "position_ids": torch.arange(SEQ).repeat(2, 1),
+                  "attention_mask": torch.ones(2, 1, SEQ, SEQ, dtype=torch.bool).triu(1)}
+        iterator = iter([sample])
+    batch = megatron_lm.get_batch(iterator)
+    torch.save({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}, os.path.join(out, f"{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_get_batch_broadcasts_prefix_mask_over_tensor_parallel_ranks(ixt_shard_set, tmp_path):
+    """TP=2 on two gloo processes: rank 1 reads no data and gets rank 0's batch, prefix_mask included."""
+    import torch.multiprocessing as mp
+
+    from megatron_ixt.distributed import free_port
+
+    flags = model_flags(ixt_shard_set.prefix + "_text_document", *sp_flags(ixt_shard_set))
+    mp.start_processes(_tp_worker, args=(free_port(), flags, str(tmp_path)), nprocs=2, start_method="spawn")
+    first, second = (torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1))
+    assert set(first) == set(second) >= {"tokens", "labels", "loss_mask", "position_ids", "attention_mask",
+                                         "prefix_mask"}
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], rtol=0, atol=0)
+    assert 0 < first["prefix_mask"].sum() < first["prefix_mask"].numel()
+
+
 def test_pretrain_needs_cuda_on_cpu(megatron_lm, ixt_shard_set):
     """The entry point goes through parsing and the checks into pretrain(), which refuses a CPU."""
     if torch.cuda.is_available():
