@@ -86,10 +86,10 @@ def expand_args_files(argv: Sequence[str]) -> List[str]:
 
 def parse_args(argv: Optional[Sequence[str]] = None):
     """Megatron-LM's flags plus ``--ixt-*`` parsed and validated by the installed megatron.training
-    (``argv`` None: ``sys.argv[1:]``; ``@FILE`` reads flags from FILE); sets its global args and tokenizer. Raises ``SystemExit(2)``
-    on an unsupported data mode and ``RuntimeError`` on a megatron-core without 0.19's API. Also
-    lets ``initialize_megatron`` use the wheel's prebuilt dataset helpers
-    (``mcore_private.use_prebuilt_dataset_helpers``)."""
+    (``argv`` None: ``sys.argv[1:]``; ``@FILE`` reads flags from FILE); sets its global args and
+    tokenizer. Raises ``SystemExit(2)`` on an unsupported data mode and ``RuntimeError`` on a
+    megatron-core without 0.19's API. Also lets ``initialize_megatron`` use the wheel's prebuilt
+    dataset helpers (``mcore_private.use_prebuilt_dataset_helpers``)."""
     reason = unavailable()
     if reason:
         raise RuntimeError(reason)
@@ -147,7 +147,7 @@ def get_batch(data_iterator: Optional[Iterator], vp_stage: Optional[int] = None)
     """This rank's micro-batch: read on tensor-parallel rank 0 (``data_iterator`` is used only there),
     broadcast to the group as Megatron-LM does, ``prefix_mask`` with ``labels`` and ``loss_mask``
     (stages holding the loss), then split for context parallelism. Stages without embedding or
-    loss get ``{}``."""
+    loss get ``{}`` (their ``forward_step`` reads nothing)."""
     from megatron.core import parallel_state
     from megatron.training import get_args
     from megatron.training.utils import is_first_or_last_pipeline_stage
@@ -286,7 +286,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from megatron.training import get_args, get_tokenizer
 
     args = parse_args(argv)
-    check_shard_tokenizer(config_paths(dataset_config_from_args(args, get_tokenizer())), get_tokenizer())
+    try:
+        check_shard_tokenizer(config_paths(dataset_config_from_args(args, get_tokenizer())), get_tokenizer())
+    except ValueError as e:
+        print(f"megatron_ixt.megatron_lm: {e}", file=sys.stderr)
+        return 2
     try:
         mcore_private.megatron_lm_pretrain(args, train_valid_test_datasets_provider, forward_step,
                                            non_loss_data_func=ConditioningEval(),

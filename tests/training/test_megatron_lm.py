@@ -92,7 +92,7 @@ def test_unsupported_data_mode_refused(megatron_lm, ixt_shard_set, flag, capsys)
     assert f"{flag} not supported" in capsys.readouterr().err
 
 
-def test_null_tokenizer_vocab_rule(megatron_lm, synth_data):
+def test_null_tokenizer_vocab_rule(megatron_lm, synth_data, capsys):
     """A shard set written with our NullTokenizer --vocab-size V (EOD V) is read by Megatron-LM 0.17+
     with --vocab-size V+1; V is refused with a message naming V+1."""
     from megatron.training import get_tokenizer
@@ -112,6 +112,12 @@ def test_null_tokenizer_vocab_rule(megatron_lm, synth_data):
                                        str(VOCAB + 1)))
     assert get_tokenizer().eod == VOCAB
     megatron_lm.check_shard_tokenizer([synth_data], get_tokenizer())
+    destroy_global_state()
+
+    # the entry point refuses before training: bad flags, exit status 2
+    assert megatron_lm.main(model_flags(synth_data, "--tokenizer-type", "NullTokenizer", "--vocab-size",
+                                        str(VOCAB))) == 2
+    assert f"pass --vocab-size {VOCAB + 1} " in capsys.readouterr().err
 
 
 def test_datasets_forward_loss_and_eval_match_trainer(megatron_lm, ixt_shard_set):
@@ -229,7 +235,6 @@ def test_pretrain_needs_cuda_on_cpu(megatron_lm, ixt_shard_set):
     """The entry point goes through parsing and the checks into pretrain(), which refuses a CPU."""
     if torch.cuda.is_available():
         pytest.skip("has CUDA: tests/gpu/run.sh runs pretrain()")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     with pytest.raises(AssertionError, match="Megatron requires CUDA"):
         megatron_lm.main(model_flags(ixt_shard_set.prefix + "_text_document", *sp_flags(ixt_shard_set)))
 
