@@ -45,8 +45,8 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
   :func:`broadcast_batch_tp`, :func:`slice_batch_cp`.
 - ``megatron.training.initialize_megatron`` runs ``megatron.core.datasets.utils.compile_helpers()``
   (``make`` in the installed ``megatron/core/datasets``) on rank 0 and exits the process when it fails.
-  The 0.17-0.19 wheels ship the compiled ``helpers_cpp`` extension but no Makefile, so it always fails
-  there; :func:`use_prebuilt_dataset_helpers` skips the build when the extension imports.
+  The 0.19.2 wheel (the one checked) ships the compiled ``helpers_cpp`` extension but no Makefile, so
+  it fails there; :func:`use_prebuilt_dataset_helpers` skips the build when the extension imports.
 - Megatron-LM 0.19.2's ``--moe-paged-stash-buffer-size-factor-cuda`` help says "10%)", which argparse
   cannot %-format: its ``--help`` raises ``ValueError``. :func:`escape_help_percents` fixes such texts.
 
