@@ -47,6 +47,7 @@ setup(
             "ixt-inspect=megatron_ixt_tools.inspect_ixt:main",
             "ixt-inspect-samples=megatron_ixt_tools.inspect_samples:main",
             "ixt-pretrain=megatron_ixt.pretrain:main",
+            "ixt-pretrain-megatron-lm=megatron_ixt.megatron_lm:main",
             "ixt-generate=megatron_ixt.generate:main",
             "ixt-scaling=megatron_ixt.scaling.cli:main",
             "ixt-evaluate=megatron_ixt.evaluate:main",

@@ -33,6 +33,22 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
 - ``GPTDataset._pad_token_id`` (0.16-0.19 alike): the id padding a short sample (:func:`pad_token_id`).
 - ``tensor_parallel.random._get_cuda_rng_state`` / ``_set_cuda_rng_state`` (0.16-0.19 alike, same
   signatures): :func:`route_cuda_rng_state` points them at the CPU generator for ``megatron_ixt.compat``.
+- ``megatron.training`` (Megatron-LM's loop, in the wheel since 0.17) for ``megatron_ixt.megatron_lm``:
+  0.16 has none; 0.17 has the old ``pretrain(provider, model_provider, model_type, forward_step,
+  extra_args_provider=...)``; 0.18 parses first (``parse_and_validate_args``) and takes a config container,
+  ``pretrain(config, provider, model_provider, model_type, forward_step)``; 0.19 takes the model as a
+  ``GPTModelConfig`` inside the container (``argument_utils.gpt_config_from_args``),
+  ``pretrain(config, provider, model_type, forward_step, ...)``, and moved ``get_batch_on_this_tp_rank``
+  / ``get_batch_on_this_cp_rank`` to ``megatron.core.utils`` with explicit arguments (0.18:
+  ``megatron.training.utils``, reading the data iterator). Only the 0.19 API is supported
+  (:func:`megatron_lm_unsupported` says why not otherwise): :func:`megatron_lm_pretrain`,
+  :func:`broadcast_batch_tp`, :func:`slice_batch_cp`.
+- ``megatron.training.initialize_megatron`` runs ``megatron.core.datasets.utils.compile_helpers()``
+  (``make`` in the installed ``megatron/core/datasets``) on rank 0 and exits the process when it fails.
+  The 0.19.2 wheel (the one checked) ships the compiled ``helpers_cpp`` extension but no Makefile, so
+  it fails there; :func:`use_prebuilt_dataset_helpers` skips the build when the extension imports.
+- Megatron-LM 0.19.2's ``--moe-paged-stash-buffer-size-factor-cuda`` help says "10%)", which argparse
+  cannot %-format: its ``--help`` raises ``ValueError``. :func:`escape_help_percents` fixes such texts.
 
 ``IXTGPTDataset`` also overrides GPTDataset's subclass hooks ``_key_config_attributes``,
 ``_build_document_sample_shuffle_indices`` and ``_query_document_sample_shuffle_indices``; their
@@ -52,7 +68,8 @@ from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shu
 
 __all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "add_sequences_from_file", "build_document_index",
            "build_shuffle_index", "close_builder", "finalize_builder", "null_tokenizer_metadata", "pad_token_id", "route_cuda_rng_state",
-           "start_checkpoint_writer_helper", "write_raw_tokens"]
+           "start_checkpoint_writer_helper", "write_raw_tokens", "megatron_lm_unsupported", "megatron_lm_pretrain",
+           "broadcast_batch_tp", "slice_batch_cp", "use_prebuilt_dataset_helpers", "escape_help_percents"]
 
 QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
     inspect.signature(GPTDataset._query_document_sample_shuffle_indices).return_annotation)) == 3
@@ -190,3 +207,85 @@ def null_tokenizer_metadata() -> tuple:
                            "nor TOKENIZER_LIBRARIES' 'null'): megatron_ixt.mcore_private needs updating")
     probe = MegatronTokenizer.from_pretrained(metadata_path={"library": library}, vocab_size=2)
     return library, probe.eod == 1
+
+
+def megatron_lm_unsupported() -> str | None:
+    """Why ``megatron_ixt.megatron_lm`` cannot run on the installed megatron-core (None: it can).
+    It needs 0.19's ``megatron.training`` (the model config inside ``pretrain``'s config container)."""
+    try:
+        from megatron.training import argument_utils
+    except ImportError as e:
+        return f"megatron-core {_mcore_version()} has no megatron.training ({e}); it ships in 0.17+, and " \
+               "megatron_ixt.megatron_lm needs 0.19's"
+    if not hasattr(argument_utils, "gpt_config_from_args"):
+        return f"megatron-core {_mcore_version()}'s megatron.training predates 0.19's pretrain(config, provider, " \
+               "model_type, forward_step) with a GPTModelConfig; megatron_ixt.megatron_lm needs 0.19"
+    return None
+
+
+def _mcore_version() -> str:
+    from megatron.core.package_info import __version__
+
+    return __version__
+
+
+def megatron_lm_pretrain(args, datasets_provider, forward_step, **kwargs) -> None:
+    """``megatron.training.pretrain`` of a GPT model described by the parsed ``args``
+    (``parse_and_validate_args``' result) with this dataset provider and forward step; ``kwargs``
+    go to ``pretrain`` (e.g. ``non_loss_data_func``)."""
+    from megatron.core.enums import ModelType
+    from megatron.training import pretrain
+    from megatron.training.argument_utils import gpt_config_from_args, pretrain_cfg_container_from_args
+
+    config = pretrain_cfg_container_from_args(args, gpt_config_from_args(args))
+    pretrain(config, datasets_provider, ModelType.encoder_or_decoder, forward_step, **kwargs)
+
+
+def broadcast_batch_tp(batch: dict, args) -> dict:
+    """Megatron-LM's broadcast of a batch from tensor-parallel rank 0 to its group (``batch`` is
+    read there and ignored elsewhere): ``tokens labels loss_mask position_ids`` (and
+    ``attention_mask`` with ``--create-attention-mask-in-dataloader``) on the stages that use them."""
+    from megatron.core import parallel_state
+    from megatron.core.utils import get_batch_on_this_tp_rank
+
+    return get_batch_on_this_tp_rank(
+        batch, has_cu_seqlens=False, is_hybrid_cp=False,
+        create_attention_mask_in_dataloader=args.create_attention_mask_in_dataloader,
+        broadcast_src_rank=parallel_state.get_tensor_model_parallel_src_rank(),
+        broadcast_group=parallel_state.get_tensor_model_parallel_group(),
+        cp_size=args.context_parallel_size, tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        micro_batch_size=args.micro_batch_size, seq_length=args.seq_length, mtp_on_this_rank=False,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        is_pipeline_first_stage=parallel_state.is_pipeline_first_stage(),
+        is_pipeline_last_stage=parallel_state.is_pipeline_last_stage())
+
+
+def slice_batch_cp(batch: dict) -> dict:
+    """This context-parallel rank's part of every sequence tensor of ``batch`` (Megatron-LM's
+    load-balanced split; the batch unchanged without context parallelism)."""
+    from megatron.core import parallel_state
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    return get_batch_on_this_cp_rank(batch, is_hybrid_cp=False, cp_group=parallel_state.get_context_parallel_group())
+
+
+def use_prebuilt_dataset_helpers() -> None:
+    """Make ``compile_helpers()`` a no-op when megatron-core's compiled ``helpers_cpp`` imports (a wheel
+    without the Makefile ``initialize_megatron``'s ``make`` needs); with no extension it is left to build."""
+    from megatron.core.datasets import utils
+
+    try:
+        from megatron.core.datasets import helpers_cpp  # noqa: F401
+    except ImportError:
+        return
+    utils.compile_helpers = lambda: None
+
+
+def escape_help_percents(parser) -> None:
+    """Double the ``%`` of every help text of ``parser`` that argparse cannot %-format (so ``--help`` prints)."""
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            try:
+                action.help % dict(vars(action), prog=parser.prog)
+            except (ValueError, TypeError, KeyError):
+                action.help = action.help.replace("%", "%%")

@@ -68,20 +68,34 @@ def evaluate(model, forward_backward: Callable, forward_step: Callable, streams:
              iters: int, num_microbatches: int, micro_batch_size: int, seq_length: int,
              device: torch.device) -> Dict[str, Dict[str, LossStats]]:
     """``{conditioning: {"doc": LossStats, "prefix": LossStats}}`` over ``iters`` global batches of
-    each stream. ``forward_step`` must return :func:`eval_loss_func` as its loss function; the sums
-    are all-reduced over the data-parallel and pipeline groups (every rank gets the result)."""
-    model.eval()
+    each stream. ``model``: a module or Megatron-LM's list of model chunks. ``forward_step`` must return
+    :func:`eval_loss_func` as its loss function; the sums are all-reduced over the data-parallel (with
+    context-parallel) and pipeline groups (every rank gets the result). Leaves the model in eval mode."""
+    chunks = model if isinstance(model, list) else [model]
+    for chunk in chunks:
+        chunk.eval()
     out = {}
     for name, stream in streams.items():
         totals = torch.zeros(len(STAT_KEYS), NUM_STATS, dtype=torch.float64, device=device)
         for _ in range(iters):
             reports = forward_backward(
-                forward_step_func=forward_step, data_iterator=stream, model=[model],
+                forward_step_func=forward_step, data_iterator=stream, model=chunks,
                 num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
                 decoder_seq_length=seq_length, forward_only=True)
             for report in reports:
                 totals += torch.stack([report[k].to(totals) for k in STAT_KEYS])
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
         dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
         out[name] = {k: LossStats(totals[i].tolist()) for i, k in enumerate(STAT_KEYS)}
     return out
+
+
+def summary(stats: Dict[str, Dict[str, LossStats]]) -> Dict[str, Optional[float]]:
+    """The logged eval losses of :func:`evaluate`'s result: ``<conditioning>/doc_loss`` for each
+    conditioning and ``prefix/prefix_loss`` when the ``prefix`` conditioning has prefix tokens."""
+    result = {}
+    for name, s in stats.items():
+        result[f"{name}/doc_loss"] = s["doc"].loss
+        if name == "prefix" and s["prefix"].tokens > 0:
+            result["prefix/prefix_loss"] = s["prefix"].loss
+    return result

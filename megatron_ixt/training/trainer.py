@@ -197,12 +197,7 @@ class Trainer:
             micro_batch_size=self.cfg.train.micro_batch_size, seq_length=self.cfg.model.seq_length,
             device=self.device)
         self.model.train()
-        result = {}
-        for name, s in stats.items():
-            result[f"{name}/doc_loss"] = s["doc"].loss
-            if name == "prefix" and s["prefix"].tokens > 0:
-                result["prefix/prefix_loss"] = s["prefix"].loss
-        return result
+        return heldout.summary(stats)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> StopReason:

@@ -125,3 +125,30 @@ def test_scancel_kill_then_resubmit_resumes_from_the_last_complete_checkpoint(sl
     _assert_completed(record, log)
     assert f"loaded {os.path.join(work, 'ckpt')} at iteration {last}" in log, log[-4000:]
     _assert_losses_match(work, reference)
+
+
+@pytest.mark.parametrize("trainer, module, model_args, ckpt", [
+    ("ixt", "megatron_ixt.pretrain", "examples/configs/llama_1b.args", "checkpoints/ixt"),
+    ("megatron-lm", "megatron_ixt.megatron_lm", "examples/configs/llama_1b_megatron_lm.args",
+     "checkpoints/megatron-lm-ixt"),
+])
+def test_trainer_selects_the_command(slurm, tmp_path_factory, trainer, module, model_args, ckpt):
+    """TRAINER picks the entry point, its default model flags and checkpoint directory (DRY_RUN=1
+    prints the srun command instead of running it: Megatron-LM's loop cannot train without CUDA)."""
+    work = workdir(tmp_path_factory, f"pretrain_dry_{trainer}")
+    job = slurm.sbatch(SCRIPT, CPU_ARGS, job_env(DATA="d_text_document", TOKENIZER_MODEL="tok.model",
+                                                 TRAINER=trainer, DRY_RUN="1"), cwd=work)
+    [record] = slurm.wait_done(job, JOB_TIMEOUT)
+    log = _log(work, job)
+    _assert_completed(record, log)
+    assert f"dry run: srun --kill-on-bad-exit=1 --cpu-bind=none python -m {module} @{model_args} " \
+           f"@examples/configs/ixt.args " in log, log
+    assert f"--save {ckpt} " in log and "--data-path d_text_document " in log, log
+
+
+def test_unknown_trainer_is_refused(slurm, tmp_path_factory):
+    work = workdir(tmp_path_factory, "pretrain_dry_bogus")
+    job = slurm.sbatch(SCRIPT, CPU_ARGS, job_env(DATA="d_text_document", TOKENIZER_MODEL="tok.model",
+                                                 TRAINER="bogus", DRY_RUN="1"), cwd=work)
+    [record] = slurm.wait_done(job, JOB_TIMEOUT)
+    assert record["ExitCode"] == "2:0" and "TRAINER=bogus: use ixt or megatron-lm" in _log(work, job)
