@@ -219,8 +219,7 @@ class ExitSignalHandler:
         finally:
             signal.signal(signum, previous)
         self._got = False
-        self._previous = signal.signal(signum, self._handle)
-        self.signum = signum
+        signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
         self._got = True
@@ -231,6 +230,3 @@ class ExitSignalHandler:
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-    def restore(self) -> None:
-        signal.signal(self.signum, self._previous)
