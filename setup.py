@@ -47,7 +47,7 @@ setup(
             "ixt-pretrain=megatron_ixt.pretrain:main",
             "ixt-generate=megatron_ixt.generate:main",
             "ixt-scaling=megatron_ixt.scaling.cli:main",
-            "ixt-evaluate=megatron_ixt.evaluate:main",
+            "ixt-evaluate=megatron_ixt.evaluation.cli:main",
             "ixt-convert-to-hf=megatron_ixt_tools.convert_to_hf:main",
         ],
     },

@@ -19,6 +19,7 @@ from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Sampling
 from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, TokenCounter
 from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
+from megatron_ixt.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, add_import_flag, entry_point, failing_with
 from megatron_ixt.data.inputs import expand_inputs
 
 log = logging.getLogger("annotate")
@@ -111,6 +112,7 @@ def build_parser(retry_defaults: dict | None = None) -> argparse.ArgumentParser:
     ``retry-failed``."""
     parser = argparse.ArgumentParser(prog="python -m annotate", description="Offline feedback annotation with a judge model.")
     parser.add_argument("--log-level", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR")
+    add_import_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="annotate input shards into an output directory",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -130,7 +132,6 @@ def build_parser(retry_defaults: dict | None = None) -> argparse.ArgumentParser:
     add_judge_args(retry)
     if retry_defaults:
         retry.set_defaults(**retry_defaults)
-    sub.add_parser("synth", help="write synthetic arithmetic documents (see annotate.synthetic)", add_help=False)
     return parser
 
 
@@ -159,7 +160,7 @@ def _run_jobs(args, jobs) -> int:
         summary = asyncio.run(runner.run())
     except AllServersDown as e:
         log.error("aborting: %s", e)
-        return 3
+        return EXIT_UNAVAILABLE
     except asyncio.CancelledError:
         log.error("interrupted; completed work is saved, rerun the same command to resume")
         return 128 + (runner.stopped_by or signal.SIGTERM)
@@ -269,17 +270,12 @@ def cmd_status(args) -> int:
     return 0
 
 
+@entry_point(plugins=True, report=log.error)
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "synth":
-        from annotate.synthetic import main as synth_main
-
-        synth_main(argv[1:])
-        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    try:
+    with failing_with(EXIT_BAD_INPUT, ValueError, RuntimeError, OSError):  # bad configuration, input or output
         if args.command == "run":
             return cmd_run(args)
         if args.command == "status":
@@ -290,6 +286,3 @@ def main(argv=None) -> int:
                 saved = json.load(f)["judge"]
             args = build_parser(retry_defaults=saved).parse_args(argv)
         return cmd_retry(args)
-    except (ValueError, RuntimeError, OSError) as e:  # bad configuration, input or output: a message, not a trace
-        log.error("%s", e)
-        return 1

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import List, Optional
 
+from megatron_ixt.cli import EXIT_CHECKPOINT, entry_point, failing_with
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PARITY_TOLERANCE = 1e-4  # max |logit difference| of the fp32 reload check
 
@@ -59,15 +61,14 @@ def convert(args: argparse.Namespace) -> dict:
     from megatron_ixt.export.hf import to_hf_model
     from megatron_ixt.export.steering import steering_table, write_steering
     from megatron_ixt.export.tokenizer import hf_tokenizer
-    from megatron_ixt.generate import load_model
+    from megatron_ixt.inference import load_for_inference
     from megatron_ixt.model import transformer_config
-    from megatron_ixt.training.config import config_from_dict
     from megatron_ixt.training.checkpoint import read_config
 
-    trained_bf16 = config_from_dict(read_config(args.load, args.iteration)).train.bf16
+    trained_bf16 = read_config(args.load, args.iteration)["train"]["bf16"]
     dtype = getattr(torch, DTYPES[args.dtype or ("bf16" if trained_bf16 else "fp32")])
-    model, cfg, tokenizer, _ = load_model(args.load, args.iteration)
-    model = model.cpu()
+    loaded = load_for_inference(args.load, args.iteration)
+    model, cfg, tokenizer = loaded.model.cpu(), loaded.cfg, loaded.tokenizer
     tconfig = transformer_config(cfg)
     paths = [text_store_path(args.shard_set)] if args.shard_set else training_data_paths(cfg)
     steering = steering_table(paths, tokenizer)
@@ -102,16 +103,11 @@ def convert(args: argparse.Namespace) -> dict:
             "vocab_size": vocab, "steering": {k: sorted(v) for k, v in steering.items()}}
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
-    from megatron_ixt.export.hf import ExportError
-    from megatron_ixt.training.checkpoint import CheckpointError
-
     args = get_args(argv)
-    try:
+    with failing_with(EXIT_CHECKPOINT, ValueError, OSError):  # ExportError is a ValueError
         summary = convert(args)
-    except (ExportError, CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
     print(f"wrote {args.output}: {summary['target']} ({summary['dtype']}, vocab {summary['vocab_size']}), "
           f"max |logit diff| vs the checkpoint {summary['max_abs_logit_diff']:.2e}, steering {summary['steering']}")
     return 0

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import List, Optional
 
-from megatron_ixt.training.trainer import EXIT_RESUMABLE
+from megatron_ixt.cli import EXIT_RESUMABLE
 from megatron_ixt.scaling.points import PointError, read_point
 from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
 from megatron_ixt.training.checkpoint import TRACKER_FILE

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_ixt.cli import EXIT_CHECKPOINT
 from megatron_ixt.mcore_private import start_checkpoint_writer_helper
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -35,6 +36,8 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message names the path."""
+
+    exit_code = EXIT_CHECKPOINT  # megatron_ixt.cli's exit-status table
 
 
 def iteration_dir(root: str, iteration: int) -> str:

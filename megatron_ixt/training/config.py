@@ -19,6 +19,7 @@ from typing import List, Optional
 
 from megatron.core.datasets.utils import get_blend_from_list
 
+from megatron_ixt.cli import EXIT_USAGE, add_import_flag
 from megatron_ixt.data.dataset import ixt_default
 from megatron_ixt.data.provider import DEFAULT_SPLIT, add_ixt_dataset_args, blends_from_args
 from megatron_ixt.tokenizer import TokenizerConfig, add_tokenizer_args
@@ -26,6 +27,8 @@ from megatron_ixt.tokenizer import TokenizerConfig, add_tokenizer_args
 
 class ConfigError(ValueError):
     """A bad flag or flag combination; the message says what to change."""
+
+    exit_code = EXIT_USAGE  # megatron_ixt.cli's exit-status table
 
 
 def arg(default=None, help: str = "", *, choices=None, factory=None):
@@ -226,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                 group.add_argument(_flag(f.name), type=_field_type(f, default), **kwargs)
     add_ixt_dataset_args(parser)
     add_tokenizer_args(parser)
+    add_import_flag(parser)  # taken out of argv (on the command line, not in @FILE) by megatron_ixt.cli.entry_point
     return parser
 
 

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_ixt.cli import EXIT_RESUMABLE
 from megatron_ixt.evaluation import heldout
 from megatron_ixt.data.provider import build_datasets
 from megatron_ixt.distributed import init_distributed, set_seed
@@ -44,7 +45,6 @@ from megatron_ixt.training.optimizer import build_optimizer
 LOSS_KEYS = ("loss", "doc", "prefix")
 
 
-EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --load
 
 
 class StopReason(enum.Enum):
@@ -191,7 +191,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Mean document-token loss per conditioning over the first ``--eval-iters`` global batches
-        (megatron_ixt/evaluation/heldout.py, the loop ``python -m megatron_ixt.evaluate`` runs too)."""
+        (megatron_ixt/evaluation/heldout.py, the loop ``python -m megatron_ixt.evaluation.cli`` runs too)."""
         streams = {name: self._stream(dataset, 0) for name, dataset in self.valid_ds.items()}
         stats = heldout.evaluate(
             self.model, self.forward_backward, partial(forward_step, loss=heldout.eval_loss_func), streams,
