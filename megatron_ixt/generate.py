@@ -90,9 +90,9 @@ def prefix_tokens(steer, cfg, tokenizer, *, shard_set: Optional[str] = None,
         return []
     from megatron_ixt.data.provider import steering_prefix
     from megatron_ixt.data.shards import text_store_path
+    from megatron_ixt.inference import training_data_paths
 
-    paths = [text_store_path(shard_set)] if shard_set else \
-        [p for p in cfg.data.data_path + cfg.data.train_data_path if not _is_number(p)]
+    paths = [text_store_path(shard_set)] if shard_set else training_data_paths(cfg)
     kind, level = steer
     return list(steering_prefix(paths, kind, level, tokenizer=tokenizer, critique=critique))
 
@@ -102,14 +102,6 @@ def steering_tokens(args, cfg, tokenizer) -> List[int]:
     if args.prefix_text is not None:
         return list(tokenizer.tokenize(args.prefix_text))
     return prefix_tokens(args.steer, cfg, tokenizer, shard_set=args.shard_set, critique=args.steering_critique)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def guided_logits(cond: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ is missing or unreadable.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional
 
 import torch
 
@@ -41,6 +41,18 @@ class InferenceModel:
 
         return to_hf_model(self.model, self.cfg, transformer_config(self.cfg), self.tokenizer.vocab_size,
                            self.tokenizer.eod).to(self.device)
+
+
+def training_data_paths(cfg) -> List[str]:
+    """The dataset paths (text stores, weights dropped) of a Config's ``--data-path`` / ``--train-data-path``
+    blends: where a checkpoint's steering templates are recorded."""
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    paths = []
+    for blend in (cfg.data.data_path, cfg.data.train_data_path):
+        parsed = get_blend_from_list(blend or None)
+        paths += parsed[0] if parsed else []
+    return paths
 
 
 def inference_config(load_dir: str, iteration: Optional[int] = None, *, tensor_model_parallel_size: int = 1,
