@@ -62,7 +62,7 @@ def test_loss_falls_metrics_and_eval_conditionings(synth_data, tmp_path):
     assert generate("--steer", "critique", "--guidance-scale", "0", "--negative-steer", "none")["generated_tokens"] \
         == unprefixed["generated_tokens"]
     assert generate("--steer", "critique", "--guidance-scale", "1") == steered
-    guided = ["--steer", "critique", "--guidance-scale", "3", "--negative-steer", "critique:1"]
+    guided = ["--steer", "critique", "--guidance-scale", "3"]  # against the unprefixed prompt (the default)
     assert generate(*guided) == generate(*guided, "--no-kv-cache")  # batched with the cache = the reference loop
 
     # Many prompts in one load: one result per prompt, in order, equal to the one-prompt runs.
