@@ -40,7 +40,7 @@ def _option(default, help: str):
 
 @dataclass
 class SynthConfig:
-    """One field per ``annotate synth`` flag; ``metadata["help"]`` is the flag's help."""
+    """One field per ``python -m ixt_demo.synthetic`` flag; ``metadata["help"]`` is the flag's help."""
 
     num_docs: int = _option(1000, "documents to write")
     min_digits: int = _option(2, "fewest digits of each addend")
