@@ -50,7 +50,7 @@ setup(
             "ixt-pretrain-megatron-lm=megatron_ixt.megatron_lm:main",
             "ixt-generate=megatron_ixt.generate:main",
             "ixt-scaling=megatron_ixt.scaling.cli:main",
-            "ixt-evaluate=megatron_ixt.evaluate:main",
+            "ixt-evaluate=megatron_ixt.evaluation.cli:main",
             "ixt-convert-to-hf=megatron_ixt_tools.convert_to_hf:main",
         ],
     },

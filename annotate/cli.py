@@ -1,4 +1,4 @@
-"""``python -m annotate {run,status,retry-failed,report,agreement,synth}``: see docs/annotate.md.
+"""``python -m annotate {run,status,retry-failed,report,agreement}``: see docs/annotate.md.
 
 Exit codes: 0 done; 1 bad arguments or input; 3 all servers down (resume by rerunning);
 4 misconfigured: the server refused documents in a row alike (nothing recorded as failed; fix the
@@ -23,6 +23,7 @@ from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, Tok
 from annotate.report import add_report_args, write_report
 from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
+from megatron_ixt.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, add_import_flag, entry_point, failing_with
 from megatron_ixt.data.inputs import expand_inputs
 
 log = logging.getLogger("annotate")
@@ -134,6 +135,7 @@ def build_parser(saved_judge: dict | None = None) -> argparse.ArgumentParser:
     ``retry-failed`` and ``agreement``."""
     parser = argparse.ArgumentParser(prog="python -m annotate", description="Offline feedback annotation with a judge model.")
     parser.add_argument("--log-level", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR")
+    add_import_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="annotate input shards into an output directory",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -167,7 +169,6 @@ def build_parser(saved_judge: dict | None = None) -> argparse.ArgumentParser:
     if saved_judge:
         retry.set_defaults(**saved_judge)
         agree.set_defaults(**saved_judge)
-    sub.add_parser("synth", help="write synthetic arithmetic documents (see annotate.synthetic)", add_help=False)
     return parser
 
 
@@ -198,7 +199,7 @@ def _run_jobs(args, jobs, judge_settings: dict | None = None) -> int | dict:
         summary = asyncio.run(runner.run())
     except AllServersDown as e:
         log.error("aborting: %s", e)
-        return 3
+        return EXIT_UNAVAILABLE
     except Misconfigured as e:
         log.error("%s", e)
         return EXIT_MISCONFIGURED
@@ -356,17 +357,12 @@ def cmd_status(args) -> int:
     return 0
 
 
+@entry_point(plugins=True, report=log.error)
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "synth":
-        from annotate.synthetic import main as synth_main
-
-        synth_main(argv[1:])
-        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    try:
+    with failing_with(EXIT_BAD_INPUT, ValueError, RuntimeError, OSError):  # bad configuration, input or output
         if args.command == "run":
             return cmd_run(args)
         if args.command == "status":
@@ -384,6 +380,3 @@ def main(argv=None) -> int:
         if args.command == "agreement":
             return cmd_agreement(args, config)
         return cmd_retry(args, config)
-    except (ValueError, RuntimeError, OSError) as e:  # bad configuration, input or output: a message, not a trace
-        log.error("%s", e)
-        return 1

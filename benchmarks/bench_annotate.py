@@ -32,7 +32,7 @@ import psutil
 from annotate.backends.httpconn import HttpPool
 from annotate.cli import collect_status, main as annotate_main
 from annotate.prompt import PromptTemplate, TokenCounter
-from annotate.synthetic import SynthConfig, generate
+from ixt_demo.synthetic import SynthConfig, generate  # examples/demo (on PYTHONPATH in make bench-annotate)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,14 @@ your critique in the kind's template), rendered from the template recorded in th
 ``--shard-set`` or of the training data paths stored in the checkpoint; ``--steer none`` generates
 unconditioned. The model shape and tokenizer
 come from the checkpoint's stored config; the checkpoint may have been saved under any TP/PP layout
-(it is loaded into one process).
+(it is loaded into one process by ``megatron_ixt.inference.load_for_inference``).
+
+Guided steering (classifier-free guidance): ``--guidance-scale G`` picks each token from the logits
+``neg + G (cond - neg)``, ``cond`` under the steering prefix and ``neg`` under ``--negative-steer``
+(``none``, the default: unprefixed; or a low level, ``quality:1``). A prompt and its negative are
+decoded in one batch with the KV cache and both continued with the chosen token. ``G = 1`` is plain
+steering (the negative pass is skipped, so the output is today's bit for bit); ``G = 0`` decodes as
+the negative; ``G > 1`` pushes away from it.
 
 Decoding runs the in-memory Hugging Face export of the checkpoint (``megatron_ixt.export``) through
 transformers' ``generate``: prompts in batches (left padding + attention mask) with a KV cache,
@@ -29,21 +36,29 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from megatron_ixt.data import prefix_kinds
-from megatron_ixt.data.prefix_kinds import STEER_HELP
-from megatron_ixt.training.checkpoint import CheckpointError, checkpoint_path, load_model_weights, read_config
+from megatron_ixt.cli import EXIT_BAD_INPUT, EXIT_USAGE, CommandError, add_import_flag, entry_point, failing_with
+from megatron_ixt.data.prefix_kinds import STEER_HELP, steer_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m megatron_ixt.generate", description=__doc__.split("\n")[0])
+    add_import_flag(parser)
     parser.add_argument("--load", required=True, help="checkpoint directory (as given to --save)")
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="text to continue")
     prompts.add_argument("--prompt-file", help='JSONL file, one {"prompt": str} object per line')
     parser.add_argument("--output", default=None,
                         help="with --prompt-file: JSONL file for the results (default: stdout), one per prompt")
-    parser.add_argument("--steer", type=parse_steer_flag, default="critique", metavar="KIND[:LEVEL]|none",
+    parser.add_argument("--steer", type=steer_argument, default="critique", metavar="KIND[:LEVEL]|none",
                         help=f"steering prefix; KIND is one of {', '.join(prefix_kinds.names())}; {STEER_HELP}; "
                              "'none': unconditioned (default: critique, its top level)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, metavar="G",
+                        help="guided steering: next-token logits neg + G (cond - neg), cond under the steering "
+                             "prefix, neg under --negative-steer, both passes in one batch with the KV cache; "
+                             "1 (default) is plain steering (no negative pass), 0 decodes as the negative")
+    parser.add_argument("--negative-steer", type=steer_argument, default=None, metavar="KIND[:LEVEL]|none",
+                        help="with --guidance-scale: the negative pass's prefix, e.g. quality:1 (a low level) "
+                             "or none (unprefixed, the default)")
     parser.add_argument("--shard-set", default=None, metavar="STEM",
                         help="path stem P of the IXT shard set whose P_ixt.json holds the steering templates "
                              "(default: the checkpoint's training data)")
@@ -67,51 +82,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_steer_flag(spec: str):
-    """``--steer``: ``"none"`` -> None, ``KIND[:LEVEL]`` -> ``(kind, level)`` (``prefix_kinds.parse_steer``)."""
-    if spec == "none":
-        return None
-    try:
-        return prefix_kinds.parse_steer(spec)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def prefix_tokens(steer, cfg, tokenizer, *, shard_set: Optional[str] = None,
+                  critique: Optional[str] = None) -> List[int]:
+    """The tokens of a parsed steering spec (``prefix_kinds.parse_steer``; None: no prefix), rendered from
+    the template recorded in the shard set ``shard_set`` (default: the checkpoint's training data)."""
+    if steer is None:
+        return []
+    from megatron_ixt.data.provider import steering_prefix
+    from megatron_ixt.data.shards import text_store_path
+    from megatron_ixt.inference import training_data_paths
+
+    paths = [text_store_path(shard_set)] if shard_set else training_data_paths(cfg)
+    kind, level = steer
+    return list(steering_prefix(paths, kind, level, tokenizer=tokenizer, critique=critique))
 
 
 def steering_tokens(args, cfg, tokenizer) -> List[int]:
     """The prefix tokens generation is conditioned on (see the module docstring)."""
     if args.prefix_text is not None:
         return list(tokenizer.tokenize(args.prefix_text))
-    if args.steer is None:
-        return []
-    from megatron_ixt.data.provider import steering_prefix
-    from megatron_ixt.data.shards import text_store_path
-
-    paths = [text_store_path(args.shard_set)] if args.shard_set else \
-        [p for p in cfg.data.data_path + cfg.data.train_data_path if not _is_number(p)]
-    kind, level = args.steer
-    return list(steering_prefix(paths, kind, level, tokenizer=tokenizer, critique=args.steering_critique))
+    return prefix_tokens(args.steer, cfg, tokenizer, shard_set=args.shard_set, critique=args.steering_critique)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def guided_logits(cond: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.Tensor:
+    """Guided next-token logits ``neg + scale * (cond - neg)``."""
+    return neg + scale * (cond - neg)
 
 
 @torch.no_grad()
 def greedy(model, tokens: List[int], max_new_tokens: int, eod: Optional[int], max_length: int,
-           device, vocab_size: int) -> List[int]:
+           device, vocab_size: int, *, negative: Optional[List[int]] = None, guidance_scale: float = 1.0) -> List[int]:
     """Append up to ``max_new_tokens`` argmax tokens to ``tokens`` (stops at ``eod``); returns the new ones.
-    The argmax is over the tokenizer's ``vocab_size`` ids (not the padding rows of the output layer)."""
-    out = list(tokens)
-    for _ in range(max_new_tokens):
-        window = out[-max_length:]
+    The argmax is over the tokenizer's ``vocab_size`` ids (not the padding rows of the output layer), of
+    the guided logits (:func:`guided_logits`) when a ``negative`` prompt is given."""
+    def next_logits(sequence: List[int]) -> torch.Tensor:
+        window = sequence[-max_length:]
         ids = torch.tensor([window], dtype=torch.long, device=device)
         positions = torch.arange(len(window), device=device)[None]
-        logits = model(ids, positions, None)  # [1, s, vocab]
-        next_id = int(logits[0, -1, :vocab_size].float().argmax())
+        return model(ids, positions, None)[0, -1, :vocab_size].float()  # [vocab]
+
+    out = list(tokens)
+    for _ in range(max_new_tokens):
+        logits = next_logits(out)
+        if negative is not None:
+            logits = guided_logits(logits, next_logits(list(negative) + out[len(tokens):]), guidance_scale)
+        next_id = int(logits.argmax())
         out.append(next_id)
         if next_id == eod:
             break
@@ -142,39 +157,80 @@ def cut_at_stop(tokens: List[int], stops: Sequence[str], detokenize) -> Tuple[Li
     return tokens, text[:min(hits)]
 
 
+class _GuidedChoice:
+    """transformers logits processor for guided decoding of a batch ``[conditioned rows; their negative
+    rows]``: row ``i`` and row ``n + i`` both get the token chosen from :func:`guided_logits` of the two
+    (argmax, or a ``temperature``/``top_p`` sample drawn with ``generator``), as scores 0 for that token
+    and -inf for every other, so that transformers' greedy step appends it to both."""
+
+    def __init__(self, scale: float, temperature: float, top_p: float, generator: torch.Generator):
+        self.scale, self.temperature, self.top_p, self.generator = scale, temperature, top_p, generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        n = scores.shape[0] // 2
+        logits = guided_logits(scores[:n].float(), scores[n:].float(), self.scale)
+        if self.temperature > 0:
+            probs = torch.softmax(logits / self.temperature, dim=-1)
+            ranked, order = probs.sort(dim=-1, descending=True)
+            ranked[(ranked.cumsum(dim=-1) - ranked) >= self.top_p] = 0.0  # keep the top-p mass (at least one)
+            choice = order.gather(-1, torch.multinomial(ranked.cpu(), 1, generator=self.generator).to(order.device))
+        else:
+            choice = logits.argmax(dim=-1, keepdim=True)
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, torch.cat([choice, choice]), 0.0)
+        return out
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention mask)`` of ``rows`` left-padded with ``pad`` to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[j, width - len(r):] = 1
+    return ids, mask
+
+
 @torch.no_grad()
 def generate(hf_model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eod: Optional[int], *,
              batch_size: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 1234,
-             stops: Sequence[str] = (), detokenize=None) -> List[List[int]]:
+             stops: Sequence[str] = (), detokenize=None, negatives: Optional[Sequence[Sequence[int]]] = None,
+             guidance_scale: float = 1.0) -> List[List[int]]:
     """New tokens for each prompt (token lists) from a transformers causal LM with a KV cache.
 
     Prompts are decoded ``batch_size`` at a time, longest first, left-padded with an attention
     mask. Greedy when ``temperature`` is 0, else sampling with ``top_p`` (seeded by ``seed``). A
     prompt stops after EOD (kept as its last token) or once its text (``detokenize``) contains
-    one of ``stops``.
+    one of ``stops``. With ``negatives`` (one per prompt: its negative prompt), each token comes from
+    :func:`guided_logits` with ``guidance_scale``; a prompt and its negative are decoded in the same
+    batch (``2 x batch_size`` rows), each continued with the chosen tokens.
     """
     import transformers
 
+    if negatives is not None and len(negatives) != len(prompts):
+        raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
     device = hf_model.device
+    guided = negatives is not None
     gen = transformers.GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0, eos_token_id=eod,
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0 and not guided, eos_token_id=eod,
         pad_token_id=0 if eod is None else eod,
-        **({"temperature": temperature, "top_p": top_p} if temperature > 0 else {}))
+        **({"temperature": temperature, "top_p": top_p} if temperature > 0 and not guided else {}))
     transformers.set_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: List[List[int]] = [[] for _ in prompts]
     for b in range(0, len(order), batch_size):
-        rows = [list(prompts[i]) for i in order[b:b + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), gen.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[j, width - len(r):] = 1
+        batch = order[b:b + batch_size]
+        rows = [list(prompts[i]) for i in batch] + ([list(negatives[i]) for i in batch] if guided else [])
+        ids, mask = _left_padded(rows, gen.pad_token_id)
+        width = ids.shape[1]
         criteria = transformers.StoppingCriteriaList([_StopStrings(stops, detokenize, width)] if stops else [])
+        processors = transformers.LogitsProcessorList(
+            [_GuidedChoice(guidance_scale, temperature, top_p, generator)] if guided else [])
         out = hf_model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen,
-                                stopping_criteria=criteria)
-        for j, i in enumerate(order[b:b + batch_size]):
+                                stopping_criteria=criteria, logits_processor=processors)
+        for j, i in enumerate(batch):
             new = out[j, width:].tolist()
             if eod in new:
                 new = new[:new.index(eod) + 1]
@@ -201,70 +257,44 @@ def read_prompts(path: str) -> List[str]:
     return prompts
 
 
-def load_model(load_dir: str, iteration: Optional[int] = None):
-    """``(model, cfg, tokenizer, device)`` from ``load_dir``'s checkpoint of ``iteration`` (default: the
-    latest), in one process: megatron-core's local spec, fp32 (a bf16 checkpoint is upcast), on GPU
-    when there is one. ``cfg`` is the stored training Config with TP = PP = 1.
-
-    Raises CheckpointError when the checkpoint is missing or unreadable.
-    """
-    from megatron_ixt.tokenizer import build_tokenizer
-    from megatron_ixt.training.config import config_from_dict
-    from megatron_ixt.distributed import init_distributed, set_seed
-    from megatron_ixt.model import model_from_config, padded_vocab_size, transformer_config
-
-    cfg = config_from_dict(read_config(load_dir, iteration))
-    path = checkpoint_path(load_dir, iteration)
-    p = cfg.parallel
-    saved_tp = p.tensor_model_parallel_size  # the vocabulary was padded for it
-    p.tensor_model_parallel_size = p.pipeline_model_parallel_size = 1
-    p.sequence_parallel = p.use_distributed_optimizer = p.overlap_grad_reduce = False
-    p.distributed_backend = "nccl" if torch.cuda.is_available() else "gloo"
-    cfg.train.use_cpu_initialization = not torch.cuda.is_available()
-    cfg.train.bf16 = False  # fp32 parameters; a bf16 checkpoint's weights are upcast on load
-    cfg.model.transformer_impl = "local"  # the checkpoint's keys are the same for both specs
-    init_distributed(backend=p.distributed_backend)
-    set_seed(cfg.train.seed)
-    tokenizer = build_tokenizer(cfg.tokenizer)
-    vocab_size = padded_vocab_size(tokenizer.vocab_size, cfg.model.make_vocab_size_divisible_by, saved_tp)
-    model = model_from_config(cfg, transformer_config(cfg), vocab_size)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    model.to(device)
-    load_model_weights(model, path)
-    model.eval()
-    return model, cfg, tokenizer, device
-
-
+@entry_point(plugins=True)
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.no_kv_cache and (args.temperature > 0 or args.stop):
-        print("error: --no-kv-cache decodes greedily without stop strings; drop --temperature/--stop",
-              file=sys.stderr)
-        return 2
-    try:
-        prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
-        model, cfg, tokenizer, device = load_model(args.load, args.iteration)
-        prefix = steering_tokens(args, cfg, tokenizer)
-        inputs = [prefix + list(tokenizer.tokenize(p)) for p in prompts]
-        limit = cfg.model.max_position_embeddings or cfg.model.seq_length
-        for n, tokens in enumerate(inputs, 1):
-            if len(tokens) + args.max_new_tokens > limit:
-                raise ValueError(f"prompt {n}: {len(tokens)} prefix+prompt tokens + --max-new-tokens "
-                                 f"{args.max_new_tokens} exceed the model's {limit} positions")
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    if args.no_kv_cache:
-        outputs = [greedy(model, t, args.max_new_tokens, tokenizer.eod, limit, device, tokenizer.vocab_size) for t in inputs]
-    else:
-        from megatron_ixt.export.hf import to_hf_model
-        from megatron_ixt.model import transformer_config
+        raise CommandError("--no-kv-cache decodes greedily without stop strings; drop --temperature/--stop",
+                           EXIT_USAGE)
+    if args.negative_steer is not None and args.guidance_scale == 1.0:
+        raise CommandError("--negative-steer needs a --guidance-scale other than 1 (1 is plain steering)", EXIT_USAGE)
+    from megatron_ixt.inference import load_for_inference
 
-        hf_model = to_hf_model(model, cfg, transformer_config(cfg), tokenizer.vocab_size, tokenizer.eod).to(device)
-        del model
+    with failing_with(EXIT_BAD_INPUT, ValueError, OSError):
+        prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompt_file)
+    loaded = load_for_inference(args.load, args.iteration)
+    cfg, tokenizer = loaded.cfg, loaded.tokenizer
+    with failing_with(EXIT_BAD_INPUT, ValueError, OSError):
+        prefix = steering_tokens(args, cfg, tokenizer)
+        guided = args.guidance_scale != 1.0  # 1: the negative pass does not change the logits; skip it
+        negative_prefix = prefix_tokens(args.negative_steer, cfg, tokenizer, shard_set=args.shard_set) \
+            if guided else None
+        documents = [list(tokenizer.tokenize(p)) for p in prompts]
+        inputs = [prefix + d for d in documents]
+        negatives = [negative_prefix + d for d in documents] if guided else None
+        limit = cfg.model.max_position_embeddings or cfg.model.seq_length
+        for n, rows in enumerate(zip(inputs, negatives or inputs), 1):
+            longest = max(map(len, rows))
+            if longest + args.max_new_tokens > limit:
+                raise ValueError(f"prompt {n}: {longest} prefix+prompt tokens + --max-new-tokens "
+                                 f"{args.max_new_tokens} exceed the model's {limit} positions")
+    if args.no_kv_cache:
+        outputs = [greedy(loaded.model, t, args.max_new_tokens, tokenizer.eod, limit, loaded.device,
+                          tokenizer.vocab_size, negative=negatives[n] if guided else None,
+                          guidance_scale=args.guidance_scale) for n, t in enumerate(inputs)]
+    else:
+        hf_model = loaded.to_hf()
+        del loaded
         outputs = generate(hf_model, inputs, args.max_new_tokens, tokenizer.eod, batch_size=args.batch_size,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed, stops=args.stop,
-                           detokenize=tokenizer.detokenize)
+                           detokenize=tokenizer.detokenize, negatives=negatives, guidance_scale=args.guidance_scale)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         for prompt_text, tokens, new in zip(prompts, inputs, outputs):

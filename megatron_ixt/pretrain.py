@@ -7,7 +7,8 @@ CUDA the same command runs on CPU with gloo. Flags: ``--help`` and docs/training
 Exit status: 0 finished (or stopped at ``--exit-interval``); 75 stopped early by SIGTERM
 (``--exit-signal-handler``) or ``--exit-duration-in-mins`` after saving a checkpoint, so a
 requeued job resumes with ``--load`` (``StopReason.exit_code``); 2 bad flags; 3 unusable
-``--load`` checkpoint.
+``--load`` checkpoint (the table of every command: ``megatron_ixt.cli``). ``--import MODULE`` imports a
+module registering prefix kinds before the flags are read.
 """
 from __future__ import annotations
 
@@ -18,21 +19,18 @@ from typing import List, Optional
 
 import torch
 
+from megatron_ixt.cli import EXIT_RESUMABLE, EXIT_USAGE, entry_point, failing_with
 from megatron_ixt.training.config import ConfigError, build_parser, check_data_paths, parse_args
 
 __all__ = ["build_parser", "main"]
 
 
+@entry_point(plugins=True)
 def main(argv: Optional[List[str]] = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    try:
+    with failing_with(EXIT_USAGE, ConfigError, ValueError):
         cfg = parse_args(argv, world_size=world_size, cuda=torch.cuda.is_available())
         check_data_paths(cfg)
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from megatron_ixt.training.checkpoint import CheckpointError
-    from megatron_ixt.training.run_contract import EXIT_RESUMABLE
     from megatron_ixt.training.trainer import Trainer
 
     try:
@@ -42,9 +40,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             # other ranks as soon as the first one exits 75: they must still exit 75, not 143.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
     finally:
         _shutdown()
 

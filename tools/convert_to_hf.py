@@ -18,6 +18,8 @@ import os
 import sys
 from typing import List, Optional
 
+from megatron_ixt.cli import EXIT_CHECKPOINT, entry_point, failing_with
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PARITY_TOLERANCE = 1e-4  # max |logit difference| of the fp32 reload check
 
@@ -39,53 +41,23 @@ def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def training_data_paths(cfg) -> List[str]:
-    """The dataset paths of the checkpoint's ``--data-path`` / ``--train-data-path`` blends."""
-    from megatron.core.datasets.utils import get_blend_from_list
-
-    paths = []
-    for blend in (cfg.data.data_path, cfg.data.train_data_path):
-        parsed = get_blend_from_list(blend or None)
-        paths += parsed[0] if parsed else []
-    return paths
-
-
 def convert(args: argparse.Namespace) -> dict:
     """Write the export; returns a summary (target class, parity, steering kinds)."""
     import torch
     import transformers
 
-    from megatron_ixt.data.shards import text_store_path
-    from megatron_ixt.export.hf import to_hf_model
-    from megatron_ixt.export.steering import steering_table, write_steering
-    from megatron_ixt.export.tokenizer import hf_tokenizer
-    from megatron_ixt.generate import load_model
-    from megatron_ixt.model import transformer_config
-    from megatron_ixt.training.config import config_from_dict
+    from megatron_ixt.export.in_memory import export_checkpoint
+    from megatron_ixt.export.steering import write_steering
     from megatron_ixt.training.checkpoint import read_config
 
-    trained_bf16 = config_from_dict(read_config(args.load, args.iteration)).train.bf16
+    trained_bf16 = read_config(args.load, args.iteration)["train"]["bf16"]
     dtype = getattr(torch, DTYPES[args.dtype or ("bf16" if trained_bf16 else "fp32")])
-    model, cfg, tokenizer, _ = load_model(args.load, args.iteration)
-    model = model.cpu()
-    tconfig = transformer_config(cfg)
-    paths = [text_store_path(args.shard_set)] if args.shard_set else training_data_paths(cfg)
-    steering = steering_table(paths, tokenizer)
-    if args.shard_set and not steering:
-        raise ValueError(f"--shard-set {args.shard_set}: no P_ixt.json there")
-    sample = [level["text"] for levels in steering.values() for level in levels.values()]
-    hf_tok = hf_tokenizer(cfg.tokenizer, tokenizer, sample)
-    hf_tok.model_max_length = cfg.model.max_position_embeddings
-
-    vocab = tokenizer.vocab_size
-    hf = to_hf_model(model, cfg, tconfig, vocab, tokenizer.eod, torch.float32)
-    hf.generation_config = transformers.GenerationConfig(
-        bos_token_id=tokenizer.eod, eos_token_id=tokenizer.eod, pad_token_id=tokenizer.eod, do_sample=False,
-        max_length=cfg.model.max_position_embeddings)
+    export = export_checkpoint(args.load, args.iteration, args.shard_set)
+    model, cfg, vocab = export.loaded.model, export.loaded.cfg, export.loaded.tokenizer.vocab_size
     os.makedirs(args.output, exist_ok=True)
-    hf.to(dtype).save_pretrained(args.output)
-    hf_tok.save_pretrained(args.output)
-    write_steering(args.output, paths, steering)
+    export.model.to(dtype).save_pretrained(args.output)
+    export.tokenizer.save_pretrained(args.output)
+    write_steering(args.output, export.paths, export.steering)
 
     # reload what was written and compare with the megatron model on a probe sequence
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(args.output, dtype=torch.float32).eval()
@@ -99,19 +71,14 @@ def convert(args: argparse.Namespace) -> dict:
         raise RuntimeError(f"{args.output}: reloaded logits differ from the checkpoint's by {diff:.3g} "
                            f"(> {PARITY_TOLERANCE}); the export is wrong")
     return {"target": type(reloaded).__name__, "max_abs_logit_diff": diff, "dtype": str(dtype).split(".")[-1],
-            "vocab_size": vocab, "steering": {k: sorted(v) for k, v in steering.items()}}
+            "vocab_size": vocab, "steering": {k: sorted(v) for k, v in export.steering.items()}}
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
-    from megatron_ixt.export.hf import ExportError
-    from megatron_ixt.training.checkpoint import CheckpointError
-
     args = get_args(argv)
-    try:
+    with failing_with(EXIT_CHECKPOINT, ValueError, OSError):  # ExportError is a ValueError
         summary = convert(args)
-    except (ExportError, CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
     print(f"wrote {args.output}: {summary['target']} ({summary['dtype']}, vocab {summary['vocab_size']}), "
           f"max |logit diff| vs the checkpoint {summary['max_abs_logit_diff']:.2e}, steering {summary['steering']}")
     return 0

@@ -15,6 +15,7 @@ import itertools
 import json
 import sys
 
+from megatron_ixt.cli import EXIT_BAD_INPUT, entry_point, failing_with
 from megatron_ixt.data import shards
 from megatron_ixt.data.inputs import open_jsonl
 from megatron_ixt.data.record import SCORE_AXES
@@ -110,18 +111,16 @@ def show_document(reader: shards.ShardSet, i: int, decoder, chars: int, record: 
     return "\n".join(lines)
 
 
+@entry_point
 def main(argv=None) -> int:
     args = get_args(argv)
-    try:
+    with failing_with(EXIT_BAD_INPUT, ValueError, FileNotFoundError, IndexError):
         reader = shards.ShardSet(args.stem)
         decoder = load_decoder(reader.metadata, args.tokenizer_model)
         print(summary(reader))
         for i in args.document:
             print()
             print(show_document(reader, i, decoder, args.chars, args.record))
-    except (ValueError, FileNotFoundError, IndexError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     return 0
 
 

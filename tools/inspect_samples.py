@@ -16,6 +16,8 @@ import sys
 
 import torch
 
+from megatron_ixt.cli import EXIT_USAGE, CommandError, entry_point
+
 ANSI = {"prefix": "\033[33m", "eod": "\033[36m", "dim": "\033[2m", "reset": "\033[0m"}
 SPLITS = ("train", "valid", "test")
 
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@entry_point
 def main(argv=None) -> None:
     from megatron_ixt.data.options import IXTOptions
     from megatron_ixt.data.prefix_kinds import parse_level
@@ -115,18 +118,18 @@ def main(argv=None) -> None:
     size = max(args.samples) + 1
     dataset = build_train_valid_test_datasets(config, [size] * 3)[SPLITS.index(args.split_name)]
     if dataset is None:
-        sys.exit(f"the {args.split_name} split is empty with --split {args.split}")
+        raise CommandError(f"the {args.split_name} split is empty with --split {args.split}", EXIT_USAGE)
     color = sys.stdout.isatty() and not args.no_color
     options = " ".join(f"{name}={getattr(config, name)}" for name in IXTOptions.__dataclass_fields__)
     print(f"{type(dataset).__name__}: {len(dataset)} {args.split_name} samples of {args.seq_length} tokens, "
           f"{options}" + (f" steering={list(config.steering_prefix)}" if config.steering_prefix else ""))
     for i in args.samples:
         if i >= len(dataset):
-            sys.exit(f"sample {i} out of range: the dataset has {len(dataset)} samples")
+            raise CommandError(f"--samples {i}: out of range, the dataset has {len(dataset)} samples", EXIT_USAGE)
         sample = dataset[i]
         print(f"\n=== sample {i}: {summary(sample, tokenizer)}")
         print(render(sample, tokenizer, color))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

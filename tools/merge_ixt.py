@@ -14,6 +14,7 @@ import collections
 import sys
 
 from megatron_ixt import __version__
+from megatron_ixt.cli import EXIT_BAD_INPUT, entry_point, failing_with
 from megatron_ixt.data import shards
 from megatron_ixt.data.inputs import expand_inputs
 
@@ -86,13 +87,11 @@ def merge(stems: list[str], output: str) -> dict:
         return writer.commit(merged_metadata(parts, stems))
 
 
+@entry_point
 def main(argv=None) -> int:
     args = get_args(argv)
-    try:
+    with failing_with(EXIT_BAD_INPUT, ValueError, FileNotFoundError):
         meta = merge(shard_set_stems(args.input), args.output_prefix)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     print(f"merged {len(meta['merged_from'])} shard sets: {meta['counts']['documents']} documents "
           f"({meta['counts']['annotated']} annotated) -> {args.output_prefix}", file=sys.stderr)
     return 0

@@ -26,6 +26,7 @@ from multiprocessing.connection import Connection
 import numpy
 
 from megatron_ixt import __version__
+from megatron_ixt.cli import EXIT_BAD_INPUT, add_import_flag, entry_point, failing_with
 from megatron_ixt.data import prefix_kinds, shards
 from megatron_ixt.data.inputs import expand_inputs, is_compressed, open_jsonl
 from megatron_ixt.data.prefix_kinds import STEERING_CRITIQUE, steering_annotation
@@ -42,6 +43,7 @@ VERIFY_DOCS = 32  # first records of the input whose text and prefixes verify th
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_import_flag(parser)
     group = parser.add_argument_group("input data")
     group.add_argument("--input", required=True, nargs="+",
                        help="JSONL files or globs (.jsonl, .jsonl.gz, .jsonl.zst), read in the order given (each glob "
@@ -586,13 +588,11 @@ def summary(counts, skipped) -> str:
     return "\n".join(lines)
 
 
+@entry_point(plugins=True)
 def main(argv=None) -> int:
     args = get_args(argv)
-    try:
+    with failing_with(EXIT_BAD_INPUT, StrictError, ValueError, FileNotFoundError):
         preprocess(args)
-    except (StrictError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -3,11 +3,12 @@
 
 - ``http``: SGLang servers (native ``/generate`` or OpenAI ``/v1/chat/completions``), see http.py
 - ``sglang``: in-process ``sglang.Engine`` (sglang imported only when chosen), see engine.py
-- ``verifier``: programmatic judge of arithmetic worked solutions (CPU), see verifier.py
 
 A new backend is a module with a class that satisfies :class:`BackendFactory` (and whose
 instances satisfy :class:`Backend`), added to ``_BUILT_IN`` below, or passed to
-:func:`register` by code that imports this package (docs/annotate.md, "Adding a backend").
+:func:`register` by a module of one's own loaded with ``python -m annotate --import MODULE``
+(docs/annotate.md, "Adding a backend"; the demo's ``verifier`` judge, examples/demo/ixt_demo/verifier.py,
+is one).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from annotate.backends.base import (AllServersDown, Backend, BackendError, Backe
                                     Misconfigured, Request, Sampling)
 from annotate.backends.engine import EngineBackend
 from annotate.backends.http import HttpBackend
-from annotate.backends.verifier import VerifierBackend
 
 __all__ = ["AllServersDown", "Backend", "BackendError", "BackendFactory", "Completion", "JudgeContext",
            "Misconfigured", "Request", "Sampling", "REGISTRY", "register"]
@@ -33,6 +33,6 @@ def register(factory: BackendFactory) -> BackendFactory:
     return factory
 
 
-_BUILT_IN = (HttpBackend, EngineBackend, VerifierBackend)
+_BUILT_IN = (HttpBackend, EngineBackend)
 for _factory in _BUILT_IN:
     register(_factory)

@@ -1,11 +1,11 @@
 """The whole IXT pipeline on CPU, end to end, in a few minutes: ``make demo``.
 
-Data: synthetic column-addition worked solutions (``annotate synth``); a share of them carries a
+Data: synthetic column-addition worked solutions (``ixt_demo.synthetic``, this folder); a share of them carries a
 SYSTEMATIC flaw (the carry is noted but never added), so the flawed answer is a deterministic
 function of the question. Steps, each through the project's real command-line entry points:
 
-1. ``python -m annotate synth``            raw JSONL (training corpus; held-out correct documents)
-2. ``python -m annotate run --backend verifier``   annotated JSONL (critique + scores per document)
+1. ``python -m ixt_demo.synthetic``        raw JSONL (training corpus; held-out correct documents)
+2. ``python -m annotate --import ixt_demo.verifier run --backend verifier``   annotated JSONL (critique + scores per document)
 3. a SentencePiece BPE tokenizer (digits split) trained on the raw text
 4. ``tools/preprocess_ixt.py``             IXT shard set (text store + aligned prefix stores)
 5. ``python -m megatron_ixt.pretrain`` twice, side by side: the baseline arm (``--ixt-prefix-kind
@@ -35,10 +35,11 @@ import sys
 import time
 from typing import List, Optional
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))  # ixt_demo: the demo's corpus generator and judge
+REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 
-from annotate.synthetic import SynthConfig, make_document  # noqa: E402
+from ixt_demo.synthetic import SynthConfig, make_document  # noqa: E402  (this folder)
 from demo_report import verdict, wilson_interval, write_report  # noqa: E402  (this folder)
 
 COMMANDS: List[str] = []  # every command the demo ran, in order (for the report)
@@ -64,7 +65,7 @@ def _start(cmd: list, log_path: str, env: dict) -> subprocess.Popen:
     log = open(log_path, "w", encoding="utf-8")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             env={**os.environ, **env,
-                                 "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")})
+                                 "PYTHONPATH": os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")])})
     proc.log_path, proc.log = log_path, log
     return proc
 
@@ -215,12 +216,12 @@ def main(argv=None) -> int:
 
     print("== 1. synthetic corpus (training) and held-out correct documents", flush=True)
     raw = {name: os.path.join(out, "raw", name + ".jsonl") for name in ("arith", "heldout")}
-    run_steps([([py, "-m", "annotate", "synth", "--output", raw[name]] +
+    run_steps([([py, "-m", "ixt_demo.synthetic", "--output", raw[name]] +
                 [f"--{k.replace('_', '-')}={v}" for k, v in cfg.__dict__.items()], log("synth_" + name))
                for name, cfg in (("arith", synth), ("heldout", heldout))])
 
     print("== 2. annotate with the verifier judge", flush=True)
-    run([py, "-m", "annotate", "run", "--backend", "verifier", "--input", raw["arith"], raw["heldout"],
+    run([py, "-m", "annotate", "--import", "ixt_demo.verifier", "run", "--backend", "verifier", "--input", raw["arith"], raw["heldout"],
          "--output", os.path.join(out, "annotated")], log("annotate"))
     run([py, "-m", "annotate", "status", os.path.join(out, "annotated")], log("annotate_status"))
 

@@ -8,9 +8,9 @@ resumes, finished runs and scored runs are skipped)::
         --results examples/scaling/results_downstream   # + the carry task's accuracy (make scaling-downstream)
 
 1. Data (skipped when present), through the project's own CLIs as in examples/demo/run_demo.py:
-   ``python -m annotate synth`` writes column-addition worked solutions of which ``--flaw-share``
+   ``python -m ixt_demo.synthetic`` (examples/demo) writes column-addition worked solutions of which ``--flaw-share``
    carry a SYSTEMATIC flaw (the carry is noted but never added); ``python -m annotate run
-   --backend verifier`` annotates them; a SentencePiece tokenizer is trained on them; and
+   --backend verifier`` (with ``--import ixt_demo.verifier``) annotates them; a SentencePiece tokenizer is trained on them; and
    ``tools/preprocess_ixt.py`` writes the training shard set. The held-out set is a second synthetic
    corpus of CORRECT documents only (``--flaw-share 0 --noise-share 0``, another seed), annotated and
    preprocessed the same way: every arm is judged on the same correct tokens.
@@ -34,12 +34,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [REPO, os.path.join(REPO, "examples", "demo")]
 
-from annotate.synthetic import SynthConfig  # noqa: E402
+from ixt_demo.synthetic import SynthConfig  # noqa: E402  (examples/demo)
 from run_demo import held_out_questions, run, train_tokenizer  # noqa: E402  (examples/demo/run_demo.py)
 
 SPEC = os.path.join(HERE, "cpu_tiny.yaml")
 DATA = os.path.join(REPO, "scaling_out", "cpu_tiny", "data")  # the paths cpu_tiny.yaml names
-CORPORA = {  # name -> annotate synth flags
+CORPORA = {  # name -> ixt_demo.synthetic flags
     "train": {"num_docs": 12000, "min_digits": 2, "max_digits": 3, "flaw_share": 0.4, "noise_share": 0.03,
               "terse_share": 0.05, "verbose_share": 0.1, "seed": 1234},
     "heldout": {"num_docs": 1500, "min_digits": 2, "max_digits": 3, "flaw_share": 0.0, "noise_share": 0.0,
@@ -49,7 +49,7 @@ CORPORA = {  # name -> annotate synth flags
 
 def prepare_data(py: str, data: str = DATA, corpora: dict = CORPORA) -> None:
     """Write ``data/{train,heldout}_*`` shard sets and ``data/tokenizer.model`` (steps already done
-    are skipped); ``corpora``: name -> ``annotate synth`` flags."""
+    are skipped); ``corpora``: name -> ``ixt_demo.synthetic`` flags."""
     annotated = lambda name: os.path.join(data, "annotated", name, name + ".jsonl")  # noqa: E731
     logs = os.path.join(data, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -58,10 +58,10 @@ def prepare_data(py: str, data: str = DATA, corpora: dict = CORPORA) -> None:
         raw = os.path.join(data, "raw", name + ".jsonl")
         if not os.path.exists(raw):
             os.makedirs(os.path.dirname(raw), exist_ok=True)
-            run([py, "-m", "annotate", "synth", "--output", raw] +
+            run([py, "-m", "ixt_demo.synthetic", "--output", raw] +
                 [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()], log("synth_" + name))
         if not os.path.exists(annotated(name)):
-            run([py, "-m", "annotate", "run", "--backend", "verifier", "--input", raw,
+            run([py, "-m", "annotate", "--import", "ixt_demo.verifier", "run", "--backend", "verifier", "--input", raw,
                  "--output", os.path.dirname(annotated(name))], log("annotate_" + name))
     tokenizer = os.path.join(data, "tokenizer.model")
     if not os.path.exists(tokenizer):

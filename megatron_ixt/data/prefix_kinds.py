@@ -14,10 +14,11 @@ left out: "as they come"). A template that needs a field the level leaves out ca
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from megatron_ixt.data.record import SCORE_AXES, SCORE_MAX, SCORE_MIN, Annotation
 
@@ -150,11 +151,29 @@ def parse_level(text: str) -> Optional[Level]:
     return level
 
 
-def parse_steer(spec: str) -> Tuple[str, Optional[Level]]:
-    """``KIND[:LEVEL]`` -> ``(kind, level)``; the kind must be registered (see :func:`parse_level`)."""
+NO_STEERING = "none"
+"""The steering spec of no prefix: unconditioned."""
+
+
+def parse_steer(spec: str, kinds: Optional[Sequence[str]] = None) -> Optional[Tuple[str, Optional[Level]]]:
+    """The one parser of steering specs: ``"none"`` -> None (no prefix); ``KIND[:LEVEL]`` -> ``(kind, level)``
+    (see :func:`parse_level`). ``kinds``: the kind names allowed (default: the registered ones)."""
+    if spec == NO_STEERING:
+        return None
     name, _, level = spec.partition(":")
-    get(name)
+    if kinds is None:
+        get(name)
+    elif name not in kinds:
+        raise ValueError(f"unknown prefix kind {name!r}; expected one of {tuple(kinds)} or {NO_STEERING!r}")
     return name, parse_level(level)
+
+
+def steer_argument(spec: str) -> Optional[Tuple[str, Optional[Level]]]:
+    """:func:`parse_steer` as an argparse ``type`` (its message shown as the flag's error)."""
+    try:
+        return parse_steer(spec)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def steering_annotation(level: Optional[Level] = None, critique: Optional[str] = None) -> Annotation:

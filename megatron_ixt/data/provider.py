@@ -152,7 +152,7 @@ def conditioning_configs(config: IXTGPTDatasetConfig,
 
 def valid_datasets(variants: Dict[str, IXTGPTDatasetConfig], num_samples: int) -> Dict[str, object]:
     """``{conditioning: validation-split dataset of num_samples samples}`` for each config variant
-    (the trainer's eval and ``python -m megatron_ixt.evaluate``); variants without a validation
+    (the trainer's eval and ``python -m megatron_ixt.evaluation.cli``); variants without a validation
     split are left out."""
     out = {}
     for name, variant in variants.items():

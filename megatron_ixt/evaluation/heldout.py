@@ -1,5 +1,5 @@
 """Held-out loss per conditioning: ONE implementation for the trainer's periodic eval and for
-``python -m megatron_ixt.evaluate``.
+``python -m megatron_ixt.evaluation.cli``.
 
 :func:`evaluate` runs megatron-core's forward-only schedule (any TP/PP layout) over one micro-batch
 stream per conditioning and returns, per conditioning, :class:`LossStats` of the document tokens

@@ -13,7 +13,7 @@ LayerNorm + GeLU + RoPE (MHA or GQA)                   ``Starcoder2ForCausalLM``
 
 Any other configuration raises :class:`ExportError` naming the field. Weights come from a model's
 ``state_dict()`` (megatron-core's local-spec names; a torch_dist checkpoint of any TP/PP layout
-loads into that model, see ``megatron_ixt.generate.load_model``). The fused QKV weight is grouped
+loads into that model, see ``megatron_ixt.inference.load_for_inference``). The fused QKV weight is grouped
 per query group (``[groups, heads/groups + 2, kv_channels, hidden]``: q rows, then k, then v) and
 the SwiGLU ``linear_fc1`` is ``[gate; up]``. Rows of the padded vocabulary are dropped.
 """
@@ -23,9 +23,13 @@ from typing import Dict, List
 
 import torch
 
+from megatron_ixt.cli import EXIT_CHECKPOINT
+
 
 class ExportError(ValueError):
     """A model configuration that no target class expresses; the message names the field."""
+
+    exit_code = EXIT_CHECKPOINT  # megatron_ixt.cli's exit-status table
 
 
 LLAMA, QWEN3, GPT2, STARCODER2 = "LlamaForCausalLM", "Qwen3ForCausalLM", "GPT2LMHeadModel", "Starcoder2ForCausalLM"

@@ -20,6 +20,7 @@ import json
 import os
 from typing import List, Sequence
 
+from megatron_ixt.data.prefix_kinds import NO_STEERING, parse_steer
 from megatron_ixt.data.record import SCORE_MAX, SCORE_MIN
 
 STEERING_FILE = "ixt_steering.json"
@@ -72,13 +73,9 @@ def write_steering(directory: str, paths: Sequence[str], table: dict) -> dict:
 
 def steering_tokens(directory: str, spec: str) -> List[int]:
     """The prefix token ids of ``spec`` (``KIND``, ``KIND:LEVEL`` or ``none``) from an export's
-    ``ixt_steering.json``; ValueError naming the file and the kinds/levels it has otherwise."""
-    if spec in ("", "none"):
+    ``ixt_steering.json`` (:func:`table_tokens`); ValueError naming the file otherwise."""
+    if spec in ("", NO_STEERING):
         return []
-    kind, _, level = spec.partition(":")
-    level = level or str(SCORE_MAX)
-    if "=" in level:
-        raise ValueError(f"steer={spec!r}: single-axis levels are not in {STEERING_FILE}; give KIND or KIND:1..5")
     path = os.path.join(directory, STEERING_FILE)
     try:
         with open(path, encoding="utf-8") as f:
@@ -87,8 +84,23 @@ def steering_tokens(directory: str, spec: str) -> List[int]:
         raise ValueError(f"steer={spec!r}: {path} does not exist (not a megatron-ixt export?)") from None
     if content.get("format") != FORMAT or content.get("version") != VERSION:
         raise ValueError(f"{path}: not a {FORMAT} version {VERSION} file")
-    kinds = content["kinds"]
-    if kind not in kinds or level not in kinds[kind]:
-        have = [f"{k}:{lv}" for k in kinds for lv in kinds[k]] or ["none (a model trained without prefixes)"]
-        raise ValueError(f"steer={spec!r}: {path} has no such prefix; it has {', '.join(have)}")
-    return [int(t) for t in kinds[kind][level]["tokens"]]
+    return table_tokens(content["kinds"], spec, path)
+
+
+def table_tokens(table: dict, spec: str, where: str) -> List[int]:
+    """The prefix token ids of ``spec`` (``KIND``, ``KIND:LEVEL`` or ``none``, parsed by
+    ``prefix_kinds.parse_steer`` against the kinds of ``table``, a :func:`steering_table`); ValueError
+    naming ``where`` and the kinds/levels it has otherwise."""
+    if spec in ("", NO_STEERING):
+        return []
+    have = [f"{k}:{lv}" for k in table for lv in table[k]] or ["none (a model trained without prefixes)"]
+    try:
+        kind, level = parse_steer(spec, kinds=list(table))
+    except ValueError as e:
+        raise ValueError(f"steer={spec!r}: {e}; {where} has {', '.join(have)}") from None
+    if isinstance(level, dict):
+        raise ValueError(f"steer={spec!r}: single-axis levels are not in {STEERING_FILE}; give KIND or KIND:1..5")
+    level = str(SCORE_MAX if level is None else level)
+    if level not in table[kind]:
+        raise ValueError(f"steer={spec!r}: {where} has no such prefix; it has {', '.join(have)}")
+    return [int(t) for t in table[kind][level]["tokens"]]

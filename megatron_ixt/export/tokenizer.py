@@ -21,7 +21,7 @@ PROBE_TEXTS = BatchEncoder.PROBE + ["Question: what is 12 + 30?\nAnswer: 42.", "
                                     "tabs\tand\nnew\n\nlines", "def f(x):\n    return x * 2\n"]
 
 
-def _sentencepiece(model_file: str, eod, unk_fallback: str = "<unk>"):
+def _sentencepiece(model_file: str, eod):
     import sentencepiece
     from sentencepiece import sentencepiece_model_pb2
     from transformers import PreTrainedTokenizerFast

@@ -19,6 +19,7 @@ import shlex
 import sys
 from typing import List, Optional
 
+from megatron_ixt.cli import EXIT_USAGE, entry_point, failing_with
 from megatron_ixt.scaling.fit import FitError
 from megatron_ixt.scaling.points import PointError
 from megatron_ixt.scaling.spec import SpecError
@@ -180,12 +181,9 @@ def cmd_fit(args) -> int:
     return 0
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    try:
+    with failing_with(EXIT_USAGE, PointError, FitError, SpecError):
         return {"fit": cmd_fit, "launch": cmd_launch, "status": cmd_status}[args.command](args)
-    except (PointError, FitError, SpecError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+from megatron_ixt.cli import EXIT_CHECKPOINT
 from megatron_ixt.mcore_private import start_checkpoint_writer_helper
 from megatron_ixt.training.run_contract import TRACKER_FILE
 
@@ -35,6 +36,8 @@ CHECKPOINT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded; the message names the path."""
+
+    exit_code = EXIT_CHECKPOINT  # megatron_ixt.cli's exit-status table
 
 
 def iteration_dir(root: str, iteration: int) -> str:
@@ -219,8 +222,7 @@ class ExitSignalHandler:
         finally:
             signal.signal(signum, previous)
         self._got = False
-        self._previous = signal.signal(signum, self._handle)
-        self.signum = signum
+        signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame):
         self._got = True
@@ -231,6 +233,3 @@ class ExitSignalHandler:
             flag = flag.cuda()
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
-
-    def restore(self) -> None:
-        signal.signal(self.signum, self._previous)

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
+from megatron_ixt.cli import EXIT_USAGE, add_import_flag
 from megatron_ixt.data.blends import DEFAULT_SPLIT, blends_from_args
 from megatron_ixt.data.options import IXTFlags, IXTOptions, add_ixt_dataset_args
 from megatron_ixt.flags import add_flags, arg, flag_name
@@ -26,6 +27,8 @@ from megatron_ixt.tokenizer import TokenizerConfig, add_tokenizer_args
 
 class ConfigError(ValueError):
     """A bad flag or flag combination; the message says what to change."""
+
+    exit_code = EXIT_USAGE  # megatron_ixt.cli's exit-status table
 
 
 @dataclass
@@ -195,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_flags(parser.add_argument_group(section), cls, skip=ixt_fields)
     add_ixt_dataset_args(parser)
     add_tokenizer_args(parser)
+    add_import_flag(parser)  # taken out of argv (on the command line, not in @FILE) by megatron_ixt.cli.entry_point
     return parser
 
 

@@ -3,6 +3,6 @@
 Its exit status :data:`EXIT_RESUMABLE` and its checkpoint tracker file :data:`TRACKER_FILE`:
 ``megatron_ixt.scaling`` reads both without importing the trainer (or torch).
 """
+from megatron_ixt.cli import EXIT_RESUMABLE  # noqa: F401  (the exit-status table: megatron_ixt/cli.py)
 
-EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped early with a checkpoint; run again with --load
 TRACKER_FILE = "latest_checkpointed_iteration.txt"  # in --save: the iteration of the latest complete checkpoint

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_ixt.cli import EXIT_RESUMABLE
 from megatron_ixt.evaluation import heldout
 from megatron_ixt.distributed import init_distributed, set_seed
 from megatron_ixt.model import padded_vocab_size, training_model, transformer_config
@@ -39,7 +40,7 @@ from megatron_ixt.training.data import build_datasets
 from megatron_ixt.training.flops import mfu, peak_tflops, training_flops_per_iteration
 from megatron_ixt.training.metrics import MetricsWriter
 from megatron_ixt.training.optimizer import build_optimizer
-from megatron_ixt.training.run_contract import EXIT_RESUMABLE
+
 
 # Loss statistics reported per micro-batch: (sum of per-token losses, token count).
 LOSS_KEYS = ("loss", "doc", "prefix")
@@ -189,7 +190,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         """Mean document-token loss per conditioning over the first ``--eval-iters`` global batches
-        (megatron_ixt/evaluation/heldout.py, the loop ``python -m megatron_ixt.evaluate`` runs too)."""
+        (megatron_ixt/evaluation/heldout.py, the loop ``python -m megatron_ixt.evaluation.cli`` runs too)."""
         streams = {name: self._stream(dataset, 0) for name, dataset in self.valid_ds.items()}
         stats = heldout.evaluate(
             self.model, self.forward_backward, partial(forward_step, loss=heldout.eval_loss_func), streams,

@@ -1,10 +1,14 @@
-"""Fixtures for the annotate tests: the SGLang stand-in server and synthetic corpora."""
+"""Fixtures for the annotate tests: the SGLang stand-in server and synthetic corpora.
+
+The CPU judge of these tests is the demo's ``verifier`` (examples/demo/ixt_demo, a plugin outside the
+package): importing it here registers ``--backend verifier`` in this process."""
 from __future__ import annotations
 
 import pytest
 from sglang_standin import StandinConfig, StandinServer
 
-from annotate.synthetic import SynthConfig, generate
+import ixt_demo.verifier  # noqa: F401  (registers --backend verifier)
+from ixt_demo.synthetic import SynthConfig, generate
 
 
 @pytest.fixture

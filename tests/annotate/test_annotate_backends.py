@@ -10,6 +10,7 @@ from annotate_testlib import read_jsonl, write_jsonl
 from annotate.backends import REGISTRY, AllServersDown, Completion, register
 from annotate.backends.http import HttpBackend
 from annotate.cli import main
+from megatron_ixt.cli import EXIT_UNAVAILABLE
 from megatron_ixt.data.record import SCORE_AXES
 
 
@@ -89,7 +90,7 @@ def test_resume_refuses_a_changed_result_flag_only(echo, tmp_path, caplog):
         return main(["run", "--input", inp, "--output", str(out), "--backend", backend, "--echo-quality", quality,
                      "--log-interval", "60", *flags])
 
-    assert run("--concurrency", "2", "--echo-stop-after", "10") == 3  # the judge went down mid-shard
+    assert run("--concurrency", "2", "--echo-stop-after", "10") == EXIT_UNAVAILABLE  # the judge went down mid-shard
     partial = (out / "d.jsonl.partial").read_bytes()
     assert 0 < len(read_jsonl(out / "d.jsonl.partial")) < 40
     saved = (out / "run_config.json").read_bytes()

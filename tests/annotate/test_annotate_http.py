@@ -12,6 +12,7 @@ from sglang_standin import StandinConfig, StandinServer, verdict_for
 
 from annotate.cli import main
 from annotate.prompt import PromptTemplate
+from megatron_ixt.cli import EXIT_UNAVAILABLE
 
 FAST = ["--backoff-base", "0.02", "--backoff-max", "0.1", "--log-interval", "60"]
 
@@ -115,7 +116,7 @@ def test_waits_for_health_and_skips_dead_url(standin, tmp_path):
 
 def test_no_server_at_all_aborts(tmp_path):
     inp = write_jsonl(tmp_path / "docs.jsonl", [{"text": "doc"}])
-    assert run(inp, tmp_path / "out", ["http://127.0.0.1:9"], "--health-timeout", "0.5") == 3
+    assert run(inp, tmp_path / "out", ["http://127.0.0.1:9"], "--health-timeout", "0.5") == EXIT_UNAVAILABLE
     assert not os.path.exists(tmp_path / "out" / "docs.jsonl")
 
 
@@ -133,7 +134,7 @@ def test_all_down_aborts_then_resume_completes(standin, tmp_path):
 
     threading.Thread(target=stop_after_some_records, daemon=True).start()
     rc = run(inp, tmp_path / "out", [server.url], "--concurrency", "2", "--all-down-timeout", "1.0")
-    assert rc == 3
+    assert rc == EXIT_UNAVAILABLE
     done_before = by_id(partial)
     assert 0 < len(done_before) < 200
     assert all(r["ixt"]["status"] == "ok" for r in done_before.values())  # the outage failed no document

@@ -7,6 +7,7 @@ from annotate_testlib import write_jsonl
 
 from annotate.agreement import AXES, kappa_quadratic, metrics, spearman
 from annotate.cli import main
+from ixt_demo import synthetic  # examples/demo: the demo's corpus generator (its verifier judge: conftest)
 
 PNGS = ("scores.png", "correlations.png", "lengths.png", "failures.png", "tokens.png", "throughput.png")
 
@@ -15,8 +16,8 @@ PNGS = ("scores.png", "correlations.png", "lengths.png", "failures.png", "tokens
 def annotated(tmp_path):
     """A verifier-annotated directory of 150 synthetic documents and one it cannot verify."""
     raw = tmp_path / "arith.jsonl"
-    assert main(["synth", "--output", str(raw), "--num-docs", "150", "--flaw-share", "0.3",
-                 "--terse-share", "0.2", "--verbose-share", "0.2"]) == 0
+    synthetic.main(["--output", str(raw), "--num-docs", "150", "--flaw-share", "0.3",
+                    "--terse-share", "0.2", "--verbose-share", "0.2"])
     essay = write_jsonl(tmp_path / "essay.jsonl", [{"id": "essay", "text": "An essay about birds, not a sum."}])
     out = tmp_path / "out"
     assert main(["run", "--input", str(raw), essay, "--output", str(out), "--backend", "verifier",

@@ -70,6 +70,51 @@ def test_sampling_is_seeded(dist):
     assert first != generate(hf, PROMPTS, NEW, EOD)
 
 
+PREFIX, NEGATIVE_PREFIX = [11, 12, 13], [40, 41]  # stand-ins for a steering prefix and a low-level one
+
+
+def guided_margins(model, cond, neg, new, scale):
+    """The top-1 minus top-2 guided logit at each step that chose a token of ``new``."""
+    from export_testlib import megatron_logits
+    from megatron_ixt.generate import guided_logits
+
+    def logits(prompt):
+        return megatron_logits(model, torch.tensor([prompt + new[:-1]]), VOCAB + 1)[0, len(prompt) - 1:]
+
+    top = guided_logits(logits(cond), logits(neg), scale).topk(2, dim=-1).values
+    return (top[:, 0] - top[:, 1]).tolist()
+
+
+def test_guided_decoding(dist):
+    """Guided steering: the KV-cache batch of prompts and negatives equals the no-cache reference loop and
+    one prompt at a time; scale 1 equals plain steering, scale 0 against unprefixed negatives equals
+    unprefixed decoding."""
+    from megatron_ixt.export.hf import to_hf_model
+    from megatron_ixt.generate import generate, greedy
+    from megatron_ixt.model import transformer_config
+
+    cfg, model = peaked_model(num_query_groups=2)
+    hf = to_hf_model(model, cfg, transformer_config(cfg), VOCAB + 1, EOD)
+    steered = [PREFIX + p for p in PROMPTS]
+    negatives = [NEGATIVE_PREFIX + p for p in PROMPTS]
+    scale = 2.5
+    reference = [greedy(model, c, NEW, EOD, cfg.model.seq_length, torch.device("cpu"), VOCAB + 1, negative=n,
+                        guidance_scale=scale) for c, n in zip(steered, negatives)]
+    assert min(m for c, n, new in zip(steered, negatives, reference) for m in guided_margins(model, c, n, new, scale)) \
+        > MIN_MARGIN
+    assert reference != generate(hf, steered, NEW, EOD)  # the guidance changes the output
+    assert generate(hf, steered, NEW, EOD, batch_size=4, negatives=negatives, guidance_scale=scale) == reference
+    assert generate(hf, steered, NEW, EOD, batch_size=1, negatives=negatives, guidance_scale=scale) == reference
+
+    assert generate(hf, steered, NEW, EOD, batch_size=4, negatives=negatives, guidance_scale=1.0) == \
+        generate(hf, steered, NEW, EOD, batch_size=4)
+    assert generate(hf, steered, NEW, EOD, batch_size=4, negatives=PROMPTS, guidance_scale=0.0) == \
+        generate(hf, PROMPTS, NEW, EOD, batch_size=4)
+    sample = lambda seed: generate(hf, steered, NEW, EOD, negatives=negatives, guidance_scale=scale,  # noqa: E731
+                                   temperature=1.0, top_p=0.9, seed=seed)
+    assert sample(1) == sample(1) != sample(2)
+
+
 def run_generate(*args):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

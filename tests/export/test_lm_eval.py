@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched: local YAML + JSONL tasks
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -51,14 +52,14 @@ def exported(tmp_path_factory, ixt_shard_set, dist):
     return str(root / "hf"), write_tasks(root / "tasks") if (root / "tasks").mkdir() is None else None
 
 
-def evaluate_recording(directory, tasks, steer):
+def evaluate_recording(directory, tasks, steer, **model_args):
     """Run lm-eval's simple_evaluate with ixt_hf; returns (results, [token ids of each sequence the
     model was given])."""
     from lm_eval.tasks import TaskManager
 
     from megatron_ixt.evaluation.lm_eval_model import IXTHFLM
 
-    lm = IXTHFLM(pretrained=directory, steer=steer, batch_size=3, device="cpu", dtype="float32")
+    lm = IXTHFLM(pretrained=directory, steer=steer, batch_size=3, device="cpu", dtype="float32", **model_args)
     sent = []
 
     def record(module, args, kwargs):
@@ -104,6 +105,69 @@ def test_steering_prefix_starts_every_scored_context(exported, sp_tokenizer):
     assert plain and not any(row[:len(prefix)] == prefix for row in plain)
     for c in contexts:
         assert sp_tokenizer.tokenize(c) in plain
+
+
+def test_guided_steering_sends_both_passes_and_scores_guided_log_probabilities(exported, sp_tokenizer):
+    """guidance_scale / negative_steer: every sequence is also sent under the negative prefix, and a
+    continuation's log-likelihood is the sum of log_softmax(neg + G (cond - neg)) over its tokens."""
+    from lm_eval.api.instance import Instance
+
+    from megatron_ixt.evaluation.lm_eval_model import IXTHFLM
+    from megatron_ixt.export.steering import steering_tokens
+
+    directory, tasks = exported
+    prefix, negative = steering_tokens(directory, "quality:5"), steering_tokens(directory, "quality:1")
+    assert prefix != negative
+    guidance = dict(guidance_scale=2.0, negative_steer="quality:1")
+    _, sent = evaluate_recording(directory, tasks, "quality:5", **guidance)
+    contexts = [f"Question: {d['question']}\nAnswer:" for d in QA]
+    for c, d in zip(contexts, QA):
+        for choice in d["choices"]:
+            document = sp_tokenizer.tokenize(c + " " + choice)[:-1]
+            assert any(row[:len(prefix) + len(document)] == prefix + document for row in sent)
+            assert any(row[:len(negative) + len(document)] == negative + document for row in sent)
+        assert prefix + sp_tokenizer.tokenize(c) in sent and negative + sp_tokenizer.tokenize(c) in sent
+
+    lm = IXTHFLM(pretrained=directory, steer="quality:5", batch_size=2, device="cpu", dtype="float32", **guidance)
+    pairs = [(contexts[0], " " + QA[0]["choices"][0]), (contexts[1], " " + QA[1]["choices"][1])]
+    got = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)],
+                           disable_tqdm=True)
+    for (context, continuation), (logprob, _) in zip(pairs, got):
+        context_enc, continuation_enc = lm._encode_pair(context, continuation)
+        assert context_enc[:len(prefix)] == prefix
+        with torch.no_grad():
+            cond = lm.model(torch.tensor([context_enc + continuation_enc])).logits[0, len(context_enc) - 1:-1]
+            neg_context = negative + context_enc[len(prefix):]
+            neg = lm.model(torch.tensor([neg_context + continuation_enc])).logits[0, len(neg_context) - 1:-1]
+        guided = torch.log_softmax((neg + 2.0 * (cond - neg)).double(), dim=-1)
+        expected = float(guided[torch.arange(len(continuation_enc)), continuation_enc].sum())
+        plain = float(torch.log_softmax(cond.double(), dim=-1)[torch.arange(len(continuation_enc)),
+                                                               continuation_enc].sum())
+        assert logprob == pytest.approx(expected, abs=1e-4) and abs(expected - plain) > 1e-3
+
+
+def test_load_a_checkpoint_in_memory_scores_like_its_export(exported):
+    """load=CKPT (the checkpoint the export was written from, exported in memory) gives the export's
+    steering prefixes and log-likelihoods."""
+    from lm_eval.api.instance import Instance
+
+    from megatron_ixt.evaluation.lm_eval_model import IXTHFLM
+
+    directory, _ = exported
+    common = dict(steer="quality:5", guidance_scale=2.0, negative_steer="quality:1", batch_size=2, device="cpu",
+                  dtype="float32")
+    from_disk = IXTHFLM(pretrained=directory, **common)
+    in_memory = IXTHFLM(load=os.path.join(os.path.dirname(directory), "ckpt"), **common)
+    assert in_memory.steering_prefix == from_disk.steering_prefix and \
+        in_memory.negative_prefix == from_disk.negative_prefix
+    requests = [Instance("loglikelihood", {}, (f"Question: {d['question']}\nAnswer:", " " + d["choices"][0]), i)
+                for i, d in enumerate(QA)]
+    expected = from_disk.loglikelihood(requests, disable_tqdm=True)
+    got = in_memory.loglikelihood(requests, disable_tqdm=True)
+    assert [g for _, g in got] == [g for _, g in expected]
+    assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in expected], abs=1e-5)
+    with pytest.raises(ValueError, match="one of them"):
+        IXTHFLM(pretrained=directory, load=directory)
 
 
 @pytest.mark.slow

@@ -84,11 +84,11 @@ def test_cpu_tiny_pipeline_smoke_at_toy_scale(tmp_path):
     assert points["baseline"].tokenizer == points["ixt-quality"].tokenizer
     # the IXT arm trains on prefix + document tokens at the same sequence length: the same FLOPs
     assert points["baseline"].compute == points["ixt-quality"].compute
-    # python -m megatron_ixt.evaluate on the IXT checkpoint, on the held-out shard set: the trainer's
+    # python -m megatron_ixt.evaluation.cli on the IXT checkpoint, on the held-out shard set: the trainer's
     # last eval and this command share one loop, so on the same samples they agree
     ixt_run = os.path.join(str(tmp_path / "runs"), "ixt-quality", "s1_8192_s1234")
     out = str(tmp_path / "eval.json")
-    proc = subprocess.run([sys.executable, "-m", "megatron_ixt.evaluate", "--load", os.path.join(ixt_run, "ckpt"),
+    proc = subprocess.run([sys.executable, "-m", "megatron_ixt.evaluation.cli", "--load", os.path.join(ixt_run, "ckpt"),
                            "--data-path", os.path.join(data, "heldout_text_document"),
                            "--steer-text", "Quality: very poor.\n", "--output", out],
                           capture_output=True, text=True, cwd=REPO)

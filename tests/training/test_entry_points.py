@@ -37,8 +37,7 @@ def undocumented(parser: argparse.ArgumentParser, name: str) -> list:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for command, sub in action.choices.items():
-                if sub.add_help:  # `annotate synth` hands its argv to its own parser (annotate.synthetic)
-                    missing += undocumented(sub, f"{name} {command}")
+                missing += undocumented(sub, f"{name} {command}")
         elif not action.help or action.help == argparse.SUPPRESS:
             missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     return missing

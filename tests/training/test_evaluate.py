@@ -1,4 +1,4 @@
-"""``python -m megatron_ixt.evaluate``: the trainer's eval loop (megatron_ixt/evaluation/heldout.py) on a
+"""``python -m megatron_ixt.evaluation.cli``: the trainer's eval loop (megatron_ixt/evaluation/heldout.py) on a
 checkpoint, under any TP layout, and its loss statistics."""
 import json
 import os
@@ -34,7 +34,7 @@ def _evaluate(args, nproc=1):
     env.pop("WORLD_SIZE", None)
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                    "--standalone", f"--nproc-per-node={nproc}"]
-    proc = subprocess.run(launcher + ["-m", "megatron_ixt.evaluate", *args], env=env, capture_output=True, text=True,
+    proc = subprocess.run(launcher + ["-m", "megatron_ixt.evaluation.cli", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -62,6 +62,6 @@ def test_evaluate_matches_the_trainer_eval_under_tp1_and_tp2(synth_data, tmp_pat
         assert results[2][name]["tokens"] == r["tokens"]
         assert results[2][name]["loss"] == pytest.approx(r["loss"], rel=1e-4)
     # a bad checkpoint directory is exit status 3, naming it
-    bad = subprocess.run([sys.executable, "-m", "megatron_ixt.evaluate", "--load", str(tmp_path / "nothing")],
+    bad = subprocess.run([sys.executable, "-m", "megatron_ixt.evaluation.cli", "--load", str(tmp_path / "nothing")],
                          capture_output=True, text=True)
     assert bad.returncode == 3 and "nothing" in bad.stderr

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from megatron_ixt.cli import EXIT_BAD_INPUT
 from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 from corpus import BAD_CRITIQUE, GOOD_CRITIQUE
 
@@ -56,6 +57,13 @@ def test_loss_falls_metrics_and_eval_conditionings(synth_data, tmp_path):
     assert steered["text"] == " ".join(str(t) for t in steered["generated_tokens"] if t != 511)
     own = generate("--prefix-text", " ".join(map(str, BAD_CRITIQUE)))
     assert own["prefix_tokens"] == BAD_CRITIQUE
+    # Guided steering: scale 0 against an unprefixed negative decodes as unprefixed; scale 1 is plain steering.
+    unprefixed = generate("--steer", "none")
+    assert generate("--steer", "critique", "--guidance-scale", "0", "--negative-steer", "none")["generated_tokens"] \
+        == unprefixed["generated_tokens"]
+    assert generate("--steer", "critique", "--guidance-scale", "1") == steered
+    guided = ["--steer", "critique", "--guidance-scale", "3"]  # against the unprefixed prompt (the default)
+    assert generate(*guided) == generate(*guided, "--no-kv-cache")  # batched with the cache = the reference loop
 
     # Many prompts in one load: one result per prompt, in order, equal to the one-prompt runs.
     prompts, results = tmp_path / "prompts.jsonl", tmp_path / "results.jsonl"
@@ -68,7 +76,7 @@ def test_loss_falls_metrics_and_eval_conditionings(synth_data, tmp_path):
     prompts.write_text('{"prompt": 7}\n')
     bad = subprocess.run([sys.executable, "-m", "megatron_ixt.generate", "--load", save, "--prompt-file",
                           str(prompts)], capture_output=True, text=True)
-    assert bad.returncode == 3 and f"{prompts}:1:" in bad.stderr
+    assert bad.returncode == EXIT_BAD_INPUT and f"{prompts}:1:" in bad.stderr
 
 
 def test_baseline_arm_has_no_prefix(synth_data, tmp_path):

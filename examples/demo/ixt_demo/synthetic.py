@@ -1,5 +1,8 @@
 """Synthetic verifiable documents: column-addition worked solutions, some systematically wrong.
 
+The demo's corpus generator (not part of the package): ``PYTHONPATH=examples/demo python -m
+ixt_demo.synthetic --output FILE [--num-docs --flaw-share ...]``.
+
 Each document (JSONL record ``{"id", "text", "synthetic": {...}}``) reads::
 
     Q: 3748 + 2659 = ?
@@ -37,7 +40,7 @@ def _option(default, help: str):
 
 @dataclass
 class SynthConfig:
-    """One field per ``annotate synth`` flag; ``metadata["help"]`` is the flag's help."""
+    """One field per ``python -m ixt_demo.synthetic`` flag; ``metadata["help"]`` is the flag's help."""
 
     num_docs: int = _option(1000, "documents to write")
     min_digits: int = _option(2, "fewest digits of each addend")
@@ -122,7 +125,7 @@ def generate(cfg: SynthConfig):
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m annotate synth", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ixt_demo.synthetic", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", required=True, help="JSONL file to write")
     for f in fields(SynthConfig):
         p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
@@ -133,3 +136,7 @@ def main(argv=None) -> None:
         for rec in generate(cfg):
             f.write(json.dumps(rec) + "\n")
     print(f"wrote {cfg.num_docs} documents to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from annotate.backends import BackendError, Request
-from annotate.backends.verifier import VerifierBackend, judge
 from annotate.parse import parse_output
-from annotate.synthetic import SynthConfig, digits, generate, solution_lines
+from ixt_demo.synthetic import SynthConfig, digits, generate, solution_lines
+from ixt_demo.verifier import VerifierBackend, judge
 
 
 def carry_free_sum(a: int, b: int) -> int:

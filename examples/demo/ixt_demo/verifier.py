@@ -1,6 +1,10 @@
 """Verifier backend: a programmatic judge for column-addition worked solutions (CPU only).
 
-It reads documents in the format of :mod:`annotate.synthetic` (``Q: a + b = ?``, one
+The demo's judge, a plugin outside the package: importing this module registers ``--backend
+verifier`` (``python -m annotate --import ixt_demo.verifier run --backend verifier ...`` with
+``examples/demo`` on ``PYTHONPATH``).
+
+It reads documents in the format of :mod:`ixt_demo.synthetic` (``Q: a + b = ?``, one
 ``<Column>: x + y [+ c] = s. Write d[, carry k].`` line per column, ``Answer: n``; other
 lines count as filler), recomputes every step, and answers like a thinking judge would: a
 check log as reasoning and a JSON verdict (critique + five scores + quality) as text. The
@@ -18,8 +22,9 @@ from __future__ import annotations
 import json
 import re
 
+from annotate.backends import register
 from annotate.backends.base import BackendError, Completion, JudgeContext, Request
-from annotate.synthetic import COLUMNS, digits
+from ixt_demo.synthetic import COLUMNS, digits
 
 _QUESTION = re.compile(r"^Q:\s*(\d+)\s*\+\s*(\d+)\s*=\s*\?\s*$")
 _ANSWER = re.compile(r"^Answer:\s*(-?\d+)\s*$")
@@ -118,12 +123,13 @@ def _critique(a, b, stated, truth, steps, errors, filler) -> str:
     return " ".join(parts)
 
 
+@register
 class VerifierBackend:
     """:class:`annotate.backends.base.BackendFactory` and ``Backend`` over :func:`judge`;
     ``count`` measures tokens for the usage counts. It has no flags and ignores sampling."""
 
     name = "verifier"
-    description = "programmatic judge of column-addition worked solutions (annotate synth), CPU only"
+    description = "programmatic judge of column-addition worked solutions (ixt_demo.synthetic), CPU only"
     model = "arithmetic-verifier-v1"
     result_flags = ()
     operational_flags = ()
