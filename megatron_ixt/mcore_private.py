@@ -24,6 +24,10 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
 - ``dist_checkpointing.strategies.filesystem_async``'s results-queue getter
   (:func:`start_checkpoint_writer_helper`): ``_get_write_results_queue()`` in 0.16,
   ``get_write_results_queue(mp_mode="spawn")`` later.
+- ``ChainedOptimizer.step()`` (what ``get_megatron_optimizer`` returns in 0.16-0.19) calls
+  ``self.prepare_grads()``, then ``self.get_grad_norm()``, then clips and calls
+  ``step_with_ready_grads()``: :func:`raise_on_nonfinite_grad_norm` checks the norm in between,
+  before anything is clipped or updated.
 - The null tokenizer (:func:`null_tokenizer_metadata`): 0.16 lists its library as ``"null"`` in
   ``megatron.core.tokenizers.megatron_tokenizer.TOKENIZER_LIBRARIES`` and puts EOD one past
   ``vocab_size``; 0.17+ lists ``"null-text"`` in ``TEXT_LIBRARIES`` and counts EOD inside
@@ -41,6 +45,7 @@ names and call sites are the same in 0.16-0.19 (only the query's return differs,
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import typing
 
@@ -51,7 +56,7 @@ from megatron.core.datasets.gpt_dataset import _build_document_index as build_do
 from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
 
 __all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "add_sequences_from_file", "build_document_index",
-           "build_shuffle_index", "close_builder", "finalize_builder", "null_tokenizer_metadata", "pad_token_id", "route_cuda_rng_state",
+           "build_shuffle_index", "close_builder", "finalize_builder", "null_tokenizer_metadata", "pad_token_id", "raise_on_nonfinite_grad_norm", "route_cuda_rng_state",
            "start_checkpoint_writer_helper", "write_raw_tokens"]
 
 QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
@@ -159,6 +164,30 @@ def start_checkpoint_writer_helper() -> None:
     getter = getattr(filesystem_async, "get_write_results_queue", None) or \
         filesystem_async._get_write_results_queue
     getter()
+
+
+class NonFiniteGradNorm(FloatingPointError):
+    """The gradient norm of a step was NaN or Inf; ``args[0]`` is the norm. Nothing was updated."""
+
+
+def raise_on_nonfinite_grad_norm(optimizer) -> None:
+    """Make ``optimizer.step()`` raise :class:`NonFiniteGradNorm` right after it computed the global
+    gradient norm (a collective: every rank gets the same value and raises together), before any
+    clipping or parameter/optimizer-state update; the norm costs nothing extra."""
+    from megatron.core.optimizer import ChainedOptimizer
+
+    if not isinstance(optimizer, ChainedOptimizer):
+        raise TypeError(f"expected megatron-core's ChainedOptimizer, got {type(optimizer).__name__}: "
+                        f"megatron_ixt.mcore_private needs updating")
+    compute = optimizer.get_grad_norm
+
+    def get_grad_norm():
+        norm = compute()
+        if not math.isfinite(norm):
+            raise NonFiniteGradNorm(norm)
+        return norm
+
+    optimizer.get_grad_norm = get_grad_norm
 
 
 def pad_token_id(dataset: GPTDataset) -> int:

@@ -6,8 +6,9 @@ CUDA the same command runs on CPU with gloo. Flags: ``--help`` and docs/training
 
 Exit status: 0 finished (or stopped at ``--exit-interval``); 75 stopped early by SIGTERM
 (``--exit-signal-handler``) or ``--exit-duration-in-mins`` after saving a checkpoint, so a
-requeued job resumes with ``--load`` (``StopReason.exit_code``); 2 bad flags; 3 unusable
-``--load`` checkpoint.
+requeued job resumes with ``--load`` (``StopReason.exit_code``); 65 stopped by a NaN/Inf loss or
+gradient norm (``--check-for-nan-in-loss-and-grad``; no checkpoint after the last finite iteration,
+not to be requeued as is); 2 bad flags; 3 unusable ``--load`` checkpoint.
 """
 from __future__ import annotations
 
@@ -32,13 +33,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from megatron_ixt.training.checkpoint import CheckpointError
-    from megatron_ixt.training.trainer import EXIT_RESUMABLE, Trainer
+    from megatron_ixt.training.trainer import EXIT_NONFINITE, EXIT_RESUMABLE, Trainer
 
     try:
         code = Trainer(cfg).train().exit_code
-        if code == EXIT_RESUMABLE:
-            # Every rank has saved; what is left is exiting. `srun --kill-on-bad-exit` SIGTERMs the
-            # other ranks as soon as the first one exits 75: they must still exit 75, not 143.
+        if code in (EXIT_RESUMABLE, EXIT_NONFINITE):
+            # Every rank has stopped together; what is left is exiting. `srun --kill-on-bad-exit`
+            # SIGTERMs the other ranks as soon as the first one exits: they must exit alike, not 143.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
     except CheckpointError as e:

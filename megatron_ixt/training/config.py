@@ -77,6 +77,9 @@ class ParallelConfig:
     overlap_grad_reduce: bool = arg(False, "overlap the gradient all-reduce with the backward pass (CUDA only)")
     distributed_backend: Optional[str] = arg(
         None, "torch.distributed backend (default: nccl with CUDA, gloo without)", choices=("nccl", "gloo"))
+    distributed_timeout_minutes: int = arg(
+        10, "timeout of every collective: a rank that waits this long on a dead or hung peer fails with "
+        "the process group's error instead of hanging")
 
 
 @dataclass
@@ -128,6 +131,12 @@ class TrainConfig:
     seed: int = arg(1234, "random seed (model init, dropout, dataset shuffling)")
     bf16: bool = arg(False, "bf16 parameters and compute (fp32 gradient reduction and optimizer state)")
     use_cpu_initialization: bool = arg(False, "initialise weights on the CPU (always on without CUDA)")
+    check_for_nan_in_loss_and_grad: bool = arg(
+        True, "stop every rank (exit 65, no checkpoint of the bad iteration) when the loss or the gradient "
+        "norm of an iteration is NaN or Inf")
+    skip_nonfinite_iters: int = arg(
+        0, "with the NaN/Inf check: skip up to this many non-finite iterations of a launch (no update, "
+        "learning-rate schedule not advanced, batch consumed) before stopping")
 
 
 @dataclass
@@ -382,6 +391,10 @@ def validate(cfg: Config, world_size: int, cuda: bool) -> None:
     need(not c.exit_signal_handler or c.save is not None,
          "--exit-signal-handler saves a checkpoint on SIGTERM: give --save DIR")
     need(not c.finetune or c.load is not None, "--finetune needs --load DIR")
+    need(t.skip_nonfinite_iters >= 0, "--skip-nonfinite-iters must be >= 0")
+    need(t.skip_nonfinite_iters == 0 or t.check_for_nan_in_loss_and_grad,
+         "--skip-nonfinite-iters needs the NaN/Inf check: drop --no-check-for-nan-in-loss-and-grad")
+    need(p.distributed_timeout_minutes >= 1, "--distributed-timeout-minutes must be >= 1")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
