@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-robustness test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu
+.PHONY: install demo demo-robustness test test-quick bench bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate clean scaling-cpu
 
 $(STAMP): requirements-cpu.txt setup.py
 	@test -n "$(PYTHON)" || { echo "no python3.11 or python3.12 found: install one, or give PYTHON=..." >&2; exit 1; }
@@ -43,7 +43,7 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 
-bench: bench-preprocess bench-dataset bench-annotate bench-train bench-generate
+bench: bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate
 
 bench-preprocess: $(STAMP)
 	$(BENCH) benchmarks/bench_preprocess.py --repeat 3
@@ -56,6 +56,9 @@ bench-annotate: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BENCH) benchmarks/bench_train.py
+
+bench-save: $(STAMP)
+	$(BENCH) benchmarks/bench_save.py
 
 bench-generate: $(STAMP)
 	$(BENCH) benchmarks/bench_generate.py

@@ -166,6 +166,13 @@ class CheckpointConfig:
     finetune: bool = arg(False, "with --load: load model weights only and start at iteration 0")
     no_load_optim: bool = arg(False, "with --load: do not restore the optimizer and scheduler state")
     no_load_rng: bool = arg(False, "with --load: do not restore the RNG states")
+    async_save: bool = arg(
+        False, "write checkpoints in a background process while training goes on (megatron-core's async "
+        "dist_checkpointing); the tracker moves once every rank finished writing; the next save, a stop "
+        "and the end of the run wait for it")
+    ckpt_keep_last: int = arg(
+        0, "after each save, delete all but the newest N complete checkpoints (0: keep all); never the "
+        "one the tracker names nor one being written")
 
 
 @dataclass
@@ -391,6 +398,7 @@ def validate(cfg: Config, world_size: int, cuda: bool) -> None:
     need(not c.exit_signal_handler or c.save is not None,
          "--exit-signal-handler saves a checkpoint on SIGTERM: give --save DIR")
     need(not c.finetune or c.load is not None, "--finetune needs --load DIR")
+    need(c.ckpt_keep_last >= 0, "--ckpt-keep-last must be >= 0 (0 keeps every checkpoint)")
     need(t.skip_nonfinite_iters >= 0, "--skip-nonfinite-iters must be >= 0")
     need(t.skip_nonfinite_iters == 0 or t.check_for_nan_in_loss_and_grad,
          "--skip-nonfinite-iters needs the NaN/Inf check: drop --no-check-for-nan-in-loss-and-grad")

@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.evaluation import heldout
@@ -168,6 +169,7 @@ class Trainer:
         if self.writer:
             self.writer.header(cfg.to_dict(), self.world_size)
         self.signal_handler = ckpt.ExitSignalHandler() if cfg.checkpoint.exit_signal_handler else None
+        self.async_saves = AsyncCallsQueue() if cfg.checkpoint.async_save else None
         self.start_time = time.time()
 
     def _stream(self, dataset, first_sample: int) -> MicroBatches:
@@ -258,6 +260,8 @@ class Trainer:
         last_saved = self.iteration if cfg.checkpoint.load else None
         reason = StopReason.FINISHED
         while self.iteration < t.train_iters:
+            if self.async_saves is not None and self.async_saves.get_num_unfinalized_calls():
+                self.async_saves.maybe_finalize_async_calls(blocking=False)  # collective: moves the tracker
             start = time.time()
             out = self.train_step(stream)
             window_time += time.time() - start
@@ -308,14 +312,23 @@ class Trainer:
                 break
         if cfg.checkpoint.save and last_saved != self.iteration and reason is not StopReason.NONFINITE:
             self.save()
+        if self.async_saves is not None:
+            self.async_saves.close()  # waits for the last save, which moves the tracker
         if self.writer:
             self.writer.close()
         return reason
 
     def save(self) -> None:
-        path = ckpt.save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer,
-                                    self.scheduler, self.consumed_samples, self.cfg.to_dict())
-        self._print(f"saved checkpoint {path}")
+        """Save this iteration (``saved checkpoint PATH`` is printed once the tracker moved); with
+        --async-save, after waiting for the previous save, and in the background."""
+        c = self.cfg.checkpoint
+        if self.async_saves is not None:
+            self.async_saves.maybe_finalize_async_calls(blocking=True)
+        path = ckpt.save_checkpoint(c.save, self.iteration, self.model, self.optimizer, self.scheduler,
+                                    self.consumed_samples, self.cfg.to_dict(), keep_last=c.ckpt_keep_last,
+                                    async_queue=self.async_saves)
+        if self.async_saves is not None:
+            self._print(f"saving checkpoint {path} in the background")
 
     def _stop_reason(self) -> Optional[StopReason]:
         """Why to stop after this iteration (None: go on); collective when it reads a signal or the clock."""

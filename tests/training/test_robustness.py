@@ -2,7 +2,12 @@
 launcher, checkpoint retention."""
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
@@ -67,3 +72,139 @@ def test_diverging_run_stops_with_exit_65_and_no_nonfinite_checkpoint(synth_data
         assert resumed[it]["consumed_samples"] == it * 8
     # a skipped iteration saves the unchanged, finite weights like any other; the stop saves nothing
     assert read_latest_iteration(save) == (latest + 2) // 2 * 2
+
+
+def _descendants(pid: int) -> list:
+    """Process ids below ``pid`` in the process tree (from /proc)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_workers_exit_when_torchrun_is_killed(synth_data, tmp_path):
+    save = str(tmp_path / "ckpt")
+    metrics = os.path.join(save, "metrics.jsonl")
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
+        "--train-iters", "100000", "--eval-iters", "0", "--save", save, "--save-interval", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("RANK", None)
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                 "2", "-m", "megatron_ixt.pretrain", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree = []
+    try:
+        deadline = time.time() + 240
+        while not (os.path.exists(metrics) and len(train_losses(metrics)) >= 3 and os.path.exists(
+                os.path.join(save, "latest_checkpointed_iteration.txt"))):
+            assert time.time() < deadline and launcher.poll() is None
+            time.sleep(0.5)
+        tree = _descendants(launcher.pid)
+        assert len(tree) >= 2, tree  # the two trainer ranks (and the checkpoint writer's helpers)
+        launcher.kill()
+        launcher.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_running(p) for p in tree):
+            time.sleep(0.2)
+        assert [p for p in tree if _running(p)] == []
+    finally:
+        for p in tree:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def _iter_dirs(save: str) -> list:
+    return sorted(int(d[5:]) for d in os.listdir(save) if d.startswith("iter_")) if os.path.isdir(save) else []
+
+
+def _tracker(save: str):
+    try:
+        with open(os.path.join(save, "latest_checkpointed_iteration.txt")) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+# When to kill -9 a run during an async save of iteration `newest` (not yet in the tracker):
+MOMENTS = {
+    "save started": lambda save, newest, metrics: True,  # its directory exists
+    "writer wrote data": lambda save, newest, metrics: any(
+        f.endswith(".distcp") for f in os.listdir(iteration_dir(save, newest))),
+    "training went on": lambda save, newest, metrics: max(train_losses(metrics), default=0) > newest,
+}
+
+
+def _kill_during_async_save(args: list, save: str, moment: str) -> int:
+    """Start ``args`` in its own process group and ``kill -9`` the group (trainer, forked writer,
+    helper) at ``moment`` of an async save that follows a complete one; returns the tracker's
+    iteration at the kill."""
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    env.pop("RANK", None)
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_ixt.pretrain", *args], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(save, "metrics.jsonl")
+    try:
+        while proc.poll() is None:
+            tracker, dirs = _tracker(save), _iter_dirs(save)
+            try:
+                if tracker is not None and dirs[-1] > tracker and MOMENTS[moment](save, dirs[-1], metrics):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return tracker
+            except OSError:  # a directory deleted by retention while we looked
+                pass
+            time.sleep(0.01)
+        raise AssertionError(f"the run ended before the moment {moment!r} of an async save was seen:\n"
+                             f"{proc.stdout.read()[-3000:]}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_async_save_matches_sync_and_kill_9_during_it_resumes_exactly(synth_data, tmp_path):
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
+        "--train-iters", "20", "--eval-iters", "0", "--save-interval", "2", "--hidden-dropout", "0.1"]
+    keep = ["--async-save", "--ckpt-keep-last", "2"]
+    sync, full, crashed = (str(tmp_path / name) for name in ("sync", "async", "crashed"))
+    run_pretrain(args + ["--save", sync])
+    run_pretrain(args + ["--save", full] + keep)
+    expected = train_losses(os.path.join(sync, "metrics.jsonl"))
+    got = train_losses(os.path.join(full, "metrics.jsonl"))
+    assert [got[i]["loss"] for i in range(1, 21)] == [expected[i]["loss"] for i in range(1, 21)]
+    assert _iter_dirs(sync) == list(range(2, 21, 2)) and _iter_dirs(full) == [18, 20] and _tracker(full) == 20
+
+    resumed_from = []
+    for moment in MOMENTS:
+        tracker = _kill_during_async_save(args + ["--save", crashed, *keep] +
+                                          (["--load", crashed] if resumed_from else []), crashed, moment)
+        assert tracker >= max(resumed_from, default=2), (moment, tracker, resumed_from)
+        # retention kept the tracker's checkpoint and at most one older one; newer: the killed save
+        assert tracker in _iter_dirs(crashed) and len([i for i in _iter_dirs(crashed) if i <= tracker]) <= 2
+        resumed_from.append(tracker)
+    proc = run_pretrain(args + ["--save", crashed, "--load", crashed, *keep])
+    assert f"loaded {crashed} at iteration {resumed_from[-1]}" in proc.stdout
+    final = train_losses(os.path.join(crashed, "metrics.jsonl"))
+    assert [final[i]["loss"] for i in range(1, 21)] == [expected[i]["loss"] for i in range(1, 21)]
+    assert _iter_dirs(crashed) == [18, 20] and _tracker(crashed) == 20
