@@ -146,6 +146,11 @@ class LoggingConfig:
     metrics_file: Optional[str] = arg(None, "metrics JSONL file (default: <save>/metrics.jsonl)")
     peak_tflops_per_device: Optional[float] = arg(
         None, "dense bf16 peak TFLOP/s of one device, for MFU (default: looked up by GPU name)")
+    wandb_project: Optional[str] = arg(
+        None, "also log the metric records to this W&B project (needs the wandb package; rank 0 only; a W&B "
+        "error prints a warning and never stops training)")
+    wandb_exp_name: Optional[str] = arg(None, "W&B run name (default: W&B's)")
+    wandb_save_dir: Optional[str] = arg(None, "W&B's local run directory (default: <save>/wandb, else ./wandb)")
 
 
 @dataclass
@@ -306,6 +311,8 @@ def finalize(cfg: Config, world_size: int, cuda: bool) -> Config:
         cfg.optim.lr_decay_iters = t.train_iters
     if cfg.logging.metrics_file is None and cfg.checkpoint.save:
         cfg.logging.metrics_file = cfg.checkpoint.save.rstrip("/") + "/metrics.jsonl"
+    if cfg.logging.wandb_project and cfg.logging.wandb_save_dir is None:
+        cfg.logging.wandb_save_dir = os.path.join(cfg.checkpoint.save or ".", "wandb")
     validate(cfg, world_size=world_size, cuda=cuda)
     return cfg
 

@@ -40,7 +40,7 @@ from megatron_ixt.tokenizer import build_tokenizer
 from megatron_ixt.training import checkpoint as ckpt
 from megatron_ixt.training.config import CheckpointConfig, Config, data_parallel_size
 from megatron_ixt.training.flops import mfu, peak_tflops, training_flops_per_iteration
-from megatron_ixt.training.metrics import MetricsWriter
+from megatron_ixt.training.metrics import MetricsWriter, WandbSink
 from megatron_ixt.training.optimizer import build_optimizer
 
 # Loss statistics reported per micro-batch: (sum of per-token losses, token count).
@@ -164,7 +164,9 @@ class Trainer:
         self.flops_per_iteration = training_flops_per_iteration(cfg.model, self.vocab_size, t.global_batch_size)
         self.peak = cfg.logging.peak_tflops_per_device or (
             peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None)
-        self.writer = MetricsWriter(cfg.logging.metrics_file, cfg.logging.tensorboard_dir) \
+        lg = cfg.logging
+        self.writer = MetricsWriter(lg.metrics_file, lg.tensorboard_dir, wandb=WandbSink(
+            lg.wandb_project, lg.wandb_exp_name, lg.wandb_save_dir) if lg.wandb_project else None) \
             if self.rank == 0 else None
         if self.writer:
             self.writer.header(cfg.to_dict(), self.world_size)
