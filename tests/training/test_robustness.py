@@ -183,17 +183,19 @@ def _kill_during_async_save(args: list, save: str, moment: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # five launches; on a loaded 2-core machine each takes one to four minutes
 def test_async_save_matches_sync_and_kill_9_during_it_resumes_exactly(synth_data, tmp_path):
+    # A sync reference, then one async run killed (-9, the whole process group) at three moments of
+    # async saves, each time resumed: every iteration's loss equals the sync run's (the iterations
+    # before the first kill are uninterrupted async training), retention never loses the tracker's.
+    iters = 14
     args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
-        "--train-iters", "20", "--eval-iters", "0", "--save-interval", "2", "--hidden-dropout", "0.1"]
+        "--train-iters", str(iters), "--eval-iters", "0", "--save-interval", "2", "--hidden-dropout", "0.1"]
     keep = ["--async-save", "--ckpt-keep-last", "2"]
-    sync, full, crashed = (str(tmp_path / name) for name in ("sync", "async", "crashed"))
-    run_pretrain(args + ["--save", sync])
-    run_pretrain(args + ["--save", full] + keep)
+    sync, crashed = str(tmp_path / "sync"), str(tmp_path / "crashed")
+    run_pretrain(args + ["--save", sync], timeout=600)
     expected = train_losses(os.path.join(sync, "metrics.jsonl"))
-    got = train_losses(os.path.join(full, "metrics.jsonl"))
-    assert [got[i]["loss"] for i in range(1, 21)] == [expected[i]["loss"] for i in range(1, 21)]
-    assert _iter_dirs(sync) == list(range(2, 21, 2)) and _iter_dirs(full) == [18, 20] and _tracker(full) == 20
+    assert _iter_dirs(sync) == list(range(2, iters + 1, 2))
 
     resumed_from = []
     for moment in MOMENTS:
@@ -203,8 +205,8 @@ def test_async_save_matches_sync_and_kill_9_during_it_resumes_exactly(synth_data
         # retention kept the tracker's checkpoint and at most one older one; newer: the killed save
         assert tracker in _iter_dirs(crashed) and len([i for i in _iter_dirs(crashed) if i <= tracker]) <= 2
         resumed_from.append(tracker)
-    proc = run_pretrain(args + ["--save", crashed, "--load", crashed, *keep])
+    proc = run_pretrain(args + ["--save", crashed, "--load", crashed, *keep], timeout=600)
     assert f"loaded {crashed} at iteration {resumed_from[-1]}" in proc.stdout
     final = train_losses(os.path.join(crashed, "metrics.jsonl"))
-    assert [final[i]["loss"] for i in range(1, 21)] == [expected[i]["loss"] for i in range(1, 21)]
-    assert _iter_dirs(crashed) == [18, 20] and _tracker(crashed) == 20
+    assert [final[i]["loss"] for i in range(1, iters + 1)] == [expected[i]["loss"] for i in range(1, iters + 1)]
+    assert _iter_dirs(crashed) == [iters - 2, iters] and _tracker(crashed) == iters
