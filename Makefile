@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-robustness test test-quick smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-generate clean scaling-cpu scaling-downstream
+.PHONY: install demo demo-robustness test test-quick smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate clean scaling-cpu scaling-downstream
 
 $(STAMP): requirements-cpu.txt setup.py
 	@test -n "$(PYTHON)" || { echo "no python3.11 or python3.12 found: install one, or give PYTHON=..." >&2; exit 1; }
@@ -58,7 +58,7 @@ smoke-mcore: $(STAMP)
 	PYTHONPATH=$(CURDIR)/.mcore-$(MCORE) $(PY) -m pytest -q tests/dataset/test_mcore_private.py \
 		tests/dataset/test_ixt_dataset.py tests/training/test_train.py::test_trains_on_preprocessed_shards
 
-bench: bench-preprocess bench-dataset bench-annotate bench-train bench-generate
+bench: bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate
 
 bench-preprocess: $(STAMP)
 	$(BENCH) benchmarks/bench_preprocess.py --repeat 3
@@ -71,6 +71,9 @@ bench-annotate: $(STAMP)
 
 bench-train: $(STAMP)
 	$(BENCH) benchmarks/bench_train.py
+
+bench-save: $(STAMP)
+	$(BENCH) benchmarks/bench_save.py
 
 bench-generate: $(STAMP)
 	$(BENCH) benchmarks/bench_generate.py

@@ -23,7 +23,8 @@ from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, Tok
 from annotate.report import add_report_args, write_report
 from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
-from megatron_ixt.cli import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, add_import_flag, entry_point, failing_with
+from megatron_ixt.cli import (EXIT_BAD_INPUT, EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED, EXIT_UNAVAILABLE, add_import_flag,
+                              entry_point, failing_with)
 from megatron_ixt.data.inputs import expand_inputs
 
 log = logging.getLogger("annotate")
@@ -34,7 +35,6 @@ RUN_CONFIG = "run_config.json"
 RESULT_FLAGS = ("backend", "tokenizer", "chat_template_kwargs", "max_doc_tokens", "max_new_tokens", "temperature",
                 "top_p", "max_parse_retries")
 OPERATIONAL_FLAGS = ("prompt_template", "concurrency", "fsync_interval", "fail_fast_window")
-EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED = 4, 5
 
 
 def _json_object(text: str) -> dict:

@@ -11,6 +11,12 @@ code  name                  meaning
 2     ``EXIT_USAGE``        bad flags or configuration (a flag value, a flag combination, a spec or
                             config file, a path a flag names); argparse's own errors too
 3     ``EXIT_CHECKPOINT``   unusable checkpoint: missing, unreadable, or not expressible (export)
+4     ``EXIT_MISCONFIGURED``  annotate: the judge server refused request after request the same way
+                            (wrong ``--api``, ``--model`` or key); nothing was recorded as failed
+5     ``EXIT_TOO_MANY_FAILED``  annotate: more than ``--max-failed-fraction`` of the documents failed
+                            (committed; ``status``, then ``retry-failed``)
+65    ``EXIT_NONFINITE``    pretrain: the loss or gradient norm became NaN/Inf; no checkpoint after the
+                            last finite iteration; not requeued as is (docs/training.md)
 69    ``EXIT_UNAVAILABLE``  a service it needs is down (annotate: no judge server reachable for
                             ``--all-down-timeout``); the work done is saved, rerunning resumes
 75    ``EXIT_RESUMABLE``    stopped early with its state saved (SIGTERM, time limit): rerun the same
@@ -42,6 +48,9 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_USAGE = 2
 EXIT_CHECKPOINT = 3
+EXIT_MISCONFIGURED = 4
+EXIT_TOO_MANY_FAILED = 5
+EXIT_NONFINITE = 65  # sysexits.h EX_DATAERR
 EXIT_UNAVAILABLE = 69  # sysexits.h EX_UNAVAILABLE
 EXIT_RESUMABLE = 75  # sysexits.h EX_TEMPFAIL
 EXIT_INTERRUPTED = 130  # 128 + SIGINT

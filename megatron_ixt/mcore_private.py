@@ -21,9 +21,19 @@ the versions differ (read from the ``core_v0.16.1`` .. ``core_v0.19.0`` tags of 
   ``IndexedDatasetBuilder.finalize`` (close ``data_file``, then ``_IndexWriter(idx_path, dtype)
   .write(sequence_lengths, sequence_modes, document_indices)``, the same in 0.16-0.19) through an
   ``_IndexWriter`` whose ``_sequence_pointers`` is one numpy cumsum, not a loop per sequence.
-- ``dist_checkpointing.strategies.filesystem_async``'s results-queue getter
-  (:func:`start_checkpoint_writer_helper`): ``_get_write_results_queue()`` in 0.16,
-  ``get_write_results_queue(mp_mode="spawn")`` later.
+- ``dist_checkpointing.strategies.filesystem_async``'s results queue
+  (:func:`start_checkpoint_writer_helper`): a ``multiprocessing`` Manager queue (spawn context) cached
+  in the module global ``_results_queue`` by ``_get_write_results_queue()`` in 0.16 and
+  ``get_write_results_queue(mp_mode="spawn")`` later; the getters create it only while it is None.
+- Async saving (:func:`async_save_request`): ``dist_checkpointing.save(..., async_sharded_save=True)``
+  returns an ``AsyncRequest`` (``strategies.async_utils``, a NamedTuple with ``async_fn`` and
+  ``finalize_fns``; scheduled by ``AsyncCallsQueue``, whose default ``TemporalAsyncCaller`` forks one
+  writer process per save). 0.19 adds ``async_strategy`` with default ``"nvrx"`` (needs
+  nvidia-resiliency-ext): we pass megatron-core's own, ``"mcore"``.
+- ``ChainedOptimizer.step()`` (what ``get_megatron_optimizer`` returns in 0.16-0.19) calls
+  ``self.prepare_grads()``, then ``self.get_grad_norm()``, then clips and calls
+  ``step_with_ready_grads()``: :func:`raise_on_nonfinite_grad_norm` checks the norm in between,
+  before anything is clipped or updated.
 - The null tokenizer (:func:`null_tokenizer_metadata`): 0.16 lists its library as ``"null"`` in
   ``megatron.core.tokenizers.megatron_tokenizer.TOKENIZER_LIBRARIES``; 0.17+ lists ``"null-text"`` in
   ``TEXT_LIBRARIES``. Up to 0.17 EOD is one past ``vocab_size``; 0.18+ counts EOD inside ``vocab_size``
@@ -56,7 +66,9 @@ names and call sites are the same in 0.16-0.19 (only the query's return differs,
 """
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 import os
 import typing
 
@@ -67,9 +79,10 @@ from megatron.core.datasets.gpt_dataset import _build_document_index as build_do
 from megatron.core.datasets.gpt_dataset import _build_shuffle_index as build_shuffle_index  # noqa: F401
 
 __all__ = ["QUERY_RETURNS_LENGTHS", "add_sequences", "add_sequences_from_file", "build_document_index",
-           "build_shuffle_index", "close_builder", "finalize_builder", "null_tokenizer_metadata", "pad_token_id", "route_cuda_rng_state",
-           "start_checkpoint_writer_helper", "write_raw_tokens", "megatron_lm_unsupported", "megatron_lm_pretrain",
-           "broadcast_batch_tp", "slice_batch_cp", "use_prebuilt_dataset_helpers", "escape_help_percents"]
+           "async_save_request", "broadcast_batch_tp", "build_shuffle_index", "close_builder", "escape_help_percents",
+           "finalize_builder", "megatron_lm_pretrain", "megatron_lm_unsupported", "null_tokenizer_metadata",
+           "pad_token_id", "raise_on_nonfinite_grad_norm", "route_cuda_rng_state", "slice_batch_cp",
+           "start_checkpoint_writer_helper", "use_prebuilt_dataset_helpers", "write_raw_tokens"]
 
 QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
     inspect.signature(GPTDataset._query_document_sample_shuffle_indices).return_annotation)) == 3
@@ -162,20 +175,73 @@ def close_builder(builder) -> None:
 
 
 def start_checkpoint_writer_helper() -> None:
-    """Start now the helper process that ``dist_checkpointing.save`` would start at its first save.
+    """Start now the helper process that ``dist_checkpointing.save`` would start at its first save,
+    set to die with this process (``megatron_ixt.distributed.exit_with_parent``: a trainer killed
+    with ``kill -9`` leaves no helper behind).
 
     megatron-core's ``torch_dist`` writer (``FileSystemWriterAsync``) collects results through a
-    ``multiprocessing`` Manager queue that is spawned lazily by the first save and cached in the
-    module (``filesystem_async._results_queue``) for every later save. Its getter is
-    ``_get_write_results_queue()`` in 0.16 and ``get_write_results_queue(mp_mode="spawn")`` in later
-    versions. A process spawned now inherits the caller's ignored signals (see
+    ``multiprocessing`` Manager queue (spawn context) cached in the module
+    (``filesystem_async._results_queue``) for every save; megatron's getter would start the Manager
+    lazily and with no initializer, so this starts it (once) and fills the cache. A process spawned
+    now also inherits the caller's ignored signals (see
     :class:`megatron_ixt.training.checkpoint.ExitSignalHandler`).
     """
+    import multiprocessing.managers
+
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    getter = getattr(filesystem_async, "get_write_results_queue", None) or \
-        filesystem_async._get_write_results_queue
-    getter()
+    from megatron_ixt.distributed import exit_with_parent
+
+    if filesystem_async._results_queue is None:
+        manager = multiprocessing.managers.SyncManager(ctx=multiprocessing.get_context("spawn"))
+        manager.start(initializer=exit_with_parent)
+        filesystem_async._results_queue = manager.Queue()  # the queue's proxy keeps the manager alive
+
+
+def async_save_request(state: dict, path: str):
+    """``dist_checkpointing.save(state, path)`` up to the point where the tensors are staged, returning
+    the ``AsyncRequest`` that writes them (to schedule on an ``AsyncCallsQueue``); its forked writer
+    dies with this process (``megatron_ixt.distributed.exit_with_parent``)."""
+    from megatron.core import dist_checkpointing
+
+    kwargs = {"async_sharded_save": True}
+    if "async_strategy" in inspect.signature(dist_checkpointing.save).parameters:
+        kwargs["async_strategy"] = "mcore"
+    request = dist_checkpointing.save(state, path, **kwargs)
+    if request.async_fn is None:
+        return request
+    return request._replace(async_fn=functools.partial(_die_with_parent_then, request.async_fn))
+
+
+def _die_with_parent_then(fn, *args, **kwargs):
+    from megatron_ixt.distributed import exit_with_parent
+
+    exit_with_parent()
+    return fn(*args, **kwargs)
+
+
+class NonFiniteGradNorm(FloatingPointError):
+    """The gradient norm of a step was NaN or Inf; ``args[0]`` is the norm. Nothing was updated."""
+
+
+def raise_on_nonfinite_grad_norm(optimizer) -> None:
+    """Make ``optimizer.step()`` raise :class:`NonFiniteGradNorm` right after it computed the global
+    gradient norm (a collective: every rank gets the same value and raises together), before any
+    clipping or parameter/optimizer-state update; the norm costs nothing extra."""
+    from megatron.core.optimizer import ChainedOptimizer
+
+    if not isinstance(optimizer, ChainedOptimizer):
+        raise TypeError(f"expected megatron-core's ChainedOptimizer, got {type(optimizer).__name__}: "
+                        f"megatron_ixt.mcore_private needs updating")
+    compute = optimizer.get_grad_norm
+
+    def get_grad_norm():
+        norm = compute()
+        if not math.isfinite(norm):
+            raise NonFiniteGradNorm(norm)
+        return norm
+
+    optimizer.get_grad_norm = get_grad_norm
 
 
 def pad_token_id(dataset: GPTDataset) -> int:

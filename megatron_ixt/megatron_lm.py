@@ -43,7 +43,7 @@ from megatron_ixt.data.provider import (
 from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_stem
 from megatron_ixt.evaluation import heldout
 from megatron_ixt.training import trainer
-from megatron_ixt.training.trainer import EXIT_RESUMABLE
+from megatron_ixt.cli import EXIT_RESUMABLE
 
 # Megatron-LM data modes whose batches this entry does not produce (flag -> Megatron-LM args attribute).
 UNSUPPORTED = {"--sft": "sft", "--mock-data": "mock_data", "--fim-data": "fim_data",

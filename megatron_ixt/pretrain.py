@@ -6,9 +6,11 @@ CUDA the same command runs on CPU with gloo. Flags: ``--help`` and docs/training
 
 Exit status: 0 finished (or stopped at ``--exit-interval``); 75 stopped early by SIGTERM
 (``--exit-signal-handler``) or ``--exit-duration-in-mins`` after saving a checkpoint, so a
-requeued job resumes with ``--load`` (``StopReason.exit_code``); 2 bad flags; 3 unusable
-``--load`` checkpoint (the table of every command: ``megatron_ixt.cli``). ``--import MODULE`` imports a
-module registering prefix kinds before the flags are read.
+requeued job resumes with ``--load`` (``StopReason.exit_code``); 65 stopped by a NaN/Inf loss or
+gradient norm (``--check-for-nan-in-loss-and-grad``; no checkpoint after the last finite iteration,
+not to be requeued as is); 2 bad flags; 3 unusable ``--load`` checkpoint (the table of every
+command: ``megatron_ixt.cli``). ``--import MODULE`` imports a module registering prefix kinds before
+the flags are read.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import List, Optional
 
 import torch
 
-from megatron_ixt.cli import EXIT_RESUMABLE, EXIT_USAGE, entry_point, failing_with
+from megatron_ixt.cli import EXIT_NONFINITE, EXIT_RESUMABLE, EXIT_USAGE, entry_point, failing_with
 from megatron_ixt.training.config import ConfigError, build_parser, check_data_paths, parse_args
 
 __all__ = ["build_parser", "main"]
@@ -35,9 +37,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         code = Trainer(cfg).train().exit_code
-        if code == EXIT_RESUMABLE:
-            # Every rank has saved; what is left is exiting. `srun --kill-on-bad-exit` SIGTERMs the
-            # other ranks as soon as the first one exits 75: they must still exit 75, not 143.
+        if code in (EXIT_RESUMABLE, EXIT_NONFINITE):
+            # Every rank has stopped together; what is left is exiting. `srun --kill-on-bad-exit`
+            # SIGTERMs the other ranks as soon as the first one exits: they must exit alike, not 143.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return code
     finally:

@@ -9,7 +9,11 @@ Layout under ``--save DIR``::
 A checkpoint holds the model (sharded, so it loads under any TP/PP layout), the optimizer,
 the LR scheduler, per-rank RNG states, the iteration and the number of consumed samples.
 The tracker file is written (atomically, by rank 0) only after every rank finished saving,
-so a crash mid-save leaves the previous checkpoint as the latest one.
+so a crash mid-save leaves the previous checkpoint as the latest one. With ``async_queue``
+(``--async-save``) the tensors are written by a forked process while training goes on, and the
+tracker moves in the request's finalization, which megatron-core runs only once the write is done
+on every rank. Retention (``keep_last``) runs right after the tracker moved and deletes only
+checkpoints older than the tracker's: never the tracker's own nor one still being written.
 
 Loading a directory without a tracker file, an unreadable tracker, a missing iteration
 directory or an unreadable checkpoint raises :class:`CheckpointError`: ``--load`` never
@@ -19,7 +23,10 @@ from __future__ import annotations
 
 import os
 import random
+import re
+import shutil
 import signal
+from functools import partial
 
 import numpy as np
 import torch
@@ -28,7 +35,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.cli import EXIT_CHECKPOINT
-from megatron_ixt.mcore_private import start_checkpoint_writer_helper
+from megatron_ixt.mcore_private import async_save_request, start_checkpoint_writer_helper
 from megatron_ixt.training.run_contract import TRACKER_FILE
 
 CHECKPOINT_VERSION = 1
@@ -110,8 +117,12 @@ def _parallel_layout() -> dict:
 
 
 def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
-                    consumed_samples: int, config: dict) -> str:
-    """Save a checkpoint of ``iteration`` under ``root`` (collective: every rank calls it)."""
+                    consumed_samples: int, config: dict, *, keep_last: int = 0, async_queue=None) -> str:
+    """Save a checkpoint of ``iteration`` under ``root`` (collective: every rank calls it), then
+    move the tracker and keep the newest ``keep_last`` checkpoints (0: all). With ``async_queue``
+    (megatron-core's ``AsyncCallsQueue``) only the staging happens here: the write is scheduled on
+    the queue and the tracker moves when the queue finalizes it."""
+    start_checkpoint_writer_helper()
     path = iteration_dir(root, iteration)
     if dist.get_rank() == 0:
         os.makedirs(path, exist_ok=True)
@@ -128,15 +139,42 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler,
         "checkpoint_version": CHECKPOINT_VERSION,
         "config": config,
     }
+    if async_queue is not None:
+        request = async_save_request(state, path)
+        request.add_finalize_fn(partial(_commit, root, iteration, keep_last))
+        async_queue.schedule_async_request(request)
+        return path
     dist_checkpointing.save(state, path)
     dist.barrier()
+    _commit(root, iteration, keep_last)
+    return path
+
+
+def _commit(root: str, iteration: int, keep_last: int) -> None:
+    """After every rank wrote ``iteration``: rank 0 moves the tracker to it, then deletes what
+    ``keep_last`` does not keep (:func:`prune_checkpoints`). Collective."""
     if dist.get_rank() == 0:
         tracker = os.path.join(root, TRACKER_FILE)
         with open(tracker + ".tmp", "w", encoding="utf-8") as f:
             f.write(str(iteration))
         os.replace(tracker + ".tmp", tracker)
+        print(f"saved checkpoint {iteration_dir(root, iteration)}", flush=True)
+        if keep_last:
+            prune_checkpoints(root, keep_last)
     dist.barrier()
-    return path
+
+
+def prune_checkpoints(root: str, keep_last: int) -> list:
+    """Delete ``root``'s checkpoints older than the newest ``keep_last`` ones up to the tracker's
+    iteration; returns the deleted iterations. Checkpoints newer than the tracker's (being written,
+    or left incomplete by a crash and rewritten after the resume) are never touched."""
+    latest = read_latest_iteration(root)
+    older = sorted((int(m.group(1)) for m in map(re.compile(r"iter_(\d{7,})$").match, os.listdir(root))
+                    if m and int(m.group(1)) < latest), reverse=True)
+    deleted = older[keep_last - 1:]
+    for iteration in deleted:
+        shutil.rmtree(iteration_dir(root, iteration))
+    return deleted
 
 
 def read_config(root: str, iteration: int | None = None) -> dict:

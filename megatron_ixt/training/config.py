@@ -70,6 +70,9 @@ class ParallelConfig:
     overlap_grad_reduce: bool = arg(False, "overlap the gradient all-reduce with the backward pass (CUDA only)")
     distributed_backend: Optional[str] = arg(
         None, "torch.distributed backend (default: nccl with CUDA, gloo without)", choices=("nccl", "gloo"))
+    distributed_timeout_minutes: int = arg(
+        10, "timeout of every collective: a rank that waits this long on a dead or hung peer fails with "
+        "the process group's error instead of hanging")
 
 
 @dataclass
@@ -118,6 +121,12 @@ class TrainConfig:
     seed: int = arg(1234, "random seed (model init, dropout, dataset shuffling)")
     bf16: bool = arg(False, "bf16 parameters and compute (fp32 gradient reduction and optimizer state)")
     use_cpu_initialization: bool = arg(False, "initialise weights on the CPU (always on without CUDA)")
+    check_for_nan_in_loss_and_grad: bool = arg(
+        True, "stop every rank (exit 65, no checkpoint of the bad iteration) when the loss or the gradient "
+        "norm of an iteration is NaN or Inf")
+    skip_nonfinite_iters: int = arg(
+        0, "with the NaN/Inf check: skip up to this many non-finite iterations of a launch (no update, "
+        "learning-rate schedule not advanced, batch consumed) before stopping")
 
 
 @dataclass
@@ -127,6 +136,11 @@ class LoggingConfig:
     metrics_file: Optional[str] = arg(None, "metrics JSONL file (default: <save>/metrics.jsonl)")
     peak_tflops_per_device: Optional[float] = arg(
         None, "dense bf16 peak TFLOP/s of one device, for MFU (default: looked up by GPU name)")
+    wandb_project: Optional[str] = arg(
+        None, "also log the metric records to this W&B project (needs the wandb package; rank 0 only; a W&B "
+        "error prints a warning and never stops training)")
+    wandb_exp_name: Optional[str] = arg(None, "W&B run name (default: W&B's)")
+    wandb_save_dir: Optional[str] = arg(None, "W&B's local run directory (default: <save>/wandb, else ./wandb)")
 
 
 @dataclass
@@ -147,6 +161,13 @@ class CheckpointConfig:
     finetune: bool = arg(False, "with --load: load model weights only and start at iteration 0")
     no_load_optim: bool = arg(False, "with --load: do not restore the optimizer and scheduler state")
     no_load_rng: bool = arg(False, "with --load: do not restore the RNG states")
+    async_save: bool = arg(
+        False, "write checkpoints in a background process while training goes on (megatron-core's async "
+        "dist_checkpointing); the tracker moves once every rank finished writing; the next save, a stop "
+        "and the end of the run wait for it")
+    ckpt_keep_last: int = arg(
+        0, "after each save, delete all but the newest N complete checkpoints (0: keep all); never the "
+        "one the tracker names nor one being written")
 
 
 @dataclass
@@ -252,6 +273,8 @@ def finalize(cfg: Config, world_size: int, cuda: bool) -> Config:
         cfg.optim.lr_decay_iters = t.train_iters
     if cfg.logging.metrics_file is None and cfg.checkpoint.save:
         cfg.logging.metrics_file = cfg.checkpoint.save.rstrip("/") + "/metrics.jsonl"
+    if cfg.logging.wandb_project and cfg.logging.wandb_save_dir is None:
+        cfg.logging.wandb_save_dir = os.path.join(cfg.checkpoint.save or ".", "wandb")
     validate(cfg, world_size=world_size, cuda=cuda)
     return cfg
 
@@ -342,6 +365,11 @@ def validate(cfg: Config, world_size: int, cuda: bool) -> None:
     need(not c.exit_signal_handler or c.save is not None,
          "--exit-signal-handler saves a checkpoint on SIGTERM: give --save DIR")
     need(not c.finetune or c.load is not None, "--finetune needs --load DIR")
+    need(c.ckpt_keep_last >= 0, "--ckpt-keep-last must be >= 0 (0 keeps every checkpoint)")
+    need(t.skip_nonfinite_iters >= 0, "--skip-nonfinite-iters must be >= 0")
+    need(t.skip_nonfinite_iters == 0 or t.check_for_nan_in_loss_and_grad,
+         "--skip-nonfinite-iters needs the NaN/Inf check: drop --no-check-for-nan-in-loss-and-grad")
+    need(p.distributed_timeout_minutes >= 1, "--distributed-timeout-minutes must be >= 1")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 

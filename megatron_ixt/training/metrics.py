@@ -1,4 +1,4 @@
-"""Metric sinks: stdout, a metrics JSONL file, TensorBoard. Only the writing rank creates one.
+"""Metric sinks: stdout, a metrics JSONL file, TensorBoard, W&B. Only the writing rank creates one.
 
 Metrics JSONL (format ``megatron-ixt-metrics``, version 1), one JSON object per line,
 appended (a resumed run continues the same file):
@@ -8,7 +8,9 @@ appended (a resumed run continues the same file):
 * ``{"kind": "train", "iteration": int, "consumed_samples": int, "consumed_tokens": int,
   "lr": float, "loss": float, "doc_loss": float, "prefix_loss": float|null,
   "grad_norm": float, "tokens_per_s": float, "tflops_per_device": float, "mfu": float|null,
-  "cumulative_flops": float, "time": unix_s}`` every ``--log-interval`` iterations;
+  "cumulative_flops": float, "skipped_iters": int, "time": unix_s}`` every ``--log-interval``
+  iterations (``skipped_iters``: non-finite iterations of the window skipped by
+  ``--skip-nonfinite-iters``; their loss is not in the window's means);
 * ``{"kind": "eval", "iteration": int, "consumed_tokens": int, "cumulative_flops": float,
   "<conditioning>/doc_loss": float, ...}`` every ``--eval-interval`` iterations, one key per
   conditioning of ``megatron_ixt.data.provider.conditioning_configs``: ``prefix/doc_loss`` (each
@@ -16,6 +18,11 @@ appended (a resumed run continues the same file):
   document under the shard set's steering prefix; only when ``P_ixt.json`` has one), plus
   ``prefix/prefix_loss`` (loss on the prefix tokens themselves); the baseline arm
   (``--ixt-prefix-kind none``) logs only ``none/doc_loss``.
+
+W&B (``--wandb-project``; the optional ``wandb`` package) gets the same records: the header's
+config and world size as the run config, every train and eval record as ``<kind>/<key>`` at step
+``iteration``. A W&B error (import, login, network) prints one warning and turns the W&B sink off;
+training and the other sinks go on.
 
 Losses are mean nats per token. ``loss`` is the optimised objective (mean over the loss mask);
 ``doc_loss`` is over document tokens only, ``prefix_loss`` over feedback-prefix tokens.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Optional
 
@@ -38,14 +46,51 @@ def _clean(value):
     return value
 
 
+class WandbSink:
+    """One W&B run (``wandb.init(project, name, dir)``) fed the metric records; any W&B exception
+    prints a warning and disables the sink (it never stops training)."""
+
+    def __init__(self, project: str, name: Optional[str], save_dir: str):
+        self.project, self.name, self.save_dir = project, name, save_dir
+        self._run = None
+
+    def header(self, record: dict) -> None:
+        def start():
+            import wandb
+
+            os.makedirs(self.save_dir, exist_ok=True)
+            self._run = wandb.init(project=self.project, name=self.name, dir=self.save_dir,
+                                   config={"world_size": record["world_size"], **record["config"]})
+        self._guard(start)
+
+    def log(self, record: dict) -> None:
+        if self._run is not None:
+            values = {f"{record['kind']}/{k}": v for k, v in record.items()
+                      if k not in ("kind", "iteration", "time") and v is not None}
+            self._guard(lambda: self._run.log(values, step=record["iteration"]))
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._guard(self._run.finish)
+
+    def _guard(self, call) -> None:
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - whatever W&B raises, training goes on
+            print(f"warning: W&B logging disabled ({type(e).__name__}: {e}); the metrics JSONL and "
+                  f"TensorBoard go on", file=sys.stderr, flush=True)
+            self._run = None
+
+
 class MetricsWriter:
-    """Writes metric records to stdout, a JSONL file and (optionally) TensorBoard."""
+    """Writes metric records to stdout, a JSONL file and (optionally) TensorBoard and W&B."""
 
     def __init__(self, jsonl_path: Optional[str], tensorboard_dir: Optional[str] = None,
-                 stdout: bool = True):
+                 stdout: bool = True, wandb: Optional[WandbSink] = None):
         self.stdout = stdout
         self._file = None
         self._tb = None
+        self._wandb = wandb
         if jsonl_path:
             os.makedirs(os.path.dirname(os.path.abspath(jsonl_path)), exist_ok=True)
             self._file = open(jsonl_path, "a", encoding="utf-8")
@@ -55,8 +100,11 @@ class MetricsWriter:
             self._tb = SummaryWriter(log_dir=tensorboard_dir)
 
     def header(self, config: dict, world_size: int) -> None:
-        self._write({"kind": "header", "format": METRICS_FORMAT, "version": METRICS_VERSION,
-                     "time": time.time(), "world_size": world_size, "config": config})
+        record = {"kind": "header", "format": METRICS_FORMAT, "version": METRICS_VERSION,
+                  "time": time.time(), "world_size": world_size, "config": config}
+        self._write(record)
+        if self._wandb is not None:
+            self._wandb.header(record)
 
     def log(self, kind: str, record: dict) -> None:
         """``kind`` is 'train' or 'eval'; ``record`` must hold 'iteration'."""
@@ -70,6 +118,8 @@ class MetricsWriter:
                 if key not in ("kind", "iteration", "time") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{kind}/{key}", value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(record)
 
     def _write(self, record: dict) -> None:
         if self._file is not None:
@@ -81,6 +131,8 @@ class MetricsWriter:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
 
 
 def _format_line(record: dict) -> str:

@@ -20,6 +20,7 @@ exactly the next sample.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from functools import partial
 from typing import Callable, Dict, Iterator, List, Optional
@@ -27,18 +28,20 @@ from typing import Callable, Dict, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron_ixt.cli import EXIT_RESUMABLE
+from megatron_ixt.cli import EXIT_NONFINITE, EXIT_RESUMABLE
 from megatron_ixt.evaluation import heldout
 from megatron_ixt.distributed import init_distributed, set_seed
+from megatron_ixt.mcore_private import NonFiniteGradNorm, raise_on_nonfinite_grad_norm
 from megatron_ixt.model import padded_vocab_size, training_model, transformer_config
 from megatron_ixt.tokenizer import build_tokenizer
 from megatron_ixt.training import checkpoint as ckpt
 from megatron_ixt.training.config import CheckpointConfig, Config, data_parallel_size
 from megatron_ixt.training.data import build_datasets
 from megatron_ixt.training.flops import mfu, peak_tflops, training_flops_per_iteration
-from megatron_ixt.training.metrics import MetricsWriter
+from megatron_ixt.training.metrics import MetricsWriter, WandbSink
 from megatron_ixt.training.optimizer import build_optimizer
 
 
@@ -53,10 +56,14 @@ class StopReason(enum.Enum):
     EXIT_INTERVAL = "exit_interval"  # --exit-interval: a planned stop
     SIGNAL = "signal"  # SIGTERM with --exit-signal-handler (preemption, time limit)
     DURATION = "duration"  # --exit-duration-in-mins
+    NONFINITE = "nonfinite"  # --check-for-nan-in-loss-and-grad: a NaN/Inf loss or gradient norm
 
     @property
     def exit_code(self) -> int:
-        """0 for a finished run or a planned stop; 75 (resumable with ``--load``) otherwise."""
+        """0 for a finished run or a planned stop; 75 (resumable with ``--load``) after a signal or
+        the duration limit; 65 after a non-finite loss or gradient norm (nothing saved after it)."""
+        if self is StopReason.NONFINITE:
+            return EXIT_NONFINITE
         return EXIT_RESUMABLE if self in (StopReason.SIGNAL, StopReason.DURATION) else 0
 
     def describe(self, c: CheckpointConfig) -> str:
@@ -64,7 +71,9 @@ class StopReason(enum.Enum):
         return {StopReason.FINISHED: "finished",
                 StopReason.EXIT_INTERVAL: f"--exit-interval {c.exit_interval}",
                 StopReason.SIGNAL: "received SIGTERM",
-                StopReason.DURATION: f"--exit-duration-in-mins {c.exit_duration_in_mins}"}[self]
+                StopReason.DURATION: f"--exit-duration-in-mins {c.exit_duration_in_mins}",
+                StopReason.NONFINITE: "non-finite loss or gradient norm (--check-for-nan-in-loss-and-grad); "
+                                      "no checkpoint saved after the last finite iteration"}[self]
 
 
 class MicroBatches:
@@ -119,7 +128,8 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         p, t = cfg.parallel, cfg.train
-        init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.distributed_backend)
+        init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.distributed_backend,
+                         p.distributed_timeout_minutes)
         set_seed(t.seed)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
@@ -134,6 +144,9 @@ class Trainer:
         self.config = transformer_config(cfg)
         self.model = training_model(cfg, self.config, self.vocab_size)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.config, self.model)
+        if t.check_for_nan_in_loss_and_grad:
+            raise_on_nonfinite_grad_norm(self.optimizer)
+        self.skipped_iters = 0  # non-finite iterations skipped in this launch (--skip-nonfinite-iters)
         self.forward_backward = get_forward_backward_func()
 
         self.iteration, self.consumed_samples = 0, 0
@@ -149,11 +162,14 @@ class Trainer:
         self.flops_per_iteration = training_flops_per_iteration(cfg.model, self.vocab_size, t.global_batch_size)
         self.peak = cfg.logging.peak_tflops_per_device or (
             peak_tflops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None)
-        self.writer = MetricsWriter(cfg.logging.metrics_file, cfg.logging.tensorboard_dir) \
+        lg = cfg.logging
+        self.writer = MetricsWriter(lg.metrics_file, lg.tensorboard_dir, wandb=WandbSink(
+            lg.wandb_project, lg.wandb_exp_name, lg.wandb_save_dir) if lg.wandb_project else None) \
             if self.rank == 0 else None
         if self.writer:
             self.writer.header(cfg.to_dict(), self.world_size)
         self.signal_handler = ckpt.ExitSignalHandler() if cfg.checkpoint.exit_signal_handler else None
+        self.async_saves = AsyncCallsQueue() if cfg.checkpoint.async_save else None
         self.start_time = time.time()
 
     def _stream(self, dataset, first_sample: int) -> MicroBatches:
@@ -169,24 +185,51 @@ class Trainer:
             micro_batch_size=self.cfg.train.micro_batch_size, decoder_seq_length=m.seq_length,
             forward_only=forward_only)
 
-    def _reduce_reports(self, reports: List[dict]) -> torch.Tensor:
-        """[len(LOSS_KEYS), 2] (loss sum, token count), summed over micro-batches, DP and PP."""
+    def _reduce_reports(self, reports: List[dict]) -> tuple:
+        """(this rank's loss sum, totals): totals is [len(LOSS_KEYS), 2] (loss sum, token count),
+        summed over micro-batches, DP and PP."""
         totals = torch.zeros(len(LOSS_KEYS), 2, dtype=torch.float64, device=self.device)
         for report in reports:
             totals += torch.stack([report[k].to(totals) for k in LOSS_KEYS])
+        local_loss = totals[0, 0].clone()
         dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
         dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
-        return totals
+        return local_loss, totals
 
     def train_step(self, data_iterator) -> dict:
-        """One optimizer step over a global batch; returns loss sums and the grad norm."""
+        """One optimizer step over a global batch; returns the loss sums, the grad norm and
+        ``nonfinite``: None, or (with --check-for-nan-in-loss-and-grad) a description of the NaN/Inf
+        loss or gradient norm found, in which case nothing was updated.
+
+        Both checks read values every rank already holds after the step's own reductions (the loss
+        totals, the global gradient norm), so every rank decides alike with no extra collective."""
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         reports = self._run_schedule(data_iterator, forward_only=False)
-        _, grad_norm, _ = self.optimizer.step()[:3]
+        local_loss, totals = self._reduce_reports(reports)
+        out = {"totals": totals, "grad_norm": None, "nonfinite": None}
+        if self.cfg.train.check_for_nan_in_loss_and_grad and not math.isfinite(totals[0, 0].item()):
+            out["nonfinite"] = self._nonfinite_ranks("loss", totals[0, 0].item(),
+                                                     not math.isfinite(local_loss.item()))
+            return out
+        try:
+            _, out["grad_norm"], _ = self.optimizer.step()[:3]
+        except NonFiniteGradNorm as e:
+            out["nonfinite"] = self._nonfinite_ranks("gradient norm", e.args[0], not all(
+                bool(torch.isfinite(p.main_grad).all()) for p in self.model.parameters() if p.requires_grad))
+            return out
         self.scheduler.step(increment=1)
-        return {"totals": self._reduce_reports(reports), "grad_norm": grad_norm}
+        return out
+
+    def _nonfinite_ranks(self, what: str, value: float, here: bool) -> str:
+        """'non-finite loss (nan) on rank(s) 0, 1' (collective, only after a NaN/Inf): the ranks
+        whose own loss, or own (data-parallel reduced) gradients, were non-finite."""
+        flags = [None] * self.world_size
+        dist.all_gather_object(flags, here)
+        ranks = ", ".join(str(r) for r, bad in enumerate(flags) if bad) or "none alone"
+        source = "own micro-batches" if what == "loss" else "gradients"
+        return f"non-finite {what} ({value}); rank(s) with a non-finite value in their {source}: {ranks}"
 
     def evaluate(self) -> dict:
         """Mean document-token loss per conditioning over the first ``--eval-iters`` global batches
@@ -208,16 +251,31 @@ class Trainer:
         stream = self._stream(self.train_ds, self.consumed_samples)
         window = torch.zeros(len(LOSS_KEYS), 2, dtype=torch.float64, device=self.device)
         window_iters, window_time = 0, 0.0  # train-step wall time only (no eval/checkpoint time)
+        window_skipped = 0
         last_saved = self.iteration if cfg.checkpoint.load else None
         reason = StopReason.FINISHED
         while self.iteration < t.train_iters:
+            if self.async_saves is not None and self.async_saves.get_num_unfinalized_calls():
+                self.async_saves.maybe_finalize_async_calls(blocking=False)  # collective: moves the tracker
             start = time.time()
             out = self.train_step(stream)
             window_time += time.time() - start
             self.iteration += 1
             self.consumed_samples += t.global_batch_size
-            window += out["totals"]
             window_iters += 1
+            if out["nonfinite"] is not None:
+                self.skipped_iters += 1
+                if self.skipped_iters > t.skip_nonfinite_iters:
+                    reason = StopReason.NONFINITE
+                    self._print(f"iteration {self.iteration}: {out['nonfinite']}; stopping (exit "
+                                f"{reason.exit_code}), --skip-nonfinite-iters {t.skip_nonfinite_iters} "
+                                f"used up")
+                    break
+                window_skipped += 1
+                self._print(f"iteration {self.iteration}: {out['nonfinite']}; skipped, no update "
+                            f"({self.skipped_iters} of --skip-nonfinite-iters {t.skip_nonfinite_iters})")
+            else:
+                window += out["totals"]
             if self.iteration % cfg.logging.log_interval == 0 or self.iteration == t.train_iters:
                 tflops = self.flops_per_iteration * window_iters / window_time / self.world_size / 1e12
                 self._log("train", {
@@ -230,9 +288,10 @@ class Trainer:
                     "tokens_per_s": tokens_per_iteration * window_iters / window_time,
                     "tflops_per_device": tflops, "mfu": mfu(tflops, self.peak),
                     "cumulative_flops": self.flops_per_iteration * self.iteration,
+                    "skipped_iters": window_skipped,
                 })
                 window.zero_()
-                window_iters, window_time = 0, 0.0
+                window_iters, window_time, window_skipped = 0, 0.0, 0
             if self.valid_ds and cfg.eval.eval_iters and self.iteration % cfg.eval.eval_interval == 0:
                 self._log("eval", {"consumed_tokens": self.consumed_samples * cfg.model.seq_length,
                                    "cumulative_flops": self.flops_per_iteration * self.iteration,
@@ -246,16 +305,25 @@ class Trainer:
                 reason = stop
                 self._print(f"exiting at iteration {self.iteration}: {reason.describe(cfg.checkpoint)}")
                 break
-        if cfg.checkpoint.save and last_saved != self.iteration:
+        if cfg.checkpoint.save and last_saved != self.iteration and reason is not StopReason.NONFINITE:
             self.save()
+        if self.async_saves is not None:
+            self.async_saves.close()  # waits for the last save, which moves the tracker
         if self.writer:
             self.writer.close()
         return reason
 
     def save(self) -> None:
-        path = ckpt.save_checkpoint(self.cfg.checkpoint.save, self.iteration, self.model, self.optimizer,
-                                    self.scheduler, self.consumed_samples, self.cfg.to_dict())
-        self._print(f"saved checkpoint {path}")
+        """Save this iteration (``saved checkpoint PATH`` is printed once the tracker moved); with
+        --async-save, after waiting for the previous save, and in the background."""
+        c = self.cfg.checkpoint
+        if self.async_saves is not None:
+            self.async_saves.maybe_finalize_async_calls(blocking=True)
+        path = ckpt.save_checkpoint(c.save, self.iteration, self.model, self.optimizer, self.scheduler,
+                                    self.consumed_samples, self.cfg.to_dict(), keep_last=c.ckpt_keep_last,
+                                    async_queue=self.async_saves)
+        if self.async_saves is not None:
+            self._print(f"saving checkpoint {path} in the background")
 
     def _stop_reason(self) -> Optional[StopReason]:
         """Why to stop after this iteration (None: go on); collective when it reads a signal or the clock."""

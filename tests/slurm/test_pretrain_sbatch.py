@@ -5,7 +5,7 @@ the script's MODEL_ARGS variable. What a user relies on: ``scancel --signal=TERM
 ``--signal=TERM@300`` and preemption do: every process of the step gets it) gives a checkpoint, exit
 75 and the script's ``scontrol requeue``; the requeued job resumes and its losses equal an
 uninterrupted run's; a job killed without warning resumes, when resubmitted, from the last complete
-checkpoint.
+checkpoint; a diverging job (``--lr 1e4``) exits 65 and is not requeued.
 """
 import os
 import re
@@ -26,11 +26,11 @@ JOB_TIMEOUT = 420
 pytestmark = pytest.mark.slow
 
 
-def _submit(slurm, shards, work: str) -> str:
+def _submit(slurm, shards, work: str, extra: str = "") -> str:
     env = job_env(DATA=text_store_path(shards.prefix), TOKENIZER_MODEL=shards.tokenizer_model,
                   MODEL_ARGS=os.path.join(REPO, "tests", "slurm", "tiny_cpu.args"),
                   ARM_ARGS=os.path.join(REPO, "examples", "configs", "ixt.args"),
-                  CKPT=os.path.join(work, "ckpt"), TP="2", EXTRA_ARGS=f"--train-iters {ITERS}")
+                  CKPT=os.path.join(work, "ckpt"), TP="2", EXTRA_ARGS=f"--train-iters {ITERS} {extra}")
     return slurm.sbatch(SCRIPT, CPU_ARGS, env, cwd=work)
 
 
@@ -152,3 +152,16 @@ def test_unknown_trainer_is_refused(slurm, tmp_path_factory):
                                                  TRAINER="bogus", DRY_RUN="1"), cwd=work)
     [record] = slurm.wait_done(job, JOB_TIMEOUT)
     assert record["ExitCode"] == "2:0" and "TRAINER=bogus: use ixt or megatron-lm" in _log(work, job)
+
+
+def test_a_diverging_job_exits_65_and_is_not_requeued(slurm, ixt_shard_set, tmp_path_factory):
+    work = workdir(tmp_path_factory, "pretrain_diverge")
+    job = _submit(slurm, ixt_shard_set, work, extra="--lr 1e4")
+    [record] = slurm.wait_done(job, JOB_TIMEOUT)
+    log = _log(work, job)
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("FAILED", "65:0", "0"), \
+        f"{record}\n{log[-4000:]}"
+    stop = re.search(r"iteration (\d+): non-finite (loss|gradient norm) .*; stopping \(exit 65\)", log)
+    assert stop and f"not requeueing job {job}" in log and "requeueing job" not in log.replace("not requeueing", ""), \
+        log[-4000:]
+    assert _tracker(work) < int(stop.group(1))  # nothing saved from the non-finite iteration on

@@ -9,7 +9,7 @@ import pytest
 
 from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 from megatron_ixt.distributed import free_port
-from megatron_ixt.training.checkpoint import CheckpointError, read_latest_iteration
+from megatron_ixt.training.checkpoint import CheckpointError, iteration_dir, prune_checkpoints, read_latest_iteration
 
 
 @pytest.mark.slow
@@ -125,3 +125,13 @@ def test_prefix_cooldown_switches_at_its_iteration_and_resumes_exactly(synth_dat
         assert sorted({r["iteration"] for r in evals}) == [2, 4, 6]
         for record in evals:  # every conditioning is evaluated on both sides of the switch
             assert {"prefix/doc_loss", "none/doc_loss", "steering/doc_loss"} <= set(record), record
+
+
+def test_retention_keeps_the_newest_up_to_the_tracker_and_never_newer_ones(tmp_path):
+    for it in (2, 4, 6, 8, 12345678):
+        os.makedirs(iteration_dir(str(tmp_path), it))
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("6")  # 8 and 12345678: being written / stale
+    assert prune_checkpoints(str(tmp_path), 2) == [2]
+    assert prune_checkpoints(str(tmp_path), 1) == [4]
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000006", "iter_0000008", "iter_12345678",
+                                            "latest_checkpointed_iteration.txt"]

@@ -79,3 +79,18 @@ def test_data_paths_must_exist(tmp_path):
     assert f"--data-path: {b}.idx not found" in str(err.value)
     with pytest.raises(ConfigError, match="0.5.bin/.idx not found"):  # a weight without its path
         check_data_paths(parse_args(BASE + ["--data-path", "0.5", a, "0.5"]))
+
+
+def test_long_run_flags_defaults_and_validation():
+    cfg = parse_args(BASE)
+    assert cfg.train.check_for_nan_in_loss_and_grad is True and cfg.train.skip_nonfinite_iters == 0
+    assert cfg.parallel.distributed_timeout_minutes == 10
+    assert (cfg.checkpoint.async_save, cfg.checkpoint.ckpt_keep_last, cfg.logging.wandb_project) == (False, 0, None)
+    cfg = parse_args(BASE + ["--no-check-for-nan-in-loss-and-grad", "--save", "/ckpt", "--async-save",
+                             "--ckpt-keep-last", "3", "--wandb-project", "p", "--distributed-timeout-minutes", "2"])
+    assert cfg.train.check_for_nan_in_loss_and_grad is False and cfg.checkpoint.ckpt_keep_last == 3
+    assert cfg.logging.wandb_save_dir == "/ckpt/wandb" and cfg.parallel.distributed_timeout_minutes == 2
+    with pytest.raises(ConfigError, match="--skip-nonfinite-iters needs the NaN/Inf check") as e:
+        parse_args(BASE + ["--no-check-for-nan-in-loss-and-grad", "--skip-nonfinite-iters", "2",
+                           "--ckpt-keep-last", "-1"])
+    assert "--ckpt-keep-last must be >= 0" in str(e.value)
