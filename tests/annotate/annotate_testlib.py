@@ -19,6 +19,15 @@ def read_jsonl(path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def count_lines(path) -> int:
+    """Lines of a file being written (0 while it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")

@@ -12,19 +12,11 @@ import sys
 import time
 
 import pytest
-from annotate_testlib import REPO, read_jsonl, subprocess_env, write_jsonl
+from annotate_testlib import REPO, count_lines, read_jsonl, subprocess_env, write_jsonl
 
 from annotate.cli import main
 from annotate.runner import document_id
 from tests.helpers.fineweb import fineweb_rows, write_parquet
-
-
-def _lines(path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 def fineweb_shard(path, n: int, start: int) -> list[dict]:
@@ -53,7 +45,8 @@ def test_parquet_shards_killed_and_resumed_exactly_once(standin, tmp_path):
         proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if sum(_lines(out / f"{s}.jsonl.partial") + _lines(out / f"{s}.jsonl") for s in shards) >= threshold:
+            done = sum(count_lines(out / f"{s}.jsonl.partial") + count_lines(out / f"{s}.jsonl") for s in shards)
+            if done >= threshold:
                 break
             time.sleep(0.005)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]

@@ -9,17 +9,9 @@ import sys
 import time
 
 import pytest
-from annotate_testlib import REPO, read_jsonl, subprocess_env, write_jsonl
+from annotate_testlib import REPO, count_lines, read_jsonl, subprocess_env, write_jsonl
 
 from annotate.store import ShardStats, ShardWriter
-
-
-def _count_lines(path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 @pytest.mark.slow
@@ -36,7 +28,7 @@ def test_sigkill_at_random_points_then_resume(standin, tmp_path):
         proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            done = sum(_count_lines(out / f"part{k}.jsonl.partial") + _count_lines(out / f"part{k}.jsonl") for k in range(2))
+            done = sum(count_lines(out / f"part{k}.jsonl.partial") + count_lines(out / f"part{k}.jsonl") for k in range(2))
             if done >= threshold:
                 break
             time.sleep(0.005)
@@ -97,14 +89,14 @@ def test_sigterm_saves_and_exits_143(standin, tmp_path):
            "--concurrency", "4", "--log-interval", "60"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while _count_lines(out / "d.jsonl.partial") < 20 and time.monotonic() < deadline:
+    while count_lines(out / "d.jsonl.partial") < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=30)[1].decode()
     assert proc.returncode == 143, err[-2000:]
     assert "rerun the same command to resume" in err
     assert json.load(open(out / "d.stats.json"))["state"] == "interrupted"
-    saved = _count_lines(out / "d.jsonl.partial")
+    saved = count_lines(out / "d.jsonl.partial")
     assert 20 <= saved < 300
     final = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert final.returncode == 0, final.stderr[-2000:]

@@ -10,7 +10,6 @@ import re
 import make_corpus  # examples/data/make_corpus.py (pytest.ini's pythonpath)
 import pytest
 
-from megatron_ixt.data import shards
 from tests.helpers.fineweb import fineweb_rows, jsonl_records, write_parquet
 from tools.preprocess_ixt import main
 
