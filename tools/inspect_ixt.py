@@ -4,7 +4,8 @@
     python tools/inspect_ixt.py out/corpus --document 0 17 --tokenizer-model tok.model --record
 
 Without ``--tokenizer-model`` (SentencePiece/HuggingFace sets) token ids are shown instead of text.
-``--record`` also prints the document's ``ixt`` block from its source JSONL line, when that file
+``--record`` also prints the document's ``ixt`` block from its source record (a JSONL line or a parquet
+row), when that file
 is still where it was preprocessed.
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ import make_corpus  # examples/data/make_corpus.py (pytest.ini's pythonpath)
 import pytest
 
 from tests.helpers.fineweb import fineweb_rows, jsonl_records, write_parquet
+from tools import inspect_ixt
 from tools.preprocess_ixt import main
 
 
@@ -54,6 +55,13 @@ def test_parquet_and_jsonl_give_the_same_shard_set(tmp_path, fineweb, sp_model, 
         assert meta["counts"]["input_bytes"] > 0
         del meta["inputs"], meta["counts"]["input_bytes"]
         assert meta == expected_meta  # nothing else differs
+    i = next(k for k, row in enumerate(rows) if (row.get("ixt") or {}).get("status") == "ok" and k > 19)
+    assert inspect_ixt.main([str(tmp_path / "p2"), "-i", str(i - 1), "--record"]) == 0  # row 20 was dropped
+    block = capsys.readouterr().out.split(f"document {i - 1} of")[1]
+    assert f"from {parquet}:{i + 1}" in block  # its source row, read back from the parquet file
+    printed = json.loads(block.split("record ixt: ")[1].splitlines()[0])
+    assert {k: v for k, v in printed.items() if v is not None} == {k: v for k, v in rows[i]["ixt"].items()
+                                                                  if v is not None}
 
 
 def test_text_column_by_name_and_checked_before_reading(tmp_path, fineweb, sp_model, capsys):
