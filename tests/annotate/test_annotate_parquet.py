@@ -6,13 +6,11 @@ import collections
 import datetime
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from annotate_testlib import REPO, count_lines, read_jsonl, subprocess_env, write_jsonl
+from annotate_testlib import REPO, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 
 from annotate.cli import main
 from annotate.runner import document_id
@@ -42,16 +40,7 @@ def test_parquet_shards_killed_and_resumed_exactly_once(standin, tmp_path):
     cmd = [sys.executable, "-m", "annotate", "run", "--input", str(tmp_path / "fw-*.parquet"), "--output", str(out),
            "--url", server.url, "--concurrency", "8", "--fsync-interval", "0.05", "--log-interval", "0.2"]
     for threshold in (0, 40, 170):  # records already in the outputs when we pull the plug
-        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = sum(count_lines(out / f"{s}.jsonl.partial") + count_lines(out / f"{s}.jsonl") for s in shards)
-            if done >= threshold:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        sigkill_when(cmd, out, shards, threshold)
     final = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr[-3000:]
     for stem, rows in shards.items():

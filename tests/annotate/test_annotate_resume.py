@@ -2,14 +2,13 @@
 rerun the same command, and check every input id appears exactly once."""
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from annotate_testlib import REPO, count_lines, read_jsonl, subprocess_env, write_jsonl
+from annotate_testlib import REPO, count_lines, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 
 from annotate.store import ShardStats, ShardWriter
 
@@ -25,16 +24,7 @@ def test_sigkill_at_random_points_then_resume(standin, tmp_path):
            "--url", server.url, "--concurrency", str(concurrency), "--fsync-interval", "0.05", "--log-interval", "0.2"]
     kills = 0
     for threshold in (0, 40, 130, 200, 330):  # lines already in the partial outputs when we pull the plug
-        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = sum(count_lines(out / f"part{k}.jsonl.partial") + count_lines(out / f"part{k}.jsonl") for k in range(2))
-            if done >= threshold:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        sigkill_when(cmd, out, ("part0", "part1"), threshold)
         kills += 1
     final = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr[-3000:]
