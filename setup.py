@@ -29,6 +29,7 @@ setup(
         "eval": ["lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "transformers>=5.0", "tokenizers>=0.19",
                  "safetensors>=0.4", "protobuf>=4"],
         "zstd": ["zstandard>=0.22"],
+        "parquet": ["pyarrow>=15"],  # parquet inputs of annotate and preprocessing
         "scaling": ["scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1", "pyyaml>=6.0", "submitit>=1.5"],
         "tensorboard": ["tensorboard>=2.15"],
         "wandb": ["wandb>=0.17"],
@@ -38,8 +39,8 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "aiohttp>=3.9", "psutil>=5.9", "scipy>=1.11", "matplotlib>=3.7",
                 "threadpoolctl>=3.1",
                 "pyyaml>=6.0", "submitit>=1.5", "transformers>=5.0", "tokenizers>=0.19", "zstandard>=0.22",
-                "tensorboard>=2.15", "lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "safetensors>=0.4", "protobuf>=4",
-                "wandb>=0.17"],
+                "pyarrow>=15", "tensorboard>=2.15", "lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "safetensors>=0.4",
+                "protobuf>=4", "wandb>=0.17"],
     },
     entry_points={
         "console_scripts": [

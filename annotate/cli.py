@@ -25,7 +25,7 @@ from annotate.runner import RetryJob, RunConfig, Runner, RunJob
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
 from megatron_ixt.cli import (EXIT_BAD_INPUT, EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED, EXIT_UNAVAILABLE, add_import_flag,
                               entry_point, failing_with)
-from megatron_ixt.data.inputs import expand_inputs
+from megatron_ixt.data.inputs import expand_inputs, input_format
 
 log = logging.getLogger("annotate")
 RUN_CONFIG = "run_config.json"
@@ -139,7 +139,14 @@ def build_parser(saved_judge: dict | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="annotate input shards into an output directory",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run.add_argument("--input", nargs="+", required=True, help="JSONL files or globs (.jsonl, .jsonl.gz, .jsonl.zst)")
+    run.add_argument("--input", nargs="+", required=True,
+                     help="input files or globs, one shard each: parquet (.parquet) or JSON lines (.jsonl, .jsonl.gz, "
+                          ".jsonl.zst, .jsonl.zstd), by file name; any other name is refused")
+    run.add_argument("--text-key", default="text",
+                     help="the field (parquet: column) holding the document text; written as 'text'")
+    run.add_argument("--id-key", default="id",
+                     help="the field (column) holding the document id (e.g. FineWeb's id, DCLM's url), copied to "
+                          "'id'; a record without one is identified by the hash of its text")
     run.add_argument("--output", required=True, help="output directory")
     run.add_argument("--num-shards", type=int, default=1, help="split the input files over this many tasks")
     run.add_argument("--shard-index", type=int, default=0, help="this task's index in 0..num-shards-1")
@@ -176,6 +183,7 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
     files = expand_inputs(patterns, error=SystemExit)
     stems = {}
     for path in files:
+        input_format(path)  # refuses a file of unknown format by name
         other = stems.setdefault(shard_stem(path), path)
         if other != path:
             raise SystemExit(f"error: inputs {other!r} and {path!r} would both write {shard_stem(path)}.jsonl; rename one")
@@ -224,7 +232,8 @@ def cmd_run(args) -> int:
     write_json_atomic(os.path.join(args.output, RUN_CONFIG),
                       {"inputs": [os.path.abspath(f) for f in files], "judge": options})
     log.info("task %d/%d: %d of %d input shard(s)", args.shard_index, args.num_shards, len(mine), len(files))
-    jobs = [RunJob(path, ShardPaths(args.output, shard_stem(path)), args.fsync_interval) for path in mine]
+    jobs = [RunJob(path, ShardPaths(args.output, shard_stem(path)), args.fsync_interval, args.text_key, args.id_key)
+            for path in mine]
     summary = _run_jobs(args, jobs)
     if isinstance(summary, int):
         return summary

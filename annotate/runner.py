@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 from annotate.backends import Backend, BackendError, Misconfigured, Request
 from annotate.parse import ParseError, parse_output
-from annotate.store import (ShardPaths, ShardStats, ShardWriter, count_lines, encode_record, fsync_dir,
-                            iter_lines, write_json_atomic)
+from annotate.store import (ShardPaths, ShardStats, ShardWriter, count_records, encode_record, fsync_dir,
+                            iter_records, write_json_atomic)
 from megatron_ixt.data.record import STATUS_OK, parse_record
 
 log = logging.getLogger("annotate")
@@ -142,13 +142,16 @@ class _Job:
 
 
 class RunJob(_Job):
-    """Annotate input shard ``input_path`` into ``<stem>.jsonl``."""
+    """Annotate input shard ``input_path`` (its text in field ``text_key``, its id in ``id_key``) into
+    ``<stem>.jsonl``."""
 
     kind = "run"
 
-    def __init__(self, input_path: str, paths: ShardPaths, fsync_interval: float):
+    def __init__(self, input_path: str, paths: ShardPaths, fsync_interval: float, text_key: str = "text",
+                 id_key: str = "id"):
         super().__init__(paths, fsync_interval)
         self.input_path = input_path
+        self.keys = (text_key, id_key)
         self.rejected: dict[str, int] = {}
         self.valid = 0
         self.input_lines = 0
@@ -159,7 +162,7 @@ class RunJob(_Job):
         """Recover the partial output; False when the shard is already committed."""
         if os.path.exists(self.paths.final):
             return False
-        self.total = count_lines(self.input_path)
+        self.total = count_records(self.input_path, *self.keys)
         try:
             with open(self.paths.stats, encoding="utf-8") as f:
                 self.previous_elapsed = float(json.load(f).get("elapsed_s", 0.0))
@@ -173,19 +176,16 @@ class RunJob(_Job):
         """Yield ``(id, record_dict, text)`` of the valid documents not yet annotated."""
         seen, rejects = set(), []
         self.started = time.monotonic()
-        for lineno, raw in iter_lines(self.input_path):
+        for lineno, obj, problem, raw in iter_records(self.input_path, *self.keys):
             self.input_lines += 1
-            try:
-                obj = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                obj, problem = None, ("invalid_json", f"invalid JSON: {e}")
-            if obj is not None:
+            if problem is None:
                 rec = parse_record(obj)
                 problem = (rec.problems[0].reason, rec.problems[0].message) if rec.text is None else None
             if problem is None:
                 doc_id = document_id(obj, rec.text)
                 if doc_id is None:
-                    problem = ("bad_id", f"'id' is {obj['id']!r}, expected a non-empty string or an integer")
+                    problem = ("bad_id", f"{self.keys[1]!r} is {obj['id']!r}, expected a non-empty string or an "
+                                         "integer")
                 elif doc_id in seen:
                     problem = ("duplicate_id", f"id {doc_id!r} already used in this shard")
             if problem is not None:
@@ -205,6 +205,11 @@ class RunJob(_Job):
             for r in rejects:
                 f.write(encode_record(r))
         os.replace(self.paths.rejected + ".tmp", self.paths.rejected)
+        if self.input_lines and not self.valid:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
+            raise RuntimeError(f"{self.input_path}: none of its {self.input_lines} records is a valid document "
+                               f"({reasons}; all listed in {self.paths.rejected}); nothing committed. Is the text in "
+                               f"--text-key {self.keys[0]!r} and the id in --id-key {self.keys[1]!r}?")
 
     def _reject(self, rejects, lineno, raw, reason, message) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

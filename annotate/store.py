@@ -17,43 +17,82 @@ committed file is never touched again by ``run``.
 """
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
 import logging
 import os
 import time
 
-from megatron_ixt.data.inputs import open_jsonl
+from megatron_ixt.data.inputs import (JSONL_SUFFIXES, PARQUET_SUFFIXES, input_format, open_jsonl, open_parquet,
+                                       parquet_rows)
 from megatron_ixt.data.record import SCORE_AXES, STATUS_OK
 
 log = logging.getLogger("annotate")
-COMPRESSED = (".gz", ".zst")
 
 
 def shard_stem(path: str) -> str:
-    """``data/foo.jsonl.zst`` -> ``foo``."""
+    """``data/foo.jsonl.zst`` -> ``foo``, ``data/foo.parquet`` -> ``foo``."""
     name = os.path.basename(path)
-    for suffix in COMPRESSED:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    for suffix in (".jsonl", ".json", ".ndjson"):
+    for suffix in JSONL_SUFFIXES + PARQUET_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
-def iter_lines(path: str):
-    """Yield ``(line_number, bytes_without_newline)`` for the non-blank lines of ``path``."""
+def iter_records(path: str, text_key: str = "text", id_key: str = "id"):
+    """Yield ``(number, record, problem, raw)`` for each record of the input file ``path`` (JSON lines or
+    parquet, by name; ValueError for any other name, or a parquet file whose ``text_key`` column is
+    missing or not strings, or whose ``id_key`` column holds neither strings nor integers).
+
+    ``number`` counts from 1: the line (blank lines are skipped, not yielded) or the row. ``record``
+    is the decoded record with its text moved from ``text_key`` to ``text`` and its id copied from
+    ``id_key`` to ``id`` (the annotated record's fields); ``problem`` is None or ``(reason, message)``
+    when the record cannot be read or mapped (``record`` is then None). ``raw`` is the line (a row:
+    its JSON) for the rejected-lines file."""
+    if input_format(path) == "parquet":
+        with open_parquet(path, text_key, id_key) as parquet:
+            for number, row in enumerate(parquet_rows(parquet), 1):
+                yield number, *_map_keys(row, text_key, id_key), encode_record(row)[:-1]
+        return
     with open_jsonl(path) as f:
-        for lineno, raw in enumerate(f, 1):
+        for number, raw in enumerate(f, 1):
             raw = raw.rstrip(b"\r\n")
-            if raw.strip():
-                yield lineno, raw
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as e:
+                yield number, None, ("invalid_json", f"invalid JSON: {e}"), raw
+                continue
+            yield number, *_map_keys(record, text_key, id_key), raw
 
 
-def count_lines(path: str) -> int:
-    """Number of non-blank lines (for progress/ETA)."""
-    return sum(1 for _ in iter_lines(path))
+def _map_keys(record, text_key: str, id_key: str) -> tuple[dict | None, tuple | None]:
+    """``record`` with its text under ``text`` and its id under ``id``; ``(None, problem)`` when a field
+    of the record would be overwritten."""
+    if not isinstance(record, dict) or (text_key == "text" and id_key == "id"):
+        return record, None  # parse_record reports a record that is not an object
+    if text_key != "text" and text_key not in record:
+        return None, ("missing_text", f"no {text_key!r} field (--text-key)")
+    for key, flag, target in ((text_key, "--text-key", "text"), (id_key, "--id-key", "id")):
+        if key != target and target in record:
+            return None, ("key_conflict", f"has both {flag} {key!r} and a {target!r} field, which it would replace")
+    record = dict(record)
+    if text_key != "text":
+        record["text"] = record.pop(text_key)
+    if id_key != "id" and id_key in record:
+        record["id"] = record[id_key]
+    return record, None
+
+
+def count_records(path: str, text_key: str = "text", id_key: str = "id") -> int:
+    """Number of records of ``path`` (non-blank lines, or rows), for progress and ETA."""
+    if input_format(path) == "parquet":
+        with open_parquet(path, text_key, id_key) as parquet:
+            return parquet.metadata.num_rows
+    with open_jsonl(path) as f:
+        return sum(1 for raw in f if raw.strip())
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -74,7 +113,17 @@ def fsync_dir(path: str) -> None:
 
 
 def encode_record(record: dict) -> bytes:
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    """One JSON line. Values JSON lacks (parquet's dates, times, decimals, binaries) are written as
+    ISO 8601 (dates and times) or text."""
+    return (json.dumps(record, ensure_ascii=False, default=_json_value) + "\n").encode("utf-8")
+
+
+def _json_value(value) -> str:
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 class ShardStats:

@@ -27,8 +27,9 @@ from megatron.core.datasets.indexed_dataset import DType, IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
-from megatron_ixt.data.shards import text_store_path, write_token_shard_set
+from megatron_ixt.data.shards import text_store_path
 from megatron_ixt.tokenizer import build_tokenizer
+from tests.helpers.token_shards import write_token_shard_set
 
 
 def make_shard_set(prefix: str, args, tokenizer) -> None:

@@ -9,8 +9,8 @@ encodes it). Then, per tokenizer, in interleaved rounds:
 
 - Megatron-LM: the loop of its tools/preprocess_data.py (text only; Megatron-LM itself is not
   installed, so the loop is reproduced over the same megatron-core tokenizer and IndexedDatasetBuilder),
-- ours: tools/preprocess_ixt.py, the full IXT path (text + prefix stores, metadata), in-process,
-  for each --workers value,
+- ours: megatron_ixt.preprocess (behind tools/preprocess_ixt.py), the full IXT path (text + prefix stores,
+  metadata), in-process, for each --workers value,
 - ours on the first 40 documents only: the fixed cost of a run (start-up, verification, worker start, finalize),
 - ours on a long input (~210 MB, 100k other documents of the same generator: the size of one file of a
   cluster job's input), where that fixed cost no longer counts: the worker scaling of a real run,
@@ -45,7 +45,7 @@ import awkward  # noqa: E402,F401  gigatoken returns awkward arrays: imported he
 import make_corpus  # noqa: E402  examples/data/make_corpus.py (the Makefile sets PYTHONPATH)
 
 from megatron_ixt.tokenizer import build_tokenizer, gigatoken_tokenizer, tokenizer_config  # noqa: E402
-from tools.preprocess_ixt import get_args, preprocess  # noqa: E402
+from megatron_ixt.preprocess import PreprocessConfig, preprocess  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,10 +149,12 @@ def timed(fn) -> tuple[float, float]:
 
 
 def run_ours(corpus: str, tokenizer_type: str, model: str, output_prefix: str, workers: int) -> None:
-    """One in-process run of tools/preprocess_ixt.py, the full IXT path (imports already warm)."""
-    argv = ["--input", corpus, "--output-prefix", output_prefix, "--tokenizer-type", tokenizer_type,
-            "--tokenizer-model", model, "--append-eod", "--workers", str(workers), "--log-interval", "1000000000"]
-    preprocess(get_args(argv), log=io.StringIO())
+    """One in-process run of megatron_ixt.preprocess (tools/preprocess_ixt.py's library), the full IXT path
+    (imports already warm)."""
+    tokenizer = tokenizer_config(tokenizer_type=tokenizer_type, tokenizer_model=model)
+    config = PreprocessConfig([corpus], output_prefix, tokenizer, append_eod=True, workers=workers,
+                              log_interval=10 ** 9)
+    preprocess(config, log=io.StringIO())
 
 
 _PEER_TOKENIZER = None

@@ -22,10 +22,11 @@ import time
 import numpy
 import torch.distributed as dist
 
-from megatron_ixt.data.shards import text_store_path, write_token_shard_set
+from megatron_ixt.data.shards import text_store_path
 from megatron_ixt.training.config import parse_args
 from megatron_ixt.training.data import build_datasets
 from megatron_ixt.training.trainer import Trainer
+from tests.helpers.token_shards import write_token_shard_set
 
 VOCAB = 4095  # NullTokenizer ids 0..4094, EOD 4095
 

@@ -4,20 +4,20 @@
     python tools/inspect_ixt.py out/corpus --document 0 17 --tokenizer-model tok.model --record
 
 Without ``--tokenizer-model`` (SentencePiece/HuggingFace sets) token ids are shown instead of text.
-``--record`` also prints the document's ``ixt`` block from its source JSONL line, when that file
+``--record`` also prints the document's ``ixt`` block from its source record (a JSONL line or a parquet
+row), when that file
 is still where it was preprocessed.
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import itertools
 import json
 import sys
 
 from megatron_ixt.cli import EXIT_BAD_INPUT, entry_point, failing_with
 from megatron_ixt.data import shards
-from megatron_ixt.data.inputs import open_jsonl
+from megatron_ixt.data.inputs import source_record
 from megatron_ixt.data.record import SCORE_AXES
 from megatron_ixt.tokenizer import build_tokenizer, model_sha256
 
@@ -47,19 +47,6 @@ def load_decoder(metadata: dict, tokenizer_model: str | None):
         raise ValueError(f"--tokenizer-model {tokenizer_model!r} is not the tokenizer this shard set was made "
                          f"with ({identity['model']}, sha256 {identity['model_sha256'][:12]}...)")
     return build_tokenizer(tokenizer_type=identity["type"], tokenizer_model=tokenizer_model)
-
-
-def source_record(metadata: dict, file_index: int, line: int) -> dict | None:
-    path = metadata["inputs"][file_index]["path"]
-    try:
-        with open_jsonl(path) as f:
-            raw = next(itertools.islice(f, line - 1, line), None)
-    except OSError:
-        return None
-    try:
-        return json.loads(raw) if raw is not None else None
-    except ValueError:
-        return None
 
 
 def summary(reader: shards.ShardSet) -> str:
@@ -105,7 +92,7 @@ def show_document(reader: shards.ShardSet, i: int, decoder, chars: int, record: 
     text = decode(doc["text"])
     lines.append(f"text ({len(doc['text'])} tokens): {text[:chars]!r}{' ...' if len(text) > chars else ''}")
     if record:
-        rec = source_record(reader.metadata, int(row["file"]), int(row["line"]))
+        rec = source_record(reader.metadata["inputs"][int(row["file"])]["path"], int(row["line"]))
         lines.append("record ixt: " + (json.dumps(rec.get("ixt"), ensure_ascii=False) if rec is not None
                                        else f"(source {source} not readable)"))
     return "\n".join(lines)

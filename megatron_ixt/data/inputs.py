@@ -1,12 +1,18 @@
-"""Input files: the one ``--input`` glob behaviour and the one JSONL opener of every tool.
+"""Input files: the one ``--input`` glob behaviour, and the one reader of corpus files for every tool.
 
-Used by tools/preprocess_ixt.py, tools/merge_ixt.py, tools/inspect_ixt.py and annotate/.
+A corpus file is JSON lines (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``/``.zstd``: one JSON object per
+line) or parquet (``.parquet``: one record per row, read by row group), told apart by its name
+(:func:`input_format`); any other name is refused. Records are numbered from 1 in their file (a
+line, blank ones included, or a row). Used by megatron_ixt.preprocess, tools/merge_ixt.py,
+tools/inspect_ixt.py and annotate/.
 """
 from __future__ import annotations
 
 import glob
 import gzip
 import io
+import itertools
+import json
 import os
 
 
@@ -34,18 +40,91 @@ def expand_inputs(patterns: list[str], *, files: bool = True, error: type = File
     return paths
 
 
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd")
+PARQUET_SUFFIXES = (".parquet",)
+ROWS_PER_BATCH = 1024  # parquet rows decoded at a time when iterating a whole file
+
+
+def input_format(path: str) -> str:
+    """``"jsonl"`` or ``"parquet"``, by file name (``JSONL_SUFFIXES``, ``PARQUET_SUFFIXES``); any other
+    name raises ValueError naming the file: an input is never read as a format it may not be."""
+    if path.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if path.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    raise ValueError(f"{path}: unknown input format; inputs are parquet (.parquet) or JSON lines (.jsonl, "
+                     ".jsonl.gz, .jsonl.zst, .jsonl.zstd), recognised by the file name")
+
+
 def is_compressed(path: str) -> bool:
-    """Whether :func:`open_jsonl` decompresses ``path`` (``.gz``, ``.zst``); other files are read as
-    they are, so a byte offset in the file is one in its text."""
-    return path.endswith((".gz", ".zst"))
+    """Whether :func:`open_jsonl` decompresses ``path`` (``.gz``, ``.zst``, ``.zstd``); other files are
+    read as they are, so a byte offset in the file is one in its text."""
+    return path.endswith((".gz", ".zst", ".zstd"))
 
 
 def open_jsonl(path: str) -> io.BufferedIOBase:
-    """Binary line reader for ``.jsonl``, ``.jsonl.gz`` and ``.jsonl.zst`` files (by extension)."""
+    """Binary line reader of a JSON-lines input (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``/``.zstd``);
+    ValueError for any other file name."""
+    if input_format(path) != "jsonl":
+        raise ValueError(f"{path}: not a JSON-lines file")
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
-    if path.endswith(".zst"):
+    if path.endswith((".zst", ".zstd")):
         import zstandard
 
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
     return open(path, "rb")
+
+
+def open_parquet(path: str, text_key: str, id_key: str | None = None):
+    """A ``pyarrow.parquet.ParquetFile`` whose column ``text_key`` is a string column and whose column
+    ``id_key`` (when given and present) holds strings or integers; ValueError naming the file and the
+    column otherwise (the type of a parquet column is the same in every row, so a wrong one is the
+    whole file's problem, found before any row is read)."""
+    import pyarrow
+    import pyarrow.parquet
+
+    parquet = pyarrow.parquet.ParquetFile(path)
+    schema = parquet.schema_arrow
+    checks = [(text_key, "--text-key", (pyarrow.types.is_string, pyarrow.types.is_large_string), True)]
+    if id_key is not None:
+        checks.append((id_key, "--id-key", (pyarrow.types.is_string, pyarrow.types.is_large_string,
+                                            pyarrow.types.is_integer), False))
+    for column, flag, accepted, required in checks:
+        index = schema.get_field_index(column)
+        if index < 0 and required:
+            parquet.close()
+            raise ValueError(f"{path}: no column {column!r} ({flag}); its columns: {', '.join(schema.names)}")
+        if index >= 0 and not any(accept(schema.field(index).type) for accept in accepted):
+            parquet.close()
+            raise ValueError(f"{path}: column {column!r} ({flag}) is of type {schema.field(index).type}, "
+                             f"expected {'a string' if required else 'strings or integers'}")
+    return parquet
+
+
+def parquet_rows(parquet, *, row_groups=None, columns=None):
+    """The rows of an open parquet file (``row_groups``: those only, in order; ``columns``: those
+    only), as records: ``{column: value}``, a null value left out (a parquet row holds every column of
+    the file, so a field that a record lacks is null there; a null is read as that absent field).
+    Decoded ``ROWS_PER_BATCH`` rows at a time: memory is bounded by a row group's size."""
+    for batch in parquet.iter_batches(batch_size=ROWS_PER_BATCH, row_groups=row_groups, columns=columns):
+        for row in batch.to_pylist():
+            yield {key: value for key, value in row.items() if value is not None}
+
+
+def source_record(path: str, number: int) -> dict | None:
+    """Record ``number`` (from 1: a line of a JSON-lines file, a row of a parquet file) of an input
+    file; None when the file or the record is gone or unreadable."""
+    try:
+        if input_format(path) == "parquet":
+            import pyarrow.parquet
+
+            with pyarrow.parquet.ParquetFile(path) as parquet:
+                if not 0 < number <= parquet.metadata.num_rows:
+                    return None
+                return next(itertools.islice(parquet_rows(parquet), number - 1, number))
+        with open_jsonl(path) as f:
+            raw = next(itertools.islice(f, number - 1, number), None)
+        return json.loads(raw) if raw is not None else None
+    except (OSError, ValueError):
+        return None

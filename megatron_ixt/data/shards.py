@@ -22,13 +22,9 @@ and metadata are found next to it. A text store without siblings is a plain stor
 from __future__ import annotations
 
 import collections
-import hashlib
-import itertools
 import json
 import os
 import re
-import tempfile
-from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy
@@ -199,31 +195,6 @@ def compatibility_problems(a: dict, b: dict) -> list[str]:
 # Writer and reader of the aligned stores
 
 
-@dataclass(frozen=True)
-class TokenFile:
-    """Token arrays that one process leaves in a file for another's :meth:`ShardSetWriter.add_documents`
-    (tools/preprocess_ixt.py's workers: the tokens then never pass through a pipe). The file is the
-    arrays' raw bytes (the shard set's token dtype) back to back, in the order of ``nbytes`` (store
-    name -> bytes)."""
-
-    path: str
-    nbytes: dict
-
-    @classmethod
-    def write(cls, directory: str, tokens: dict) -> "TokenFile":
-        """Write ``tokens`` (store name -> 1-D array) to a new file in ``directory``."""
-        fd, path = tempfile.mkstemp(dir=directory, suffix=".tokens")
-        with open(fd, "wb") as f:
-            for array in tokens.values():
-                f.write(numpy.ascontiguousarray(array))
-        return cls(path, {name: array.nbytes for name, array in tokens.items()})
-
-    def ranges(self) -> dict:
-        """store name -> (offset, nbytes) in the file."""
-        offsets = itertools.accumulate(self.nbytes.values(), initial=0)
-        return {name: (offset, n) for (name, n), offset in zip(self.nbytes.items(), offsets)}
-
-
 class ShardSetWriter:
     """Writes the text store and one prefix store per kind of ``kinds`` of one shard set, aligned
     1:1, atomically. ``kinds`` defaults to every registered prefix kind; ``()`` writes a plain
@@ -273,27 +244,35 @@ class ShardSetWriter:
             self.tokens[name] += len(tokens)
         self.sequences += 1
 
-    def add_documents(self, tokens: "dict | TokenFile", lengths: dict) -> None:
-        """Append many documents at once: per store name, their concatenated tokens (1-D array, or
-        a :class:`TokenFile` holding them all, which is copied in the kernel and then deleted) and
+    def add_documents(self, tokens: dict, lengths: dict) -> None:
+        """Append many documents at once: per store name, their concatenated tokens (1-D array) and
         each document's length (list of int, one per document, 0 = no prefix)."""
-        from megatron_ixt.mcore_private import add_sequences, add_sequences_from_file
+        from megatron_ixt.mcore_private import add_sequences
 
+        self._check_lengths(lengths)
+        for name in self.names:
+            add_sequences(self._builders[name], tokens[name], lengths[name])
+            self.tokens[name] += len(tokens[name])
+        self.sequences += len(lengths[TEXT])
+
+    def add_documents_from_file(self, fd: int, ranges: dict, lengths: dict) -> None:
+        """:meth:`add_documents` with the tokens in the open file ``fd``: per store name, ``ranges[name]``
+        is ``(offset, nbytes)`` of its concatenated tokens (raw bytes of the set's token dtype), copied
+        in the kernel."""
+        from megatron_ixt.mcore_private import add_sequences_from_file
+
+        self._check_lengths(lengths)
+        for name in self.names:
+            offset, nbytes = ranges[name]
+            add_sequences_from_file(self._builders[name], fd, offset, nbytes, lengths[name])
+            self.tokens[name] += nbytes // numpy.dtype(self.dtype).itemsize
+        self.sequences += len(lengths[TEXT])
+
+    def _check_lengths(self, lengths: dict) -> None:
         n = len(lengths[TEXT])
         for name in self.names:
             if len(lengths[name]) != n:
                 raise ValueError(f"{name}: {len(lengths[name])} lengths for {n} documents")
-        if isinstance(tokens, TokenFile):
-            with open(tokens.path, "rb") as f:
-                for name, (offset, nbytes) in tokens.ranges().items():
-                    add_sequences_from_file(self._builders[name], f.fileno(), offset, nbytes, lengths[name])
-                    self.tokens[name] += nbytes // numpy.dtype(self.dtype).itemsize
-            os.remove(tokens.path)
-        else:
-            for name in self.names:
-                add_sequences(self._builders[name], tokens[name], lengths[name])
-                self.tokens[name] += len(tokens[name])
-        self.sequences += n
 
     def add_docs(self, docs: numpy.ndarray) -> None:
         """Append ``DOC_DTYPE`` rows, one per document added (any grouping, same order)."""
@@ -395,84 +374,6 @@ class ShardSetWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
-
-
-SYNTHETIC = "synthetic"  # template name, input path and steering text of write_token_shard_set sets
-
-
-def write_token_shard_set(stem: str, documents: dict, *, vocab_size: int, steering: dict | None = None,
-                          lengths: dict | None = None, quality=None, scores=None) -> dict | None:
-    """Write a complete shard set (or a plain store) from already-tokenized documents; returns the
-    metadata written (None for a plain store). For synthetic corpora: tests and benchmarks.
-
-    ``documents["text"]`` and ``documents[kind]`` for each prefix kind the set is to hold (any
-    registered kinds, e.g. "critique" and "quality"): one 1-D int token array (or list) per
-    document; prefixes may be empty (unannotated document). With ``lengths``, ``documents[name]``
-    is instead all documents' tokens concatenated (1-D array) and ``lengths[name]`` each document's
-    length (the vectorised path of ``add_documents``, for millions of documents). ``documents``
-    with only "text" gives a plain Megatron store at ``text_store_path(stem)``, no prefix stores,
-    no metadata.
-
-    Token ids are a NullTokenizer's: ``0..vocab_size-1`` plus EOD ``vocab_size`` (``vocab_size`` is
-    its ``--vocab-size``); ``append_eod`` in the metadata says whether every text ends with EOD.
-    ``steering[kind]``: the top-level steering-prefix token ids of each prefix kind (required with
-    prefixes). ``quality`` (per document, 1..5, 0 = unannotated) and ``scores`` (per document, one
-    1..5 per ``SCORE_AXES``) fill the ``P_ixt_docs.npy`` annotation columns (default 0); every
-    document's source is line ``i + 1`` of input 0, ``"synthetic"``. Written atomically by
-    ``ShardSetWriter``.
-    """
-    if TEXT not in documents:
-        raise ValueError(f"documents has stores {sorted(documents)}; a 'text' store is required")
-    kinds = tuple(name for name in documents if name != TEXT)
-    names = (TEXT,) + kinds
-    if lengths is None:
-        lengths = {name: [len(doc) for doc in documents[name]] for name in names}
-        documents = {name: numpy.concatenate([numpy.zeros(0, numpy.int64)] + [
-            numpy.asarray(doc, dtype=numpy.int64) for doc in documents[name]]) for name in names}
-    lengths = {name: numpy.asarray(lengths[name], dtype=numpy.int64) for name in names}
-    tokens = {name: numpy.asarray(documents[name]) for name in names}
-    n = len(lengths[TEXT])
-    for name in names:
-        if len(lengths[name]) != n:
-            raise ValueError(f"{name}: {len(lengths[name])} documents for {n} texts")
-        if int(lengths[name].sum()) != len(tokens[name]):
-            raise ValueError(f"{name}: lengths add up to {int(lengths[name].sum())} tokens, {len(tokens[name])} given")
-        if len(tokens[name]) and (tokens[name].min() < 0 or tokens[name].max() > vocab_size):
-            raise ValueError(f"{name}: token ids outside 0..{vocab_size} (vocab_size {vocab_size} plus EOD)")
-    if kinds and (steering is None or set(steering) != set(kinds)):
-        raise ValueError(f"steering must give the token ids of the {' and '.join(kinds)} steering prefixes")
-    for field, values in (("quality", quality), ("scores", scores)):
-        if values is not None and len(values) != n:
-            raise ValueError(f"{field}: {len(values)} values for {n} documents")
-    append_eod = bool(n > 0 and lengths[TEXT].all()
-                      and (tokens[TEXT][numpy.cumsum(lengths[TEXT]) - 1] == vocab_size).all())
-
-    with ShardSetWriter(stem, vocab_size + 1, kinds=kinds) as writer:
-        writer.add_documents(tokens, {name: lengths[name].tolist() for name in names})
-        if not kinds:
-            return writer.commit(None)
-        docs = numpy.zeros(n, DOC_DTYPE)
-        docs["line"] = numpy.arange(1, n + 1)
-        if quality is not None:
-            docs["quality"] = quality
-        if scores is not None:
-            docs["scores"] = scores
-        writer.add_docs(docs)
-        annotated = int(numpy.any([lengths[kind] > 0 for kind in kinds], axis=0).sum())
-        template = {"name": SYNTHETIC, "text": "", "sha256": hashlib.sha256(SYNTHETIC.encode()).hexdigest()}
-        counts = {"records": n, "documents": n, "annotated": annotated, "unannotated": n - annotated}
-        counts.update({token_count_key(name): len(tokens[name]) for name in names})
-        return writer.commit(build_metadata(
-            created_by="megatron_ixt.data.shards.write_token_shard_set",
-            # what megatron_ixt.tokenizer.tokenizer_identity gives for NullTokenizer --vocab-size vocab_size
-            tokenizer={"type": "NullTokenizer", "model": None, "model_sha256": None,
-                       "vocab_size": vocab_size + 1, "eod": vocab_size},
-            append_eod=append_eod, templates={kind: template for kind in kinds},
-            steering={kind: {"text": SYNTHETIC, "tokens": steering[kind]} for kind in kinds},
-            inputs=[{"path": SYNTHETIC, "bytes": 0}], counts=counts, annotation_status={},
-            quality=collections.Counter(int(q) for q in docs["quality"] if q),
-            score_sums={a: int(docs["scores"][:, i][docs["quality"] > 0].sum()) for i, a in enumerate(SCORE_AXES)},
-            skipped={}))
 
 
 class ShardSet:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
+import time
 
 import aiohttp
 
@@ -20,6 +23,29 @@ def write_jsonl(path, records) -> str:
 def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+def count_lines(path) -> int:
+    """Lines of a file being written (0 while it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def sigkill_when(cmd: list, out, stems, threshold: int, timeout: float = 60) -> None:
+    """Start ``cmd`` (an ``annotate run``) and SIGKILL it once the outputs of shards ``stems`` in
+    directory ``out`` (partial and committed) hold ``threshold`` records; fails if it exits first."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sum(count_lines(out / f"{s}.jsonl.partial") + count_lines(out / f"{s}.jsonl") for s in stems) >= threshold:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def subprocess_env() -> dict:

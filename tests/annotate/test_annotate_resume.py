@@ -2,24 +2,15 @@
 rerun the same command, and check every input id appears exactly once."""
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from annotate_testlib import REPO, read_jsonl, subprocess_env, write_jsonl
+from annotate_testlib import REPO, count_lines, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 
 from annotate.store import ShardStats, ShardWriter
-
-
-def _count_lines(path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 @pytest.mark.slow
@@ -27,22 +18,14 @@ def test_sigkill_at_random_points_then_resume(standin, tmp_path):
     server = standin(latency=0.03)
     n, concurrency = 600, 8
     docs = [{"id": f"doc-{i:04d}", "text": f"document {i} " + "word " * (i % 50), "meta": {"i": i}} for i in range(n)]
-    shards = [write_jsonl(tmp_path / f"part{k}.jsonl", docs[k::2]) for k in range(2)]
+    for k in range(2):
+        write_jsonl(tmp_path / f"part{k}.jsonl", docs[k::2])
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "annotate", "run", "--input", str(tmp_path / "part*.jsonl"), "--output", str(out),
            "--url", server.url, "--concurrency", str(concurrency), "--fsync-interval", "0.05", "--log-interval", "0.2"]
     kills = 0
     for threshold in (0, 40, 130, 200, 330):  # lines already in the partial outputs when we pull the plug
-        proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = sum(_count_lines(out / f"part{k}.jsonl.partial") + _count_lines(out / f"part{k}.jsonl") for k in range(2))
-            if done >= threshold:
-                break
-            time.sleep(0.005)
-        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        sigkill_when(cmd, out, ("part0", "part1"), threshold)
         kills += 1
     final = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stderr[-3000:]
@@ -97,14 +80,14 @@ def test_sigterm_saves_and_exits_143(standin, tmp_path):
            "--concurrency", "4", "--log-interval", "60"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while _count_lines(out / "d.jsonl.partial") < 20 and time.monotonic() < deadline:
+    while count_lines(out / "d.jsonl.partial") < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=30)[1].decode()
     assert proc.returncode == 143, err[-2000:]
     assert "rerun the same command to resume" in err
     assert json.load(open(out / "d.stats.json"))["state"] == "interrupted"
-    saved = _count_lines(out / "d.jsonl.partial")
+    saved = count_lines(out / "d.jsonl.partial")
     assert 20 <= saved < 300
     final = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
     assert final.returncode == 0, final.stderr[-2000:]

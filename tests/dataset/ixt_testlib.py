@@ -15,7 +15,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_ixt.data.dataset import IXTGPTDataset
-from megatron_ixt.data.shards import text_store_path, write_token_shard_set
+from megatron_ixt.data.shards import text_store_path
+from tests.helpers.token_shards import write_token_shard_set
 
 VOCAB = 1000
 PREFIX_START = 500

@@ -14,7 +14,9 @@ import pytest
 
 from megatron_ixt.data import shards
 from megatron_ixt.data.record import ANNOTATION_REASONS, DOCUMENT_REASONS, SCORE_AXES
-from tools import preprocess_ixt
+from megatron_ixt.preprocess import chunks
+from megatron_ixt.preprocess.encoder import ChunkEncoder
+from megatron_ixt.preprocess.run import EXAMPLES_PER_REASON
 from tools.preprocess_ixt import main
 
 OK = {"status": "ok", "quality": 3, "scores": dict.fromkeys(SCORE_AXES, 3), "critique": "Plain but fine.",
@@ -85,7 +87,7 @@ def test_every_reason_counted_and_logged(tmp_path, sp_model, sp_tokenizer, capsy
 def test_line_numbers_across_chunks_files_and_workers(tmp_path, sp_model, capsys, monkeypatch, compressed):
     """A chunk counts its lines from 1; the lines of the chunks before it are added back in input
     order, per file: plain files (byte ranges the workers read) and compressed ones alike."""
-    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 200)  # a new chunk every few lines
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 200)  # a new chunk every few lines
     cases = CASES * 4
     data = b"\n".join(line.encode() if isinstance(line, str) else line for line, _, _ in cases) + b"\n"
     paths = [tmp_path / (name + (".jsonl.gz" if compressed else ".jsonl")) for name in ("a", "b")]
@@ -102,7 +104,7 @@ def test_line_numbers_across_chunks_files_and_workers(tmp_path, sp_model, capsys
         for reason in DOCUMENT_REASONS.keys() | ANNOTATION_REASONS.keys():
             where = [f"{path}:{i}" for path in paths for i, (_, r, _) in enumerate(cases, 1) if r == reason]
             logged = re.findall(rf"^(\S+): {reason}: ", err, re.MULTILINE)
-            assert logged == where[:preprocess_ixt.EXAMPLES_PER_REASON], reason
+            assert logged == where[:EXAMPLES_PER_REASON], reason
 
 
 def test_first_examples_only(tmp_path, sp_model, capsys):
@@ -128,18 +130,20 @@ def test_strict_fails_on_any_reason(tmp_path, sp_model, capsys, index):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch, workers):
     """No temporary store, and with workers no token file or scratch directory of theirs, is left."""
-    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)  # several chunks
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)  # several chunks
     write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
     calls = []
 
-    def failing_add(self, *args):
-        calls.append(1)
-        if len(calls) == 2:  # after the first chunk of documents was written
-            raise OSError("disk full")
-        return original(self, *args)
+    def failing(original):  # the second append of documents, from this process's arrays or a worker's file
+        def add(self, *args):
+            calls.append(1)
+            if len(calls) == 2:  # after the first chunk of documents was written
+                raise OSError("disk full")
+            return original(self, *args)
+        return add
 
-    original = shards.ShardSetWriter.add_documents
-    monkeypatch.setattr(shards.ShardSetWriter, "add_documents", failing_add)
+    for method in ("add_documents", "add_documents_from_file"):
+        monkeypatch.setattr(shards.ShardSetWriter, method, failing(getattr(shards.ShardSetWriter, method)))
     with pytest.raises(OSError, match="disk full"):
         run(tmp_path / "in.jsonl", tmp_path / "o", sp_model, "--workers", workers)
     assert os.listdir(tmp_path) == ["in.jsonl"]
@@ -148,9 +152,9 @@ def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monk
 @pytest.mark.parametrize("how", ["raises", "dies"])
 def test_worker_failure_stops_the_run_and_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch, how):
     """A worker's exception is raised in the main process; a worker that dies is reported, not waited for."""
-    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)  # several chunks per worker
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)  # several chunks per worker
     write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
-    original = preprocess_ixt.ChunkEncoder.__call__
+    original = ChunkEncoder.__call__
     main_process = os.getpid()  # which encodes chunks too
 
     def failing_call(self, chunk):
@@ -160,7 +164,7 @@ def test_worker_failure_stops_the_run_and_leaves_nothing(tmp_path, sp_model, wri
             raise KeyError("broken encoder")
         return original(self, chunk)
 
-    monkeypatch.setattr(preprocess_ixt.ChunkEncoder, "__call__", failing_call)
+    monkeypatch.setattr(ChunkEncoder, "__call__", failing_call)
     expected = (RuntimeError, r"worker \d died \(exit code 3\)") if how == "dies" else (KeyError, "broken encoder")
     with pytest.raises(expected[0], match=expected[1]):
         run(tmp_path / "in.jsonl", tmp_path / "o", sp_model, "--workers", 2)

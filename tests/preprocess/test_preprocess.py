@@ -1,4 +1,5 @@
-"""tools/preprocess_ixt.py end to end on real files, real tokenizers and megatron-core readers."""
+"""tools/preprocess_ixt.py and megatron_ixt.preprocess end to end on real files, real tokenizers and megatron-core
+readers."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,9 @@ from megatron_ixt.data import prefix_kinds, shards
 from megatron_ixt.data.prefix_kinds import steering_annotation
 from megatron_ixt.data.record import SCORE_AXES, parse_annotation
 from megatron_ixt.data.templates import load_template
+from megatron_ixt.preprocess import chunks
+from megatron_ixt.preprocess.encoder import ChunkEncoder, take_sequences
+from megatron_ixt.preprocess.pool import encode_in_order
 from megatron_ixt.tokenizer import build_tokenizer, tokenizer_identity
 from tools import preprocess_ixt
 from tools.preprocess_ixt import main
@@ -45,7 +49,7 @@ def expected_documents(records, tokenizer, append_eod=True):
 
 
 def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer, capsys, monkeypatch):
-    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 4096)  # many chunks
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 4096)  # many chunks
     records = write_corpus(tmp_path / "in.jsonl", n_docs=300, seed=3, words=(20, 80))
     assert run([tmp_path / "in.jsonl"], tmp_path / "out" / "c", sp_model, "--append-eod", "--workers", 2,
                "--log-interval", 100) == 0
@@ -103,7 +107,7 @@ def _files(prefix):
 
 
 def test_deterministic_across_worker_counts(tmp_path, write_corpus, sp_model, monkeypatch):
-    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)
     write_corpus(tmp_path / "in.jsonl", n_docs=300, seed=5, words=(10, 40))
     outputs = {}
     for workers in (1, 2, 3):
@@ -223,7 +227,7 @@ def _outputs(prefix):
 
 @pytest.mark.parametrize("kind", ["hf_tokenizer_dir", "sp_byte_fallback_model"])
 def test_same_bytes_with_any_engine_and_workers(tmp_path, write_corpus, kind, request, capsys, monkeypatch):
-    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 8192)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)
     model = request.getfixturevalue(kind)
     tokenizer_type = "HuggingFaceTokenizer" if kind == "hf_tokenizer_dir" else "SentencePieceTokenizer"
     write_corpus(tmp_path / "in.jsonl", n_docs=200, seed=8, words=(10, 40),
@@ -267,18 +271,21 @@ def test_verification_difference_falls_back_with_a_warning(tmp_path, write_corpu
     assert not glob.glob(str(tmp_path / ".preprocess_ixt-*"))  # the workers' scratch directories are gone
 
 
-def test_chunk_encoder_pickles_as_its_arguments_and_engine(tmp_path, write_corpus, hf_tokenizer_dir):
-    """What a spawned (not forked) worker receives: the arguments and the engine the run verified."""
+def test_chunk_encoder_pickles_as_its_fields_and_engine(tmp_path, write_corpus, hf_tokenizer_dir):
+    """What a spawned (not forked) worker receives: the encoder's fields and the engine the run verified."""
     import pickle
 
     write_corpus(tmp_path / "in.jsonl", n_docs=20, seed=9)
     args = preprocess_ixt.get_args(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "o"),
                                     "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
                                     hf_tokenizer_dir, "--append-eod"])
-    encoder = preprocess_ixt.ChunkEncoder(args, engine="reference")
+    config = preprocess_ixt.config_from_args(args)
+    encoder = ChunkEncoder(config.tokenizer, config.prefix_templates(), text_key=config.text_key,
+                           append_eod=config.append_eod, engine="reference")
     copy = pickle.loads(pickle.dumps(encoder))
-    assert copy.encoder.engine == "reference" and copy.args == args
-    chunk = next(preprocess_ixt.read_chunks([str(tmp_path / "in.jsonl")]))
+    assert copy.encoder.engine == "reference" and copy.__getstate__() == encoder.__getstate__()
+    assert copy.templates.keys() == set(KINDS) and copy.append_eod and copy.config.tokenizer_model == hf_tokenizer_dir
+    chunk = next(chunks.read_chunks([str(tmp_path / "in.jsonl")], "text"))
     a, b = encoder(chunk), copy(chunk)
     assert all(numpy.array_equal(a.tokens[k], b.tokens[k]) for k in a.tokens) and a.lengths == b.lengths
 
@@ -286,10 +293,10 @@ def test_chunk_encoder_pickles_as_its_arguments_and_engine(tmp_path, write_corpu
 def test_take_sequences_gathers_repeats_and_failures():
     """Sequences [1, 2], (failed), [3], [] taken as 2, 0, 1, 0, 3: failed ones give no tokens and keep -1."""
     tokens, lengths = numpy.array([1, 2, 3], numpy.uint16), numpy.array([2, -1, 1, 0])
-    taken, taken_lengths = preprocess_ixt.take_sequences(tokens, lengths, numpy.array([2, 0, 1, 0, 3]))
+    taken, taken_lengths = take_sequences(tokens, lengths, numpy.array([2, 0, 1, 0, 3]))
     assert taken.tolist() == [3, 1, 2, 1, 2] and taken.dtype == numpy.uint16
     assert taken_lengths.tolist() == [1, 2, -1, 2, 0]
-    none, none_lengths = preprocess_ixt.take_sequences(tokens, lengths, numpy.zeros(0, numpy.int64))
+    none, none_lengths = take_sequences(tokens, lengths, numpy.zeros(0, numpy.int64))
     assert none.tolist() == [] and none_lengths.tolist() == []
 
 
@@ -300,12 +307,12 @@ def test_this_process_encodes_while_the_workers_are_busy(tmp_path, write_corpus,
     import multiprocessing
     import time
 
-    monkeypatch.setattr(preprocess_ixt, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(chunks, "CHUNK_BYTES", 4096)
     write_corpus(tmp_path / "in.jsonl", n_docs=200, seed=3, words=(10, 30))
     args = preprocess_ixt.get_args(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "o"),
                                     "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model,
                                     "--workers", str(workers)])
-    main_process, original = os.getpid(), preprocess_ixt.ChunkEncoder.__call__
+    main_process, original = os.getpid(), ChunkEncoder.__call__
 
     def tagged_call(self, chunk):  # a slow worker, so that this process has chunks to take
         if os.getpid() != main_process:
@@ -314,15 +321,16 @@ def test_this_process_encodes_while_the_workers_are_busy(tmp_path, write_corpus,
         result.counts.update(offset=chunk.offset, by_this_process=os.getpid() == main_process)
         return result
 
-    monkeypatch.setattr(preprocess_ixt.ChunkEncoder, "__call__", tagged_call)
-    encoder = preprocess_ixt.ChunkEncoder(args)
-    chunks = list(preprocess_ixt.read_chunks([str(tmp_path / "in.jsonl")]))
+    monkeypatch.setattr(ChunkEncoder, "__call__", tagged_call)
+    config = preprocess_ixt.config_from_args(args)
+    encoder = ChunkEncoder(config.tokenizer, config.prefix_templates())
+    tasks = list(chunks.read_chunks(config.inputs, config.text_key))
     children_before = set(multiprocessing.active_children())  # e.g. other tests' managers
     with contextlib.ExitStack() as cleanup:
-        results = list(preprocess_ixt.encode_in_order(encoder, workers, chunks, lambda: None, str(tmp_path), cleanup))
-    assert [r.counts["offset"] for r in results] == [c.offset for c in chunks]
+        results = list(encode_in_order(encoder, workers, tasks, lambda: None, str(tmp_path), cleanup))
+    assert [r.counts["offset"] for r in results] == [c.offset for c in tasks]
     here = sum(r.counts["by_this_process"] for r in results)
-    assert 0 < here < len(chunks)  # both this process and the workers encoded
+    assert 0 < here < len(tasks)  # both this process and the workers encoded
     assert sum(r.lines for r in results) == len((tmp_path / "in.jsonl").read_bytes().rstrip(b"\n").split(b"\n"))
     assert set(multiprocessing.active_children()) <= children_before  # the workers have exited
     assert not glob.glob(str(tmp_path / ".preprocess_ixt-*"))

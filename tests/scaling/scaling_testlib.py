@@ -63,7 +63,8 @@ VOCAB = 127
 def write_tiny_corpus(prefix: str, num_documents: int = 200, seed: int = 0) -> str:
     """A learnable plain text store (NullTokenizer ``--vocab-size 127``): each document counts up
     from a random start; returns the ``--data-path``."""
-    from megatron_ixt.data.shards import text_store_path, write_token_shard_set
+    from megatron_ixt.data.shards import text_store_path
+    from tests.helpers.token_shards import write_token_shard_set
 
     rng = np.random.default_rng(seed)
     docs = [np.append((int(rng.integers(1, 100)) + np.arange(int(rng.integers(20, 80)))) % 120 + 1, VOCAB)

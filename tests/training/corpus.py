@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy
 
-from megatron_ixt.data.shards import text_store_path, write_token_shard_set
+from megatron_ixt.data.shards import text_store_path
+from tests.helpers.token_shards import write_token_shard_set
 
 VOCAB = 511
 EOD = VOCAB
