@@ -21,10 +21,17 @@ from annotate.agreement import add_agreement_args, agreement_report, sample_docu
 from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Misconfigured, Sampling
 from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, TokenCounter
 from annotate.report import add_report_args, write_report
-from annotate.runner import RetryJob, RunConfig, Runner, RunJob
+from annotate.runner import RetryJob, RunConfig, RunJob, Runner
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
-from megatron_ixt.cli import (EXIT_BAD_INPUT, EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED, EXIT_UNAVAILABLE, add_import_flag,
-                              entry_point, failing_with)
+from megatron_ixt.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_MISCONFIGURED,
+    EXIT_TOO_MANY_FAILED,
+    EXIT_UNAVAILABLE,
+    add_import_flag,
+    entry_point,
+    failing_with,
+)
 from megatron_ixt.data.inputs import expand_inputs, input_format
 
 log = logging.getLogger("annotate")

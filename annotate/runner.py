@@ -34,8 +34,16 @@ from dataclasses import dataclass
 
 from annotate.backends import Backend, BackendError, Misconfigured, Request
 from annotate.parse import ParseError, parse_output
-from annotate.store import (ShardPaths, ShardStats, ShardWriter, count_records, encode_record, fsync_dir,
-                            iter_records, write_json_atomic)
+from annotate.store import (
+    ShardPaths,
+    ShardStats,
+    ShardWriter,
+    count_records,
+    encode_record,
+    fsync_dir,
+    iter_records,
+    write_json_atomic,
+)
 from megatron_ixt.data.record import STATUS_OK, parse_record
 
 log = logging.getLogger("annotate")

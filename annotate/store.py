@@ -24,8 +24,14 @@ import logging
 import os
 import time
 
-from megatron_ixt.data.inputs import (JSONL_SUFFIXES, PARQUET_SUFFIXES, input_format, open_jsonl, open_parquet,
-                                       parquet_rows)
+from megatron_ixt.data.inputs import (
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    input_format,
+    open_jsonl,
+    open_parquet,
+    parquet_rows,
+)
 from megatron_ixt.data.record import SCORE_AXES, STATUS_OK
 
 log = logging.getLogger("annotate")

@@ -28,11 +28,12 @@ import tempfile
 import time
 
 import psutil
+from ixt_demo.synthetic import SynthConfig, generate  # examples/demo (on PYTHONPATH in make bench-annotate)
 
 from annotate.backends.httpconn import HttpPool
-from annotate.cli import collect_status, main as annotate_main
+from annotate.cli import collect_status
+from annotate.cli import main as annotate_main
 from annotate.prompt import PromptTemplate, TokenCounter
-from ixt_demo.synthetic import SynthConfig, generate  # examples/demo (on PYTHONPATH in make bench-annotate)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

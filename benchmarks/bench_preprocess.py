@@ -44,8 +44,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # HF encode_batch on o
 import awkward  # noqa: E402,F401  gigatoken returns awkward arrays: imported here, untimed, like torch and transformers
 import make_corpus  # noqa: E402  examples/data/make_corpus.py (the Makefile sets PYTHONPATH)
 
-from megatron_ixt.tokenizer import build_tokenizer, gigatoken_tokenizer, tokenizer_config  # noqa: E402
 from megatron_ixt.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from megatron_ixt.tokenizer import build_tokenizer, gigatoken_tokenizer, tokenizer_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -21,9 +21,9 @@ import time
 import numpy
 import torch
 import torch.distributed as dist
+from bench_train import VOCAB, make_shard_set
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
-from bench_train import VOCAB, make_shard_set
 from megatron_ixt.training.config import parse_args
 from megatron_ixt.training.trainer import Trainer
 

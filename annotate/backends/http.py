@@ -109,7 +109,7 @@ class HttpBackend:
                            help="seconds without any reachable server after which the run stops (exit 3, resumable)")
 
     @classmethod
-    def from_args(cls, args, judge: JudgeContext) -> "HttpBackend":
+    def from_args(cls, args, judge: JudgeContext) -> HttpBackend:
         if not args.url:
             raise ValueError("--backend http needs at least one --url")
         api_key = None

@@ -174,8 +174,8 @@ def write_jsonl(path: str, records: list) -> None:
 
 def tokenizer_training_texts(records: list) -> list:
     """Document texts plus the rendered default prefixes (so that the model covers their characters)."""
-    from megatron_ixt.data.record import parse_annotation
     from megatron_ixt.data.prefix_kinds import names, steering_annotation
+    from megatron_ixt.data.record import parse_annotation
     from megatron_ixt.data.templates import load_template
 
     templates = [load_template(kind) for kind in names()]

@@ -33,16 +33,15 @@ import re
 import subprocess
 import sys
 import time
-from typing import List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # ixt_demo: the demo's corpus generator and judge
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 
-from ixt_demo.synthetic import SynthConfig, make_document  # noqa: E402  (this folder)
 from demo_report import verdict, wilson_interval, write_report  # noqa: E402  (this folder)
+from ixt_demo.synthetic import SynthConfig, make_document  # noqa: E402  (this folder)
 
-COMMANDS: List[str] = []  # every command the demo ran, in order (for the report)
+COMMANDS: list[str] = []  # every command the demo ran, in order (for the report)
 
 MODEL_ARGS = [  # small Llama-style model: trains at a few thousand tokens/s on 2 CPU cores
     "--num-layers", "4", "--hidden-size", "128", "--ffn-hidden-size", "384",
@@ -81,7 +80,7 @@ def _finish(proc: subprocess.Popen) -> None:
         sys.exit(f"step failed (exit {proc.returncode}); see {proc.log_path}")
 
 
-def run_steps(steps: list, env: Optional[dict] = None, at_once: Optional[int] = None) -> None:
+def run_steps(steps: list, env: dict | None = None, at_once: int | None = None) -> None:
     """Run ``[(cmd, log_path), ...]``, ``at_once`` at a time side by side (default: all); a failure
     stops the demo. Each step's output goes to its log; its [train]/[eval]/error lines are echoed
     when it ends."""
@@ -140,7 +139,7 @@ def held_out_questions(n: int, cfg: SynthConfig, seed: int) -> list:
 STEP = re.compile(r"[A-Z][\w-]*: (\d+) \+ (\d+)(?: \+ (\d+))? = (\d+)\. Write (\d+)(?:, carry (\d+))?\.")
 
 
-def parse_answer(text: str) -> Optional[int]:
+def parse_answer(text: str) -> int | None:
     """The first ``Answer: N`` of a generation, or None."""
     found = re.findall(r"Answer:\s*(\d+)", text)
     return int(found[0]) if found else None
@@ -167,7 +166,7 @@ def score_answers(generations: list, questions: list) -> dict:
             "carries_added": carries_added / carries if carries else None}
 
 
-def resume_args(checkpoint_dir: str) -> List[str]:
+def resume_args(checkpoint_dir: str) -> list[str]:
     """``--load`` when ``checkpoint_dir`` holds a checkpoint: a rerun of the demo into the same
     ``--output`` continues an interrupted arm (or skips a finished one) instead of starting over."""
     tracker = os.path.join(checkpoint_dir, "latest_checkpointed_iteration.txt")

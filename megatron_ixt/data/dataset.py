@@ -25,11 +25,9 @@ import logging
 import os
 import time
 from dataclasses import dataclass, fields
-from typing import Dict, Optional, Tuple
 
 import numpy
 import torch
-
 from megatron.core.datasets import helpers
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -55,7 +53,7 @@ class IXTGPTDatasetConfig(GPTDatasetConfig, IXTOptions):
     ``prefix_dropout`` and ``annotated_fraction`` draw per document from ``random_seed``.
     """
 
-    steering_prefix: Optional[Tuple[int, ...]] = None
+    steering_prefix: tuple[int, ...] | None = None
     """Evaluation: condition every document (annotated or not, in IXT and plain stores alike) on
     these prefix tokens, e.g. ``steering.<kind>.tokens`` of ``P_ixt.json``."""
 
@@ -93,8 +91,8 @@ def document_draws(seed: int, salt: int, document_ids: numpy.ndarray, probabilit
     return (_splitmix64(x) >> numpy.uint64(11)) < numpy.uint64(round(probability * 2**53))
 
 
-def _open_prefix_store(dataset_path: Optional[str], text: IndexedDataset,
-                       config: IXTGPTDatasetConfig) -> Optional[IndexedDataset]:
+def _open_prefix_store(dataset_path: str | None, text: IndexedDataset,
+                       config: IXTGPTDatasetConfig) -> IndexedDataset | None:
     """The ``config.prefix_kind`` prefix store aligned with ``text``, or None for a plain store.
 
     The kinds a shard set holds are those listed in its ``P_ixt.json`` (sets written before a kind
@@ -176,7 +174,7 @@ class PrefixCooldownDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return min(len(self.conditioned), len(self.plain))
 
-    def __getitem__(self, idx: int) -> Dict[str, torch.Tensor]:
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         return (self.plain if idx >= self.first_plain_sample else self.conditioned)[idx]
 
 
@@ -204,8 +202,8 @@ class IXTGPTDataset(GPTDataset):
     The sample index counts offsets into the conditioned document (prefix first).
     """
 
-    def __init__(self, indexed_dataset: IndexedDataset, dataset_path: Optional[str],
-                 indexed_indices: numpy.ndarray, num_samples: Optional[int], index_split: Split,
+    def __init__(self, indexed_dataset: IndexedDataset, dataset_path: str | None,
+                 indexed_indices: numpy.ndarray, num_samples: int | None, index_split: Split,
                  config: IXTGPTDatasetConfig) -> None:
         if config.prefix_cooldown_fraction:
             raise ValueError("prefix_cooldown_fraction switches a whole training split (blend) to prefix-free "
@@ -213,8 +211,8 @@ class IXTGPTDataset(GPTDataset):
         self.prefix_dataset = _open_prefix_store(dataset_path, indexed_dataset, config)
         self.steering_tokens = (None if config.steering_prefix is None
                                 else numpy.asarray(config.steering_prefix, dtype=numpy.int64))
-        self.prefix_length: Optional[numpy.ndarray] = None  # set by _build_document_sample_shuffle_indices
-        self._last_prefix_flags: Optional[numpy.ndarray] = None
+        self.prefix_length: numpy.ndarray | None = None  # set by _build_document_sample_shuffle_indices
+        self._last_prefix_flags: numpy.ndarray | None = None
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
 
     @staticmethod
@@ -252,7 +250,7 @@ class IXTGPTDataset(GPTDataset):
 
     def _build_document_sample_shuffle_indices(
         self,
-    ) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    ) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
         """GPTDataset's document/sample/shuffle indices over conditioned document lengths.
 
         Same RNG draws as GPTDataset (so ``prefix_kind='none'`` reproduces it exactly); the
@@ -312,7 +310,7 @@ class IXTGPTDataset(GPTDataset):
             raise ValueError(f"{base}-*.npy: the cached index does not match the prefix store of "
                              f"{self.dataset_path} (rebuilt shards?); delete these cache files")
 
-    def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    def _build_indices(self) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray, numpy.ndarray]:
         """(document_index, prefix_length, sample_index, shuffle_index), freshly computed.
 
         The number of epochs comes from token counts, as in GPTDataset; prefixes re-inserted by
@@ -457,7 +455,7 @@ class IXTGPTDataset(GPTDataset):
             return tokens, document_ids, document_lengths
         return tokens, document_ids
 
-    def __getitem__(self, idx: Optional[int]) -> Dict[str, torch.Tensor]:
+    def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:
         """GPTDataset's sample dict plus ``prefix_mask`` (float, shaped like ``loss_mask``: 1.0
         where ``labels[i]`` is a prefix token). With ``prefix_loss='mask'`` the loss mask is 0 there."""
         sample = super().__getitem__(idx)

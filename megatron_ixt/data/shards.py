@@ -25,7 +25,7 @@ import collections
 import json
 import os
 import re
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy
 
@@ -208,7 +208,7 @@ class ShardSetWriter:
     that looks complete. Used as a context manager, an exception aborts (removes the temporaries).
     """
 
-    def __init__(self, stem: str, vocab_size: int, kinds: Optional[Sequence[str]] = None):
+    def __init__(self, stem: str, vocab_size: int, kinds: Sequence[str] | None = None):
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
         os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
@@ -368,7 +368,7 @@ class ShardSetWriter:
             if os.path.exists(path):
                 os.remove(path)
 
-    def __enter__(self) -> "ShardSetWriter":
+    def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -6,8 +6,9 @@ import sys
 
 
 def main() -> int:
-    import megatron_ixt.evaluation.lm_eval_model  # noqa: F401  (registers ixt_hf)
     from lm_eval.__main__ import cli_evaluate
+
+    import megatron_ixt.evaluation.lm_eval_model  # noqa: F401  (registers ixt_hf)
 
     cli_evaluate()
     return 0

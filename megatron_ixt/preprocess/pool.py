@@ -36,7 +36,7 @@ class TokenFile:
     nbytes: dict
 
     @classmethod
-    def write(cls, directory: str, tokens: dict) -> "TokenFile":
+    def write(cls, directory: str, tokens: dict) -> TokenFile:
         """Write ``tokens`` (store name -> 1-D array) to a new file in ``directory``."""
         fd, path = tempfile.mkstemp(dir=directory, suffix=".tokens")
         with open(fd, "wb") as f:

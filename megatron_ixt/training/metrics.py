@@ -34,7 +34,6 @@ import math
 import os
 import sys
 import time
-from typing import Optional
 
 METRICS_FORMAT = "megatron-ixt-metrics"
 METRICS_VERSION = 1
@@ -50,7 +49,7 @@ class WandbSink:
     """One W&B run (``wandb.init(project, name, dir)``) fed the metric records; any W&B exception
     prints a warning and disables the sink (it never stops training)."""
 
-    def __init__(self, project: str, name: Optional[str], save_dir: str):
+    def __init__(self, project: str, name: str | None, save_dir: str):
         self.project, self.name, self.save_dir = project, name, save_dir
         self._run = None
 
@@ -85,8 +84,8 @@ class WandbSink:
 class MetricsWriter:
     """Writes metric records to stdout, a JSONL file and (optionally) TensorBoard and W&B."""
 
-    def __init__(self, jsonl_path: Optional[str], tensorboard_dir: Optional[str] = None,
-                 stdout: bool = True, wandb: Optional[WandbSink] = None):
+    def __init__(self, jsonl_path: str | None, tensorboard_dir: str | None = None,
+                 stdout: bool = True, wandb: WandbSink | None = None):
         self.stdout = stdout
         self._file = None
         self._tb = None

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from megatron_ixt.data.record import SCORE_AXES as AXES
+
 DIRECTIVE = re.compile(r"\[\[fault:([a-z0-9]+)\*(\d+|inf)\]\]")
 
 

@@ -100,7 +100,7 @@ def test_a_shard_cannot_be_written_by_two_processes(tmp_path):
     first = ShardWriter(path)
     first.open()
     code = ("from annotate.store import ShardWriter\n"
-            "try:\n    ShardWriter(%r).open()\nexcept RuntimeError as e:\n    print(e)" % path)
+            f"try:\n    ShardWriter({path!r}).open()\nexcept RuntimeError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert "being written by another process" in out.stdout, out.stderr
     first.close()

@@ -4,9 +4,6 @@ import math
 import numpy
 import pytest
 import torch
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megatron.core.datasets.utils import Split
-
 from ixt_testlib import (
     PREFIX_START,
     STEERING,
@@ -15,6 +12,9 @@ from ixt_testlib import (
     samples_in_order,
     token_stream,
 )
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.utils import Split
+
 from megatron_ixt.data.dataset import IXTGPTDataset
 from megatron_ixt.data.shards import metadata_path, shard_set_stem
 

@@ -6,10 +6,10 @@ import os
 
 import numpy
 import pytest
+from ixt_testlib import build_dataset, token_stream
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
-from ixt_testlib import build_dataset, token_stream
 from megatron_ixt.data import prefix_kinds, shards
 from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
 from megatron_ixt.data.prefix_kinds import QUALITY_LABELS, PrefixKind

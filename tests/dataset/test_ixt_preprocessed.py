@@ -1,10 +1,10 @@
 """IXTGPTDataset on a shard set made by tools/preprocess_ixt.py (SentencePiece, --append-eod)."""
 import numpy
 import pytest
+from ixt_testlib import token_stream
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
-from ixt_testlib import token_stream
 from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
 from megatron_ixt.data.provider import steering_prefix
 from megatron_ixt.data.shards import prefix_store_path, read_metadata, text_store_path

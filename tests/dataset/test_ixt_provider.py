@@ -4,9 +4,9 @@ import argparse
 import numpy
 import pytest
 import torch
+from ixt_testlib import PREFIX_START, STEERING
 from megatron.core.datasets.blended_dataset import BlendedDataset
 
-from ixt_testlib import PREFIX_START, STEERING
 from megatron_ixt.data import (
     IXTGPTDataset,
     add_ixt_dataset_args,

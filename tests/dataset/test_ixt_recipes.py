@@ -4,11 +4,11 @@ import dataclasses
 import numpy
 import pytest
 import torch
+from ixt_testlib import CRITIQUE_RANGE, PREFIX_START, STEERING, Corpus, build_dataset
 from megatron.core.datasets import helpers
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
 
-from ixt_testlib import CRITIQUE_RANGE, PREFIX_START, STEERING, Corpus, build_dataset
 from megatron_ixt.data.dataset import every_segment_sample_index
 from megatron_ixt.data.provider import build_train_valid_test_datasets, conditioning_configs
 from megatron_ixt.data.shards import text_store_path, write_token_shard_set

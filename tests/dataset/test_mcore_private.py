@@ -1,10 +1,10 @@
 """Pins the megatron-core private behaviour megatron_ixt.mcore_private relies on, on the installed
 megatron-core (the module docstring says how 0.16-0.19 differ)."""
 import numpy
+from ixt_testlib import build_dataset
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from ixt_testlib import build_dataset
 from megatron_ixt import mcore_private
 
 

@@ -5,13 +5,19 @@ import argparse
 import io
 import random
 
+import make_corpus
 import numpy
 import pytest
 import sentencepiece
 
-import make_corpus
-from megatron_ixt.tokenizer import (BatchEncoder, add_tokenizer_args, build_tokenizer, same_tokenizer,
-                                    tokenizer_config, tokenizer_identity)
+from megatron_ixt.tokenizer import (
+    BatchEncoder,
+    add_tokenizer_args,
+    build_tokenizer,
+    same_tokenizer,
+    tokenizer_config,
+    tokenizer_identity,
+)
 
 TRICKY = ["Hello  world.\nSecond\tline ", "  padded  ", "ｆｕｌｌ-width ＡＢＣ and ① ligature ﬁ", "a\u2581b ▁ c",
           "café über naïve Ωμέγα дом 東京 😀👍", "numbers 3.14159 1,000,000 -42 1e10", "x", "tabs\t\tand\r\nCRLF",

@@ -139,7 +139,7 @@ class VerifierBackend:
         pass
 
     @classmethod
-    def from_args(cls, args, judge: JudgeContext) -> "VerifierBackend":
+    def from_args(cls, args, judge: JudgeContext) -> VerifierBackend:
         return cls(judge.count)
 
     def __init__(self, count=lambda s: len(s.split())):
