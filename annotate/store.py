@@ -17,7 +17,7 @@ committed file is never touched again by ``run``.
 """
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -125,7 +125,7 @@ def encode_record(record: dict) -> bytes:
 
 
 def _json_value(value) -> str:
-    if isinstance(value, (datetime.date, datetime.time)):
+    if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")

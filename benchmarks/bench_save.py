@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 
-import numpy
+import numpy as np
 import torch
 import torch.distributed as dist
 from bench_train import VOCAB, make_shard_set
@@ -97,15 +97,15 @@ def main() -> None:
     os.makedirs(args.output, exist_ok=True)
     result = measure(make_shard_set(os.path.join(args.output, "random"), args), args)
     blocks, calls = result["blocks"], result["calls"]
-    base = float(numpy.median(blocks["none"]))
+    base = float(np.median(blocks["none"]))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"\n{device}: {args.rounds} rounds of {args.block}-step blocks, checkpoint ~{result['bytes'] / 2**20:.0f} MiB, "
           f"median step {base / args.block * 1e3:.1f} ms (no-save blocks)")
     print(f"  {'':6s} {'save call (ms)':>15s} {'stall per save (ms)':>20s}")
     stall = {}
     for mode in ("sync", "async"):
-        stall[mode] = float(numpy.median(blocks[mode])) - base
-        print(f"  {mode:6s} {numpy.median(calls[mode]) * 1e3:15.1f} {stall[mode] * 1e3:20.1f}")
+        stall[mode] = float(np.median(blocks[mode])) - base
+        print(f"  {mode:6s} {np.median(calls[mode]) * 1e3:15.1f} {stall[mode] * 1e3:20.1f}")
     print(f"  stall async / sync: {stall['async'] / stall['sync']:.2f}" if stall["sync"] > 0 else "")
     dist.destroy_process_group()
 

@@ -19,7 +19,7 @@ import json
 import os
 import time
 
-import numpy
+import numpy as np
 import torch.distributed as dist
 
 from megatron_ixt.data.shards import text_store_path
@@ -39,11 +39,11 @@ def make_shard_set(prefix: str, args, vocab: int = VOCAB) -> str:
     stamp = prefix + "_bench.json"
     if os.path.exists(stamp) and json.load(open(stamp)) == params:
         return text_store_path(prefix)
-    rng = numpy.random.default_rng(0)
+    rng = np.random.default_rng(0)
     steering = list(rng.integers(1, vocab, args.mean_prefix_tokens))
     documents = {"text": [], "critique": [], "quality": []}
     for _ in range(args.num_documents):
-        text = numpy.append(rng.integers(1, vocab, max(1, int(rng.exponential(args.mean_text_tokens)))), vocab)
+        text = np.append(rng.integers(1, vocab, max(1, int(rng.exponential(args.mean_text_tokens)))), vocab)
         annotated = rng.random() < args.annotated
         documents["text"].append(text)
         documents["critique"].append(rng.integers(1, vocab, int(rng.integers(1, 2 * args.mean_prefix_tokens)))
@@ -96,7 +96,7 @@ def main() -> None:
           f"(median step time):")
     rate = {}
     for arm, t in times.items():
-        rate[arm] = {k: tokens / float(numpy.median(v)) for k, v in t.items()}
+        rate[arm] = {k: tokens / float(np.median(v)) for k, v in t.items()}
         print(f"  {arm:9s} {rate[arm]['wall']:9.0f} tokens/s wall   {rate[arm]['cpu']:9.0f} tokens per CPU-s")
     print(f"  ratio IXT / baseline: {rate['IXT']['wall'] / rate['baseline']['wall']:.3f} wall, "
           f"{rate['IXT']['cpu'] / rate['baseline']['cpu']:.3f} CPU   (target >= 0.97)")

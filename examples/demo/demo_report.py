@@ -48,8 +48,8 @@ def read_eval_records(metrics_path: str) -> list[dict]:
 
 
 def plot_losses(metrics: dict[str, str], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
+    import matplotlib as mpl
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -67,8 +67,8 @@ def plot_losses(metrics: dict[str, str], path: str) -> None:
 
 
 def plot_answers(results: dict[str, dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
+    import matplotlib as mpl
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(results)

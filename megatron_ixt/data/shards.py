@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-import numpy
+import numpy as np
 
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.record import QUALITY_LEVELS, REASONS, SCORE_AXES
@@ -80,7 +80,7 @@ READ_VERSIONS = (1, 2)
 VERSION_1_KINDS = ("critique", "quality")
 # One row per document: where it came from (index into metadata["inputs"], 1-based line) and its
 # annotation (quality and scores in SCORE_AXES order; all 0 for an unannotated document).
-DOC_DTYPE = numpy.dtype([("file", "<u4"), ("line", "<u8"), ("quality", "i1"), ("scores", "i1", (len(SCORE_AXES),))])
+DOC_DTYPE = np.dtype([("file", "<u4"), ("line", "<u8"), ("quality", "i1"), ("scores", "i1", (len(SCORE_AXES),))])
 DOCUMENT_COUNTS = ("records", "blank_lines", "documents", "annotated", "unannotated", "degraded", "dropped",
                    "input_bytes")
 
@@ -237,7 +237,7 @@ class ShardSetWriter:
         unknown = set(prefixes) - set(self.kinds)
         if unknown:
             raise ValueError(f"prefixes for kinds {sorted(unknown)} that this writer does not hold ({self.kinds})")
-        empty = numpy.zeros(0, self.dtype)
+        empty = np.zeros(0, self.dtype)
         for name in self.names:
             tokens = text if name == TEXT else prefixes.get(name, empty)
             self._builders[name].add_document(tokens, [len(tokens)])
@@ -265,7 +265,7 @@ class ShardSetWriter:
         for name in self.names:
             offset, nbytes = ranges[name]
             add_sequences_from_file(self._builders[name], fd, offset, nbytes, lengths[name])
-            self.tokens[name] += nbytes // numpy.dtype(self.dtype).itemsize
+            self.tokens[name] += nbytes // np.dtype(self.dtype).itemsize
         self.sequences += len(lengths[TEXT])
 
     def _check_lengths(self, lengths: dict) -> None:
@@ -274,9 +274,9 @@ class ShardSetWriter:
             if len(lengths[name]) != n:
                 raise ValueError(f"{name}: {len(lengths[name])} lengths for {n} documents")
 
-    def add_docs(self, docs: numpy.ndarray) -> None:
+    def add_docs(self, docs: np.ndarray) -> None:
         """Append ``DOC_DTYPE`` rows, one per document added (any grouping, same order)."""
-        self._docs.append(numpy.asarray(docs, dtype=DOC_DTYPE))
+        self._docs.append(np.asarray(docs, dtype=DOC_DTYPE))
 
     def add_shard_set(self, stem: str, file_offset: int = 0) -> None:
         """Append every document of another (complete, same-dtype) shard set holding this writer's
@@ -294,12 +294,12 @@ class ShardSetWriter:
             tokens = int(reader.store(name).sequence_lengths.sum())
             if tokens == 0:  # its .bin holds only the padding token (see commit)
                 for _ in range(len(reader)):
-                    self._builders[name].add_document(numpy.zeros(0, self.dtype), [0])
+                    self._builders[name].add_document(np.zeros(0, self.dtype), [0])
             else:
                 self._builders[name].add_index(store_path(stem, name))
             self.tokens[name] += tokens
         self.sequences += len(reader)
-        docs = numpy.array(reader.docs)
+        docs = np.array(reader.docs)
         docs["file"] += file_offset
         self.add_docs(docs)
 
@@ -334,7 +334,7 @@ class ShardSetWriter:
                 os.remove(path)
         for name in self.names:
             if self.tokens[name] == 0:  # numpy cannot mmap an empty file: pad with one unused token
-                write_raw_tokens(self._builders[name], numpy.zeros(1, self.dtype))
+                write_raw_tokens(self._builders[name], np.zeros(1, self.dtype))
             finalize_builder(self._builders[name], store_path(self.stem, name) + ".idx" + self._suffix)
         for name in self.names:
             for ext in (".bin", ".idx"):
@@ -342,11 +342,11 @@ class ShardSetWriter:
                 os.replace(final + self._suffix, final)
         if metadata is None:
             return None
-        docs = numpy.concatenate(self._docs) if self._docs else numpy.zeros(0, DOC_DTYPE)
+        docs = np.concatenate(self._docs) if self._docs else np.zeros(0, DOC_DTYPE)
         if len(docs) != self.sequences:
             raise ValueError(f"{len(docs)} document rows for {self.sequences} documents")
         with open(docs_path(self.stem) + self._suffix, "wb") as f:
-            numpy.save(f, docs)
+            np.save(f, docs)
         os.replace(docs_path(self.stem) + self._suffix, docs_path(self.stem))
         metadata = dict(metadata)
         metadata["stores"] = {
@@ -410,7 +410,7 @@ class ShardSet:
                 raise ValueError(f"{store_path(stem, name)}.bin: {size} bytes, metadata says "
                                  f"{stats['bin_bytes'][name]}; the shard set is inconsistent")
         if os.path.exists(docs_path(stem)):
-            self.docs = numpy.load(docs_path(stem), mmap_mode="r")
+            self.docs = np.load(docs_path(stem), mmap_mode="r")
             if len(self.docs) != expected:
                 raise ValueError(f"{docs_path(stem)}: {len(self.docs)} rows, expected {expected}")
 

@@ -1,7 +1,7 @@
 """Blends, splits and Megatron-LM-named args through megatron-core's BlendedMegatronDatasetBuilder."""
 import argparse
 
-import numpy
+import numpy as np
 import pytest
 import torch
 from ixt_testlib import PREFIX_START, STEERING
@@ -18,12 +18,12 @@ from megatron_ixt.data import (
 )
 
 
-def complete_documents(tokens: numpy.ndarray, eod: int):
+def complete_documents(tokens: np.ndarray, eod: int):
     """(prefix, text) of every conditioned document that starts and ends inside ``tokens``."""
-    ends = numpy.flatnonzero(tokens == eod)
+    ends = np.flatnonzero(tokens == eod)
     for start, end in zip(ends[:-1] + 1, ends[1:]):
         chunk = tokens[start:end]
-        n_prefix = int(numpy.argmax(chunk < PREFIX_START))
+        n_prefix = int(np.argmax(chunk < PREFIX_START))
         yield chunk[:n_prefix], chunk[n_prefix:]
 
 
@@ -33,13 +33,13 @@ def check_blend_samples(dataset, corpus, plain, eod):
     for i in range(len(dataset)):
         sample = dataset[i]
         assert torch.equal(sample["prefix_mask"], ((sample["labels"] >= PREFIX_START) & (sample["labels"] != eod)).float())
-        text = numpy.append(sample["tokens"].numpy(), sample["labels"].numpy()[-1])
+        text = np.append(sample["tokens"].numpy(), sample["labels"].numpy()[-1])
         for prefix, body in complete_documents(text, eod):
             store = corpus if body[0] < 251 else plain
             seen[store.store] += 1
             expected = corpus.prefixes["critique"][store.document_id(body)] if store is corpus else []
-            numpy.testing.assert_array_equal(prefix, expected)
-            numpy.testing.assert_array_equal(body, store.texts[store.document_id(body)])
+            np.testing.assert_array_equal(prefix, expected)
+            np.testing.assert_array_equal(body, store.texts[store.document_id(body)])
     return seen
 
 
