@@ -124,7 +124,7 @@ def exit_code_of(error: BaseException) -> int | None:
 
 
 def print_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)  # noqa: T201 - every CLI's error line (docs/cli.md)
 
 
 def entry_point(main: Callable | None = None, *, plugins: bool = False,

@@ -100,7 +100,8 @@ def parse_args(argv: Sequence[str] | None = None):
     mcore_private.use_prebuilt_dataset_helpers()
     given = [flag for flag, name in UNSUPPORTED.items() if getattr(args, name, None)]
     if given:
-        print(f"megatron_ixt.megatron_lm: {' '.join(given)} not supported with IXT data", file=sys.stderr)
+        print(f"megatron_ixt.megatron_lm: {' '.join(given)} not supported with IXT data",  # noqa: T201 - CLI error
+              file=sys.stderr)
         raise SystemExit(2)
     return args
 
@@ -289,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_shard_tokenizer(config_paths(dataset_config_from_args(args, get_tokenizer())), get_tokenizer())
     except ValueError as e:
-        print(f"megatron_ixt.megatron_lm: {e}", file=sys.stderr)
+        print(f"megatron_ixt.megatron_lm: {e}", file=sys.stderr)  # noqa: T201 - the entry point's error line
         return 2
     try:
         mcore_private.megatron_lm_pretrain(args, train_valid_test_datasets_provider, forward_step,

@@ -158,7 +158,8 @@ def _commit(root: str, iteration: int, keep_last: int) -> None:
         with open(tracker + ".tmp", "w", encoding="utf-8") as f:
             f.write(str(iteration))
         os.replace(tracker + ".tmp", tracker)
-        print(f"saved checkpoint {iteration_dir(root, iteration)}", flush=True)
+        # a print, not a log record: tests/slurm, docs/slurm.md and users grep this line for a complete checkpoint
+        print(f"saved checkpoint {iteration_dir(root, iteration)}", flush=True)  # noqa: T201
         if keep_last:
             prune_checkpoints(root, keep_last)
     dist.barrier()

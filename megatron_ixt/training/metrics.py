@@ -76,7 +76,8 @@ class WandbSink:
         try:
             call()
         except Exception as e:  # noqa: BLE001 - whatever W&B raises, training goes on
-            print(f"warning: W&B logging disabled ({type(e).__name__}: {e}); the metrics JSONL and "
+            # stderr line documented in docs/training.md and asserted by tests/training/test_wandb.py
+            print(f"warning: W&B logging disabled ({type(e).__name__}: {e}); the metrics JSONL and "  # noqa: T201
                   f"TensorBoard go on", file=sys.stderr, flush=True)
             self._run = None
 
@@ -110,7 +111,7 @@ class MetricsWriter:
         record = {"kind": kind, **{k: _clean(v) for k, v in record.items()}, "time": time.time()}
         self._write(record)
         if self.stdout:
-            print(_format_line(record), flush=True)
+            print(_format_line(record), flush=True)  # noqa: T201 - the per-iteration log line on stdout
         if self._tb is not None:
             step = record["iteration"]
             for key, value in record.items():

@@ -345,7 +345,7 @@ class Trainer:
 
     def _print(self, msg: str) -> None:
         if self.rank == 0:
-            print(msg, flush=True)
+            print(msg, flush=True)  # noqa: T201 - the run log lines tests and docs/slurm.md grep
 
 
 def _mean(pair: torch.Tensor) -> float | None:
