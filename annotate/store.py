@@ -174,7 +174,8 @@ class ShardStats:
             "requests": self.requests,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
                        "cached": self.cached_tokens,
-                       "cached_share": round(self.cached_tokens / self.prompt_tokens, 4) if self.prompt_tokens else 0.0},
+                       "cached_share": (round(self.cached_tokens / self.prompt_tokens, 4) if self.prompt_tokens
+                                        else 0.0)},
             "truncated": self.truncated,
             "quality_histogram": dict(self.quality),
             "score_means": {a: round(v / self.ok, 4) if self.ok else None for a, v in self.score_sums.items()},

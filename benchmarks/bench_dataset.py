@@ -77,7 +77,8 @@ def samples_per_second(dataset, ids) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="bench_out/dataset", help="directory for the generated shard set and index caches")
+    parser.add_argument("--workdir", default="bench_out/dataset",
+                        help="directory for the generated shard set and index caches")
     parser.add_argument("--num-documents", type=int, default=1_000_000, help="documents in the random-token shard set")
     parser.add_argument("--mean-text-tokens", type=int, default=300, help="mean document length in tokens")
     parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")

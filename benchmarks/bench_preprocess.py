@@ -210,7 +210,8 @@ def library_runs(corpus: str, tokenizer_type: str, model: str, texts: list[str])
         return runs
     source = gigatoken.JsonlFileSource([corpus], field="text")
     runs["gigatoken encode_batch"] = (lambda: gigatoken_tokenizer(cfg), lambda g: g.encode_batch(texts, parallel=False))
-    runs["gigatoken encode_files"] = (lambda: gigatoken_tokenizer(cfg), lambda g: g.encode_files(source, parallel=False))
+    runs["gigatoken encode_files"] = (lambda: gigatoken_tokenizer(cfg),
+                                      lambda g: g.encode_files(source, parallel=False))
     return runs
 
 

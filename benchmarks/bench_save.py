@@ -99,7 +99,8 @@ def main() -> None:
     blocks, calls = result["blocks"], result["calls"]
     base = float(np.median(blocks["none"]))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\n{device}: {args.rounds} rounds of {args.block}-step blocks, checkpoint ~{result['bytes'] / 2**20:.0f} MiB, "
+    print(f"\n{device}: {args.rounds} rounds of {args.block}-step blocks, "
+          f"checkpoint ~{result['bytes'] / 2**20:.0f} MiB, "
           f"median step {base / args.block * 1e3:.1f} ms (no-save blocks)")
     print(f"  {'':6s} {'save call (ms)':>15s} {'stall per save (ms)':>20s}")
     stall = {}

@@ -248,7 +248,8 @@ class BatchEncoder:
     PROBE = ["Hello  world.\nA second\t line ", " leading space", "1 2 3 1234567", "\uff46\uff55\uff4c\uff4c width",
              f"a{SPM_SPACE}b", "caf\u00e9 \u00fcber \U0001F600", "x", "specials <s> </s> <unk> <|endoftext|> <pad>",
              "  padded  ", "tabs\t\tand\r\nCRLF", "zero\u200bwidth soft\u00adhyphen \u00a0nbsp \u3000ideographic",
-             "ligature \ufb01 \u2460 \uff21\uff22\uff23 \u6771\u4eac \u0434\u043e\u043c", "quotes \u201clike\u201d \u2014 \u2026"]
+             "ligature \ufb01 \u2460 \uff21\uff22\uff23 \u6771\u4eac \u0434\u043e\u043c",
+             "quotes \u201clike\u201d \u2014 \u2026"]
 
     def __init__(self, tokenizer, config: TokenizerConfig | None = None, dtype=np.int32, engine: str = "auto"):
         if engine != "auto" and engine not in ENGINES:

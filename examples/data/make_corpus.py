@@ -34,7 +34,8 @@ VERBS = ("explains changes affects controls supports measures reduces increases 
          "requires produces protects reveals limits connects".split())
 CONNECTIVES = ("However,", "For example,", "In practice,", "As a result,", "In contrast,", "Moreover,",
                "Consequently,", "At first,", "Finally,", "In general,")
-_ONSETS = "b bl br c ch cl cr d dr f fl fr g gl gr h j k l m n p pl pr qu r s sc sh sl sp st str t th tr v w wh y z".split()
+_ONSETS = ("b bl br c ch cl cr d dr f fl fr g gl gr h j k l m n p pl pr qu r s sc sh sl sp st str t th tr v w wh "
+           "y z").split()
 _VOWELS = "a e i o u ai ea ee ie oa ou oo".split()
 _CODAS = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ck", "ng", "rt", "th", "x"]
 _SUFFIXES = ["", "", "", "s", "ed", "ing", "er", "ly", "tion", "ment", "ness", "ity", "al", "ous"]

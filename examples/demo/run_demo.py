@@ -5,7 +5,8 @@ SYSTEMATIC flaw (the carry is noted but never added), so the flawed answer is a 
 function of the question. Steps, each through the project's real command-line entry points:
 
 1. ``python -m ixt_demo.synthetic``        raw JSONL (training corpus; held-out correct documents)
-2. ``python -m annotate --import ixt_demo.verifier run --backend verifier``   annotated JSONL (critique + scores per document)
+2. ``python -m annotate --import ixt_demo.verifier run --backend verifier``
+                                           annotated JSONL (critique + scores per document)
 3. a SentencePiece BPE tokenizer (digits split) trained on the raw text
 4. ``tools/preprocess_ixt.py``             IXT shard set (text store + aligned prefix stores)
 5. ``python -m megatron_ixt.pretrain`` twice, side by side: the baseline arm (``--ixt-prefix-kind
@@ -220,7 +221,8 @@ def main(argv=None) -> int:
                for name, cfg in (("arith", synth), ("heldout", heldout))])
 
     print("== 2. annotate with the verifier judge", flush=True)
-    run([py, "-m", "annotate", "--import", "ixt_demo.verifier", "run", "--backend", "verifier", "--input", raw["arith"], raw["heldout"],
+    run([py, "-m", "annotate", "--import", "ixt_demo.verifier", "run", "--backend", "verifier",
+         "--input", raw["arith"], raw["heldout"],
          "--output", os.path.join(out, "annotated")], log("annotate"))
     run([py, "-m", "annotate", "status", os.path.join(out, "annotated")], log("annotate_status"))
 

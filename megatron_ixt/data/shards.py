@@ -311,7 +311,8 @@ class ShardSetWriter:
         except (FileNotFoundError, ValueError):
             pass
         paths = [metadata_path(self.stem)]
-        paths += [store_path(self.stem, k) + ext for k in sorted(stale_kinds - set(self.kinds)) for ext in (".idx", ".bin")]
+        paths += [store_path(self.stem, k) + ext for k in sorted(stale_kinds - set(self.kinds))
+                  for ext in (".idx", ".bin")]
         if metadata is None:
             paths.append(docs_path(self.stem))
         return paths

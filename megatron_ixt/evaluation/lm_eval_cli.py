@@ -1,6 +1,8 @@
-"""``python -m megatron_ixt.evaluation.lm_eval_cli``: lm-eval's command line (its flags and help) with ``ixt_hf`` registered.
+"""``python -m megatron_ixt.evaluation.lm_eval_cli``: lm-eval's command line (its flags and help) with
+``ixt_hf`` registered.
 
-    python -m megatron_ixt.evaluation.lm_eval_cli run --model ixt_hf --model_args pretrained=hf/ixt,steer=quality:5 --tasks gsm8k
+    python -m megatron_ixt.evaluation.lm_eval_cli run --model ixt_hf \\
+        --model_args pretrained=hf/ixt,steer=quality:5 --tasks gsm8k
 """
 import sys
 

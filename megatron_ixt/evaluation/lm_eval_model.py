@@ -58,7 +58,8 @@ class IXTHFLM(HFLM):
         self.negative_prefix: list[int] | None = None  # None: no guidance
         if self.guidance_scale != 1.0:
             if not self.steering_prefix:
-                raise ValueError(f"ixt_hf: guidance_scale={guidance_scale} needs a steering prefix (steer=KIND[:LEVEL])")
+                raise ValueError(f"ixt_hf: guidance_scale={guidance_scale} needs a steering prefix "
+                                 "(steer=KIND[:LEVEL])")
             self.negative_prefix = lookup(str(negative_steer or "none"))
         elif str(negative_steer or "none") != "none":
             raise ValueError("ixt_hf: negative_steer needs a guidance_scale other than 1 (1 is plain steering)")
@@ -89,7 +90,8 @@ class IXTHFLM(HFLM):
         if self.negative_prefix is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         mask = generation_kwargs.pop("attention_mask", None)
-        rows = [row[m.bool()].tolist() for row, m in zip(context, mask if mask is not None else torch.ones_like(context))]
+        rows = [row[m.bool()].tolist()
+                for row, m in zip(context, mask if mask is not None else torch.ones_like(context))]
         sample = bool(generation_kwargs.get("do_sample")) and float(generation_kwargs.get("temperature") or 0) > 0
         new = generate(self.model, rows, max_length - context.shape[1], self.eot_token_id, batch_size=len(rows),
                        temperature=float(generation_kwargs["temperature"]) if sample else 0.0,
@@ -113,7 +115,8 @@ class IXTHFLM(HFLM):
         for context, continuation in (r.args for r in requests):
             if not context and self.negative_prefix == []:
                 raise ValueError("ixt_hf: an empty context under guidance needs a negative prefix "
-                                 "(negative_steer=KIND:LEVEL); with none the first token has no unconditioned prediction")
+                                 "(negative_steer=KIND:LEVEL); with none the first token has no unconditioned "
+                                 "prediction")
             if context:
                 context_enc, continuation_enc = self._encode_pair(context, continuation)
             else:  # the document is the continuation alone: it follows the prefix

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="downstream scores at which to report k (default: 5 spread over the observed range)")
     fit.add_argument("--annotation-stats", action="append", default=[], type=lambda t: _pair(t, "--annotation-stats"),
                      metavar="NAME=GLOB", help="annotate *.stats.json files of arm NAME's corpus; their "
-                                               "prompt+completion tokens x 2 x --annotator-params are added to its compute")
+                                               "prompt+completion tokens x 2 x --annotator-params are added to "
+                                               "its compute")
     fit.add_argument("--annotator-params", type=float, default=None,
                      help="parameters of the annotating (reward) model, for --annotation-stats")
     fit.add_argument("--annotation-flops", action="append", default=[], type=_flops, metavar="NAME=FLOPS",

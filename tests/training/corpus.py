@@ -1,4 +1,5 @@
-"""A small learnable IXT shard set for the training tests (NullTokenizer, vocab 511, EOD 511: 512 ids, so TP=1 and TP=2 pad the vocabulary alike).
+"""A small learnable IXT shard set for the training tests (NullTokenizer, vocab 511, EOD 511: 512 ids, so
+TP=1 and TP=2 pad the vocabulary alike).
 
 Document ``i`` counts upwards from a random start in steps of 1 ("good", quality 5) or of a
 random step with noise ("bad", quality 1). Annotated documents get a short critique prefix
