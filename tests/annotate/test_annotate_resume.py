@@ -41,7 +41,8 @@ def test_sigkill_at_random_points_then_resume(standin, tmp_path):
     # Completed work is not redone: only documents in flight at each kill are repeated, i.e.
     # requests holding one of the `concurrency` slots plus answers received but not yet written.
     requests = json.loads(subprocess.run(
-        [sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen('{server.url}/_standin/stats').read().decode())"],
+        [sys.executable, "-c",
+         f"import urllib.request;print(urllib.request.urlopen('{server.url}/_standin/stats').read().decode())"],
         capture_output=True, text=True).stdout)["generate"]
     assert n <= requests <= n + kills * 2 * concurrency
     stats = [json.load(open(out / f"part{k}.stats.json")) for k in range(2)]

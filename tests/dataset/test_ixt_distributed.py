@@ -16,7 +16,8 @@ def _worker(rank, port, paths, cache, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         config = IXTGPTDatasetConfig(
-            random_seed=11, sequence_length=32, tokenizer=build_tokenizer(tokenizer_type="NullTokenizer", vocab_size=1000),
+            random_seed=11, sequence_length=32,
+            tokenizer=build_tokenizer(tokenizer_type="NullTokenizer", vocab_size=1000),
             reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False, path_to_cache=cache,
             blend=(paths, [0.5, 0.5]), split="90,10,0", prefix_kind="critique", prefix_dropout=0.2)
         train, valid, _ = build_train_valid_test_datasets(config, [120, 12, 0])

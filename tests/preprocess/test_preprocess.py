@@ -99,7 +99,8 @@ def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer
     assert reader.docs["line"].tolist() == list(range(1, len(records) + 1))
     assert reader.docs["quality"].tolist() == [r["ixt"]["quality"] if i in annotated else 0
                                                for i, r in enumerate(records)]
-    assert reader.docs["scores"][annotated[0]].tolist() == [records[annotated[0]]["ixt"]["scores"][a] for a in SCORE_AXES]
+    assert (reader.docs["scores"][annotated[0]].tolist()
+            == [records[annotated[0]]["ixt"]["scores"][a] for a in SCORE_AXES])
 
 
 def _files(prefix):
@@ -183,7 +184,8 @@ def test_null_tokenizer_with_numeric_templates(tmp_path):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     prefix = str(tmp_path / "null")
     rc = run([tmp_path / "in.jsonl"], prefix, None, "--vocab-size", 100, "--append-eod", "--critique-template",
-             tmp_path / "c.txt", "--quality-template", tmp_path / "q.txt", "--scores-template", tmp_path / "s.txt", "--steering-critique", "99",
+             tmp_path / "c.txt", "--quality-template", tmp_path / "q.txt", "--scores-template", tmp_path / "s.txt",
+             "--steering-critique", "99",
              tokenizer_type="NullTokenizer")
     assert rc == 0
     reader = shards.ShardSet(prefix)

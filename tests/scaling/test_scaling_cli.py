@@ -70,7 +70,8 @@ def test_fit_writes_the_table_json_and_plots(sweep, tmp_path):
 
 
 def _fit(arms, out, *extra):
-    argv = ["fit", *[f"--arm={a}" for a in arms], "--reference", "baseline", "--bootstrap", "20", "--output", out, *extra]
+    argv = ["fit", *[f"--arm={a}" for a in arms], "--reference", "baseline", "--bootstrap", "20",
+            "--output", out, *extra]
     return main(argv)
 
 
