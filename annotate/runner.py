@@ -45,6 +45,7 @@ from annotate.store import (
     write_json_atomic,
 )
 from megatron_ixt.data.record import STATUS_OK, parse_record
+from megatron_ixt.fileio import atomic_write
 
 log = logging.getLogger("annotate")
 MAX_LOGGED_REJECTS = 20
@@ -209,10 +210,9 @@ class RunJob(_Job):
                                f"(e.g. {sorted(unknown)[0]!r}): the input changed since the run started; "
                                "restore it or use a new --output directory")
         self.total = self.valid
-        with open(self.paths.rejected + ".tmp", "wb") as f:
+        with atomic_write(self.paths.rejected, "wb") as f:
             for r in rejects:
                 f.write(encode_record(r))
-        os.replace(self.paths.rejected + ".tmp", self.paths.rejected)
         if self.input_lines and not self.valid:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
             raise RuntimeError(f"{self.input_path}: none of its {self.input_lines} records is a valid document "

@@ -33,6 +33,7 @@ from megatron_ixt.data.inputs import (
     parquet_rows,
 )
 from megatron_ixt.data.record import SCORE_AXES, STATUS_OK
+from megatron_ixt.fileio import atomic_write
 
 log = logging.getLogger("annotate")
 
@@ -102,12 +103,9 @@ def count_records(path: str, text_key: str = "text", id_key: str = "id") -> int:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """``obj`` as indented JSON at ``path``, synced to disk, replacing any old file in one step."""
+    with atomic_write(path, fsync=True) as f:
         json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def fsync_dir(path: str) -> None:

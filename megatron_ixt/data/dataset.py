@@ -36,6 +36,7 @@ from megatron.core.utils import log_single_rank
 
 from megatron_ixt.data.options import NO_PREFIX, IXTOptions
 from megatron_ixt.data.shards import metadata_path, prefix_store_path, read_metadata, shard_set_stem
+from megatron_ixt.fileio import atomic_write
 from megatron_ixt.mcore_private import QUERY_RETURNS_LENGTHS, build_document_index, build_shuffle_index, pad_token_id
 
 logger = logging.getLogger(__name__)
@@ -185,14 +186,6 @@ def cooldown_start_sample(fraction: float, train_samples: int, global_batch_size
     return (iterations - round(fraction * iterations)) * global_batch_size
 
 
-def _write_atomically(path: str, write) -> None:
-    """``write(binary file)`` into a temporary file next to ``path``, then rename it to ``path``."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 class IXTGPTDataset(GPTDataset):
     """A ``GPTDataset`` over conditioned documents ``prefix + document``.
 
@@ -288,9 +281,11 @@ class IXTGPTDataset(GPTDataset):
                 # each file renamed into place: runs that share a cache (a sweep's array tasks) may
                 # build the same indices at once, and one must never read another's half-written file
                 for name, path in paths.items():
-                    _write_atomically(path, lambda f, a=arrays[name]: np.save(f, a))
+                    with atomic_write(path, "wb") as f:
+                        np.save(f, arrays[name])
                 # last: marks the cache complete
-                _write_atomically(path_to_description, lambda f: f.write(self.unique_description.encode()))
+                with atomic_write(path_to_description) as f:
+                    f.write(self.unique_description)
             log_single_rank(logger, logging.INFO,
                             f"Built the {type(self).__name__} {self.index_split.name} indices in "
                             f"{time.time() - t_beg:.2f} s")

@@ -31,6 +31,7 @@ import numpy as np
 
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.record import QUALITY_LEVELS, REASONS, SCORE_AXES
+from megatron_ixt.fileio import atomic_write
 
 TEXT_SUFFIX = "_text_document"
 TEXT = "text"  # the store name of the text store; the others are named by their prefix kind
@@ -135,13 +136,11 @@ def build_metadata(*, created_by: str, tokenizer: dict, append_eod: bool, templa
 def write_metadata(stem: str, metadata: dict) -> None:
     """Write ``P_ixt.json`` atomically (temporary file, then rename)."""
     path = metadata_path(stem)
-    tmp = f"{path}.tmp{os.getpid()}"
     text = json.dumps(metadata, indent=1)
     # one line per list of ints (steering tokens) instead of one line per int
     text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 def read_metadata(stem: str) -> dict:

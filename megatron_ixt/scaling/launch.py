@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from megatron_ixt.fileio import atomic_write
 from megatron_ixt.scaling.downstream import evaluate_run
 from megatron_ixt.scaling.points import PointError, read_point
 from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
@@ -59,10 +60,8 @@ def write_record(plan: RunPlan, **fields) -> dict:
               "world_size": plan.world_size, "digest": plan.digest, "argv": plan.argv, **fields,
               "updated": time.time()}
     os.makedirs(plan.run_dir, exist_ok=True)
-    tmp = os.path.join(plan.run_dir, RECORD + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(plan.run_dir, RECORD)) as f:
         json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(plan.run_dir, RECORD))
     return record
 
 
