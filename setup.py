@@ -30,7 +30,7 @@ setup(
                  "safetensors>=0.4", "protobuf>=4"],
         "zstd": ["zstandard>=0.22"],
         "parquet": ["pyarrow>=15"],  # parquet inputs of annotate and preprocessing
-        "scaling": ["scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1", "pyyaml>=6.0", "submitit>=1.5"],
+        "scaling": ["scipy>=1.11", "matplotlib>=3.7", "threadpoolctl>=3.1", "pyyaml>=6.0", "submitit>=1.5,<1.6"],
         "tensorboard": ["tensorboard>=2.15"],
         "wandb": ["wandb>=0.17"],
         "sglang": ["sglang"],
@@ -38,7 +38,7 @@ setup(
         # aiohttp: the test suite's stand-in SGLang server; psutil: the annotation benchmark
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff==0.17.6", "aiohttp>=3.9", "psutil>=5.9", "scipy>=1.11",
                 "matplotlib>=3.7", "threadpoolctl>=3.1",
-                "pyyaml>=6.0", "submitit>=1.5", "transformers>=5.0", "tokenizers>=0.19", "zstandard>=0.22",
+                "pyyaml>=6.0", "submitit>=1.5,<1.6", "transformers>=5.0", "tokenizers>=0.19", "zstandard>=0.22",
                 "pyarrow>=15", "tensorboard>=2.15", "lm-eval>=0.4.9,<0.5", "accelerate>=0.26", "safetensors>=0.4",
                 "protobuf>=4", "wandb>=0.17"],
     },

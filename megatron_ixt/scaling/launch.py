@@ -36,6 +36,7 @@ from megatron_ixt.fileio import atomic_write
 from megatron_ixt.scaling.downstream import evaluate_run
 from megatron_ixt.scaling.points import PointError, read_point
 from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
+from megatron_ixt.scaling.submitit_private import slurm_job_script
 from megatron_ixt.training.metrics import read_metrics
 from megatron_ixt.training.run_contract import EXIT_RESUMABLE, TRACKER_FILE
 
@@ -347,15 +348,6 @@ def slurm_executor(spec: Spec):
     executor = submitit.SlurmExecutor(folder=os.path.join(spec.root, "slurm", "%j"), max_num_timeout=20)
     executor.update_parameters(**params)
     return executor
-
-
-def slurm_job_script(executor, count: int) -> str:
-    """The sbatch script submitit would submit for a ``count``-task array (its own rendering)."""
-    executor.parameters["map_count"] = count  # what submitit sets for an array submission
-    try:
-        return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
-    finally:
-        executor.parameters.pop("map_count")
 
 
 def launch_slurm(spec: Spec, dry_run: bool = False, python: str = sys.executable, resubmit: bool = False) -> int:
