@@ -21,6 +21,7 @@ import shutil
 import time
 
 import numpy as np
+from bench_train import add_shard_set_args  # this folder: the random shard set's flags
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import DType, IndexedDataset
 from megatron.core.datasets.utils import Split
@@ -79,10 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="bench_out/dataset",
                         help="directory for the generated shard set and index caches")
-    parser.add_argument("--num-documents", type=int, default=1_000_000, help="documents in the random-token shard set")
-    parser.add_argument("--mean-text-tokens", type=int, default=300, help="mean document length in tokens")
-    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
-    parser.add_argument("--annotated", type=float, default=0.7, help="share of documents that have prefixes")
+    add_shard_set_args(parser, num_documents=1_000_000, mean_text_tokens=300, annotated=0.7)
     parser.add_argument("--seq-length", type=int, default=2048, help="sample length in tokens")
     parser.add_argument("--samples", type=int, default=2000, help="__getitem__ calls per dataset and round")
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds (best is reported)")

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-from bench_train import VOCAB, make_shard_set
+from bench_train import VOCAB, add_shard_set_args, make_shard_set
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
 from megatron_ixt.training.config import parse_args
@@ -89,10 +89,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of (no save, sync, async) blocks")
     parser.add_argument("--block", type=int, default=6, help="train steps per block")
     parser.add_argument("--warmup", type=int, default=3, help="train steps before timing")
-    parser.add_argument("--num-documents", type=int, default=2000, help="documents in the random-token shard set")
-    parser.add_argument("--mean-text-tokens", type=int, default=400, help="mean document length in tokens")
-    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
-    parser.add_argument("--annotated", type=float, default=0.5, help="share of documents that have prefixes")
+    add_shard_set_args(parser, num_documents=2000)
     args = parser.parse_args()
     os.makedirs(args.output, exist_ok=True)
     result = measure(make_shard_set(os.path.join(args.output, "random"), args), args)

@@ -31,6 +31,16 @@ from tests.helpers.token_shards import write_token_shard_set
 VOCAB = 4095  # NullTokenizer ids 0..4094, EOD 4095
 
 
+def add_shard_set_args(parser, *, num_documents: int, mean_text_tokens: int = 400, annotated: float = 0.5) -> None:
+    """The flags of :func:`make_shard_set`'s random-token shard set (``bench_dataset`` makes its own
+    set from the same flags)."""
+    parser.add_argument("--num-documents", type=int, default=num_documents,
+                        help="documents in the random-token shard set")
+    parser.add_argument("--mean-text-tokens", type=int, default=mean_text_tokens, help="mean document length in tokens")
+    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
+    parser.add_argument("--annotated", type=float, default=annotated, help="share of documents that have prefixes")
+
+
 def make_shard_set(prefix: str, args, vocab: int = VOCAB) -> str:
     """Random-token IXT shard set ``prefix`` (NullTokenizer ids ``1..vocab-1``, EOD ``vocab``), written
     once and reused while ``args`` (num_documents, mean_*_tokens, annotated) stay the same."""
@@ -80,10 +90,7 @@ def measure(data_path: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="bench_out/train", help="directory for the generated shard set and caches")
-    parser.add_argument("--num-documents", type=int, default=4000, help="documents in the random-token shard set")
-    parser.add_argument("--mean-text-tokens", type=int, default=400, help="mean document length in tokens")
-    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
-    parser.add_argument("--annotated", type=float, default=0.5, help="share of documents that have prefixes")
+    add_shard_set_args(parser, num_documents=4000)
     parser.add_argument("--seq-length", type=int, default=256, help="sample length in tokens")
     parser.add_argument("--iters", type=int, default=24, help="train steps per arm (interleaved)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps per arm left out of the timing")
