@@ -23,14 +23,22 @@ STAT_KEYS = ("doc", "prefix")  # document tokens; feedback-prefix tokens
 NUM_STATS = 6
 
 
+def token_kind_masks(loss_mask: torch.Tensor, prefix_mask: torch.Tensor | None) -> tuple:
+    """``(mask, {"doc": mask, "prefix": mask})`` as floats: the loss mask, and its document tokens
+    (``loss_mask * (1 - prefix_mask)``) and feedback-prefix tokens (``loss_mask * prefix_mask``); no
+    ``prefix_mask`` means no prefix token. The one split of the trainer's loss and this evaluation."""
+    mask = loss_mask.float()
+    prefix = torch.zeros_like(mask) if prefix_mask is None else prefix_mask.float()
+    return mask, {"doc": mask * (1.0 - prefix), "prefix": mask * prefix}
+
+
 def eval_loss_func(loss_mask: torch.Tensor, prefix_mask: torch.Tensor | None, output: torch.Tensor):
     """``loss_func`` for megatron-core's forward-only schedule: (loss sum, token count, report) with
     ``report[key]`` the six per-sequence sums of the module docstring (``[b, s]`` inputs)."""
     losses = output.float()
-    mask = loss_mask.float()
-    prefix = torch.zeros_like(mask) if prefix_mask is None else prefix_mask.float()
+    mask, kinds = token_kind_masks(loss_mask, prefix_mask)
     report = {}
-    for key, m in (("doc", mask * (1.0 - prefix)), ("prefix", mask * prefix)):
+    for key, m in kinds.items():
         s, n = (losses * m).sum(dim=1), m.sum(dim=1)
         report[key] = torch.stack([s.sum(), n.sum(), (s * s).sum(), (n * n).sum(), (s * n).sum(),
                                    (n > 0).sum().to(s.dtype)]).detach()

@@ -102,11 +102,10 @@ def loss_func(loss_mask: torch.Tensor, prefix_mask: torch.Tensor | None, output:
     (``loss_mask * prefix_mask``).
     """
     losses = output.float()
-    mask = loss_mask.float()
-    prefix = torch.zeros_like(mask) if prefix_mask is None else prefix_mask.float()
+    mask, kinds = heldout.token_kind_masks(loss_mask, prefix_mask)
     total = (losses * mask).sum()
     report = {}
-    for key, m in (("loss", mask), ("doc", mask * (1.0 - prefix)), ("prefix", mask * prefix)):
+    for key, m in (("loss", mask), *kinds.items()):
         report[key] = torch.stack([(losses * m).sum().detach(), m.sum()])
     return total, mask.sum().to(torch.int), report
 
