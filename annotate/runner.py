@@ -234,9 +234,12 @@ class RunJob(_Job):
         if self.stats.done != self.valid:
             raise RuntimeError(f"{self.paths.partial}: {self.stats.done} records for {self.valid} valid input "
                                "documents; not committing")
-        self.paths.commit()
+        # the committed stats first, then the output under its final name: a process killed between the
+        # two leaves the .partial, which the next run recovers whole and commits (rewriting these stats);
+        # the other order could leave a committed shard with the last "running" stats for good
         self.finished = True
         write_json_atomic(self.paths.stats, self.stats_dict("committed"))
+        self.paths.commit()
         log.info("committed %s (%d ok, %d failed)", self.paths.final, self.stats.ok, self.stats.done - self.stats.ok)
 
     def stats_dict(self, state: str) -> dict:
