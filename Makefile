@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-robustness test test-quick smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate clean scaling-cpu scaling-downstream
+.PHONY: install demo demo-robustness test test-quick lint smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate clean scaling-cpu scaling-downstream
 
 $(STAMP): requirements-cpu.txt setup.py
 	@test -n "$(PYTHON)" || { echo "no python3.11 or python3.12 found: install one, or give PYTHON=..." >&2; exit 1; }
@@ -44,6 +44,10 @@ scaling-downstream: $(STAMP)
 test: $(STAMP)
 	@$(PY) -c "import sys, megatron.core as m; print(f'stack: Python {sys.version.split()[0]}, megatron-core {m.__version__}')"
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+## The lint configured in pyproject.toml (what CI runs after stack 1's tests).
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 ## The default suite without the tests marked slow (multi-process training, demo-sized runs).
 test-quick: $(STAMP)

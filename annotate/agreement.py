@@ -16,6 +16,7 @@ import numpy as np
 
 from annotate.report import iter_records
 from megatron_ixt.data.record import SCORE_AXES, SCORE_MAX, SCORE_MIN, STATUS_OK
+from megatron_ixt.fileio import atomic_write
 
 AXES = (*SCORE_AXES, "quality")
 METRICS = ("exact", "within_1", "spearman", "kappa_quadratic")
@@ -45,11 +46,10 @@ def sample_documents(output: str, out: str, n: int, seed: int) -> str:
         raise ValueError(f"{output}: no committed ok record to sample (or --sample {n} < 1)")
     chosen = set(random.Random(seed).sample(ok, min(n, len(ok))))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for rec in iter_records(output, committed_only=True):
             if rec["id"] in chosen:
                 f.write(json.dumps({k: v for k, v in rec.items() if k != "ixt"}, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)
     return path
 
 

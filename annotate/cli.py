@@ -21,10 +21,17 @@ from annotate.agreement import add_agreement_args, agreement_report, sample_docu
 from annotate.backends import REGISTRY, AllServersDown, JudgeContext, Misconfigured, Sampling
 from annotate.prompt import DEFAULT_TEMPLATE, ChatFormatter, PromptTemplate, TokenCounter
 from annotate.report import add_report_args, write_report
-from annotate.runner import RetryJob, RunConfig, Runner, RunJob
+from annotate.runner import RetryJob, RunConfig, RunJob, Runner
 from annotate.store import ShardPaths, holds_annotations, shard_stem, write_json_atomic
-from megatron_ixt.cli import (EXIT_BAD_INPUT, EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED, EXIT_UNAVAILABLE, add_import_flag,
-                              entry_point, failing_with)
+from megatron_ixt.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_MISCONFIGURED,
+    EXIT_TOO_MANY_FAILED,
+    EXIT_UNAVAILABLE,
+    add_import_flag,
+    entry_point,
+    failing_with,
+)
 from megatron_ixt.data.inputs import expand_inputs, input_format
 
 log = logging.getLogger("annotate")
@@ -133,7 +140,8 @@ def check_resume(output: str, options: dict, result_flags) -> None:
 def build_parser(saved_judge: dict | None = None) -> argparse.ArgumentParser:
     """The CLI; ``saved_judge`` (the judge options saved by ``run``) become the defaults of
     ``retry-failed`` and ``agreement``."""
-    parser = argparse.ArgumentParser(prog="python -m annotate", description="Offline feedback annotation with a judge model.")
+    parser = argparse.ArgumentParser(prog="python -m annotate",
+                                     description="Offline feedback annotation with a judge model.")
     parser.add_argument("--log-level", default="INFO", help="logging level: DEBUG, INFO, WARNING, ERROR")
     add_import_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,10 +175,12 @@ def build_parser(saved_judge: dict | None = None) -> argparse.ArgumentParser:
                             "and in the shard stats' annotators")
     add_judge_args(retry)
     report = sub.add_parser("report", help="Markdown and PNG report: score distributions, lengths, failures, "
-                                           "throughput and projected cost", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                           "throughput and projected cost",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_report_args(report)
     agree = sub.add_parser("agreement", help="re-annotate a random sample with the same judge settings and report "
-                                             "agreement per axis", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                             "agreement per axis",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_agreement_args(agree)
     add_judge_args(agree)
     if saved_judge:
@@ -186,7 +196,8 @@ def resolve_inputs(patterns: list[str]) -> list[str]:
         input_format(path)  # refuses a file of unknown format by name
         other = stems.setdefault(shard_stem(path), path)
         if other != path:
-            raise SystemExit(f"error: inputs {other!r} and {path!r} would both write {shard_stem(path)}.jsonl; rename one")
+            raise SystemExit(f"error: inputs {other!r} and {path!r} would both write {shard_stem(path)}.jsonl; "
+                             "rename one")
     return files
 
 
@@ -281,7 +292,8 @@ def cmd_agreement(args, config: dict | None) -> int:
     options, result_flags = saved_options(args)
     changed = changed_result_flags(args.output, options, result_flags)
     if changed:
-        raise ValueError(f"agreement re-annotates with the settings of {args.output}; these differ: {'; '.join(changed)}")
+        raise ValueError(f"agreement re-annotates with the settings of {args.output}; "
+                         f"these differ: {'; '.join(changed)}")
     out = args.agreement_dir or os.path.join(args.output, "agreement")
     sample = sample_documents(args.output, out, args.sample, args.seed)
     os.makedirs(out, exist_ok=True)
@@ -341,7 +353,8 @@ def cmd_status(args) -> int:
     t = report["total"]
     print(f"{args.output}: {t['shards']} shard(s) " + ", ".join(f"{n} {s}" for s, n in sorted(t["states"].items())))
     print(f"documents: {t['done']}/{t['documents']} annotated, {t['ok']} ok, "
-          f"{sum(t['failed'].values())} failed, {sum(t['rejected'].values())} bad input lines, {t['truncated']} truncated")
+          f"{sum(t['failed'].values())} failed, {sum(t['rejected'].values())} bad input lines, "
+          f"{t['truncated']} truncated")
     for k, v in sorted(t["failed"].items()):
         print(f"  {k}: {v}")
     for k, v in sorted(t["rejected"].items()):
@@ -350,7 +363,8 @@ def cmd_status(args) -> int:
     print(f"tokens: {tok['prompt']} in ({100 * tok['cached_share']:.1f}% cached), {tok['completion']} out")
     running = [st for st in report["shards"] if st["state"] == "running" and st.get("elapsed_s")]
     if running:
-        print(f"speed: {sum(st['done'] / st['elapsed_s'] for st in running):.1f} docs/s over {len(running)} running shard(s)")
+        print(f"speed: {sum(st['done'] / st['elapsed_s'] for st in running):.1f} docs/s over "
+              f"{len(running)} running shard(s)")
     if t["docs_per_shard_s"]:
         print(f"average: {t['docs_per_shard_s']} docs/s per shard ({t['elapsed_s']:.0f} shard-seconds)")
     for st in report["shards"]:

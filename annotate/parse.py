@@ -102,7 +102,8 @@ def _from_tags(answer: str) -> tuple[int, dict, object]:
     def last_value(names):
         found = None
         for name in names:
-            pattern = re.compile(r"^[\W_]*" + name.replace("_", r"[_ ]") + r"[\W_]*[:=]\s*\"?(\d+(?:\s*/\s*5)?)", re.I | re.M)
+            pattern = re.compile(r"^[\W_]*" + name.replace("_", r"[_ ]") + r"[\W_]*[:=]\s*\"?(\d+(?:\s*/\s*5)?)",
+                                 re.I | re.M)
             for m in pattern.finditer(answer):
                 if found is None or m.start() > found[0]:
                     found = (m.start(), m.group(1))

@@ -30,7 +30,7 @@ class PromptTemplate:
     sha256: str
 
     @classmethod
-    def load(cls, path: str = DEFAULT_TEMPLATE) -> "PromptTemplate":
+    def load(cls, path: str = DEFAULT_TEMPLATE) -> PromptTemplate:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         count = text.count(PLACEHOLDER)

@@ -120,10 +120,10 @@ def _percentiles(x: np.ndarray) -> str:
 def write_report(args) -> str:
     """Write the report of ``args.output``; a one-line summary of what was written."""
     try:
-        import matplotlib
+        import matplotlib as mpl
     except ImportError:
         raise ValueError("`annotate report` draws with matplotlib: pip install matplotlib") from None
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     config = {}

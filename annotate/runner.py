@@ -34,9 +34,18 @@ from dataclasses import dataclass
 
 from annotate.backends import Backend, BackendError, Misconfigured, Request
 from annotate.parse import ParseError, parse_output
-from annotate.store import (ShardPaths, ShardStats, ShardWriter, count_records, encode_record, fsync_dir,
-                            iter_records, write_json_atomic)
+from annotate.store import (
+    ShardPaths,
+    ShardStats,
+    ShardWriter,
+    count_records,
+    encode_record,
+    fsync_dir,
+    iter_records,
+    write_json_atomic,
+)
 from megatron_ixt.data.record import STATUS_OK, parse_record
+from megatron_ixt.fileio import atomic_write
 
 log = logging.getLogger("annotate")
 MAX_LOGGED_REJECTS = 20
@@ -201,10 +210,9 @@ class RunJob(_Job):
                                f"(e.g. {sorted(unknown)[0]!r}): the input changed since the run started; "
                                "restore it or use a new --output directory")
         self.total = self.valid
-        with open(self.paths.rejected + ".tmp", "wb") as f:
+        with atomic_write(self.paths.rejected, "wb") as f:
             for r in rejects:
                 f.write(encode_record(r))
-        os.replace(self.paths.rejected + ".tmp", self.paths.rejected)
         if self.input_lines and not self.valid:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.rejected.items()))
             raise RuntimeError(f"{self.input_path}: none of its {self.input_lines} records is a valid document "
@@ -226,9 +234,12 @@ class RunJob(_Job):
         if self.stats.done != self.valid:
             raise RuntimeError(f"{self.paths.partial}: {self.stats.done} records for {self.valid} valid input "
                                "documents; not committing")
-        self.paths.commit()
+        # the committed stats first, then the output under its final name: a process killed between the
+        # two leaves the .partial, which the next run recovers whole and commits (rewriting these stats);
+        # the other order could leave a committed shard with the last "running" stats for good
         self.finished = True
         write_json_atomic(self.paths.stats, self.stats_dict("committed"))
+        self.paths.commit()
         log.info("committed %s (%d ok, %d failed)", self.paths.final, self.stats.ok, self.stats.done - self.stats.ok)
 
     def stats_dict(self, state: str) -> dict:

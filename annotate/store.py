@@ -17,16 +17,23 @@ committed file is never touched again by ``run``.
 """
 from __future__ import annotations
 
-import datetime
+import datetime as dt
 import fcntl
 import json
 import logging
 import os
 import time
 
-from megatron_ixt.data.inputs import (JSONL_SUFFIXES, PARQUET_SUFFIXES, input_format, open_jsonl, open_parquet,
-                                       parquet_rows)
+from megatron_ixt.data.inputs import (
+    JSONL_SUFFIXES,
+    PARQUET_SUFFIXES,
+    input_format,
+    open_jsonl,
+    open_parquet,
+    parquet_rows,
+)
 from megatron_ixt.data.record import SCORE_AXES, STATUS_OK
+from megatron_ixt.fileio import atomic_write
 
 log = logging.getLogger("annotate")
 
@@ -96,12 +103,9 @@ def count_records(path: str, text_key: str = "text", id_key: str = "id") -> int:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    """``obj`` as indented JSON at ``path``, synced to disk, replacing any old file in one step."""
+    with atomic_write(path, fsync=True) as f:
         json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def fsync_dir(path: str) -> None:
@@ -119,7 +123,7 @@ def encode_record(record: dict) -> bytes:
 
 
 def _json_value(value) -> str:
-    if isinstance(value, (datetime.date, datetime.time)):
+    if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -168,7 +172,8 @@ class ShardStats:
             "requests": self.requests,
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens,
                        "cached": self.cached_tokens,
-                       "cached_share": round(self.cached_tokens / self.prompt_tokens, 4) if self.prompt_tokens else 0.0},
+                       "cached_share": (round(self.cached_tokens / self.prompt_tokens, 4) if self.prompt_tokens
+                                        else 0.0)},
             "truncated": self.truncated,
             "quality_histogram": dict(self.quality),
             "score_means": {a: round(v / self.ok, 4) if self.ok else None for a, v in self.score_sums.items()},

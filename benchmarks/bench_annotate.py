@@ -28,11 +28,12 @@ import tempfile
 import time
 
 import psutil
+from ixt_demo.synthetic import SynthConfig, generate  # examples/demo (on PYTHONPATH in make bench-annotate)
 
 from annotate.backends.httpconn import HttpPool
-from annotate.cli import collect_status, main as annotate_main
+from annotate.cli import collect_status
+from annotate.cli import main as annotate_main
 from annotate.prompt import PromptTemplate, TokenCounter
-from ixt_demo.synthetic import SynthConfig, generate  # examples/demo (on PYTHONPATH in make bench-annotate)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +52,8 @@ def start_server(latency: float, prompt_tokens: int, completion_tokens: int):
 
 
 def write_corpus(path: str, n: int, doc_chars: int) -> None:
-    filler = ("This paragraph discusses the topic at length with facts, figures and a worked example. " * 64)[:doc_chars]
+    filler = ("This paragraph discusses the topic at length with facts, figures and a worked example. "
+              * 64)[:doc_chars]
     with open(path, "w", encoding="utf-8") as f:
         for i in range(n):
             f.write(json.dumps({"id": f"b{i}", "text": f"Document {i}. {filler}"}) + "\n")
@@ -116,11 +118,15 @@ def h100_hours(args, measured: dict) -> None:
     gpu_s = prefill_tokens / args.prefill_tok_s + decode_tokens / args.decode_tok_s
     print(f"measured: {len(docs)} documents of {args.corpus or 'the synthetic arithmetic corpus'}: "
           f"{mean_doc:.0f} {unit}/doc, prompt {mean_prompt:.0f} {unit}/doc (rubric {rubric})")
-    print(f"completion {completion:.0f} tokens/doc ({'measured' if measured.get('completion_per_doc') else 'assumed'}), "
-          f"cached share {cached_share:.2f} ({'measured' if measured.get('cached_share') is not None else 'rubric/prompt'})")
-    print(f"assumed H100 throughput for the judge: prefill {args.prefill_tok_s:,.0f} tok/s, decode {args.decode_tok_s:,.0f} tok/s "
+    print(f"completion {completion:.0f} tokens/doc "
+          f"({'measured' if measured.get('completion_per_doc') else 'assumed'}), "
+          f"cached share {cached_share:.2f} "
+          f"({'measured' if measured.get('cached_share') is not None else 'rubric/prompt'})")
+    print(f"assumed H100 throughput for the judge: prefill {args.prefill_tok_s:,.0f} tok/s, "
+          f"decode {args.decode_tok_s:,.0f} tok/s "
           "(assumptions: measure yours with sglang.bench_serving and pass --prefill-tok-s/--decode-tok-s)")
-    print(f"corpus {args.corpus_tokens:.3g} tokens, annotating {100 * args.annotate_share:.0f}% -> {corpus_docs:.3g} documents: "
+    print(f"corpus {args.corpus_tokens:.3g} tokens, annotating {100 * args.annotate_share:.0f}% -> "
+          f"{corpus_docs:.3g} documents: "
           f"{prefill_tokens:.3g} prefill + {decode_tokens:.3g} decode tokens")
     print(f"=> {gpu_s / 3600:,.0f} H100-hours ({gpu_s / 3600 / 24 / 8:,.1f} days on one 8-GPU node)")
 
@@ -128,8 +134,10 @@ def h100_hours(args, measured: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--docs", type=int, default=8000, help="documents per zero-latency run")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256, 1024], help="in-flight requests per zero-latency run (one run per value)")
-    p.add_argument("--latency", type=float, default=2.0, help="stand-in server's seconds per request in the latency run")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256, 1024],
+                   help="in-flight requests per zero-latency run (one run per value)")
+    p.add_argument("--latency", type=float, default=2.0,
+                   help="stand-in server's seconds per request in the latency run")
     p.add_argument("--latency-concurrency", type=int, default=512, help="in-flight requests in the latency run")
     p.add_argument("--latency-rounds", type=int, default=10, help="rounds of the 2 s run (steady state, not the ramp)")
     p.add_argument("--doc-chars", type=int, default=2000, help="characters per synthetic document")
@@ -139,9 +147,12 @@ def main() -> None:
     p.add_argument("--from-output", default=None, help="annotated output dir whose stats give measured token counts")
     p.add_argument("--corpus", default=None, help="JSONL corpus to measure prompt tokens on (default: synthetic)")
     p.add_argument("--tokenizer", default=None, help="judge tokenizer for exact counts (default: estimate)")
-    p.add_argument("--max-doc-tokens", type=int, default=16384, help="document token cap of the H100-hours estimate (as annotate's --max-doc-tokens)")
-    p.add_argument("--corpus-tokens", type=float, default=1e12, help="pretraining corpus size in tokens for the H100-hours estimate")
-    p.add_argument("--annotate-share", type=float, default=0.15, help="share of the corpus annotated in the H100-hours estimate")
+    p.add_argument("--max-doc-tokens", type=int, default=16384,
+                   help="document token cap of the H100-hours estimate (as annotate's --max-doc-tokens)")
+    p.add_argument("--corpus-tokens", type=float, default=1e12,
+                   help="pretraining corpus size in tokens for the H100-hours estimate")
+    p.add_argument("--annotate-share", type=float, default=0.15,
+                   help="share of the corpus annotated in the H100-hours estimate")
     p.add_argument("--prefill-tok-s", type=float, default=40000.0, help="assumed uncached prefill tokens/s per H100")
     p.add_argument("--decode-tok-s", type=float, default=10000.0, help="assumed output tokens/s per H100 at full batch")
     args = p.parse_args()
@@ -191,10 +202,13 @@ def main() -> None:
                 proc.kill()
                 proc.wait()
             ideal = math.ceil(n / args.latency_concurrency) * args.latency
-            print(f"\n== {args.latency:g} s latency, concurrency {args.latency_concurrency}, {n} docs (goal: overhead < 5%) ==")
+            print(f"\n== {args.latency:g} s latency, concurrency {args.latency_concurrency}, {n} docs "
+                  "(goal: overhead < 5%) ==")
             print(f"{'':>10} {'wall s':>7} {'ideal s':>7} {'overhead':>9} {'client CPU busy':>15}")
-            print(f"{'annotate':>10} {wall:>7.2f} {ideal:>7.2f} {100 * (wall - ideal) / wall:>8.1f}% {100 * cpu / wall:>14.1f}%")
-            print(f"{'bare loop':>10} {bwall:>7.2f} {ideal:>7.2f} {100 * (bwall - ideal) / bwall:>8.1f}% {100 * bcpu / bwall:>14.1f}%")
+            print(f"{'annotate':>10} {wall:>7.2f} {ideal:>7.2f} {100 * (wall - ideal) / wall:>8.1f}% "
+                  f"{100 * cpu / wall:>14.1f}%")
+            print(f"{'bare loop':>10} {bwall:>7.2f} {ideal:>7.2f} {100 * (bwall - ideal) / bwall:>8.1f}% "
+                  f"{100 * bcpu / bwall:>14.1f}%")
             print(f"annotate pipeline vs bare loop: +{100 * (wall - bwall) / wall:.1f}% of wall time "
                   f"(the bare loop's overhead is the stand-in server and this machine; load average "
                   f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")

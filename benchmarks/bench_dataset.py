@@ -20,8 +20,8 @@ import os
 import shutil
 import time
 
-import numpy
-
+import numpy as np
+from bench_train import add_shard_set_args  # this folder: the random shard set's flags
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import DType, IndexedDataset
 from megatron.core.datasets.utils import Split
@@ -39,18 +39,18 @@ def make_shard_set(prefix: str, args, tokenizer) -> None:
         print(f"reusing shard set {prefix} ({args.num_documents} documents)")
         return
     t0 = time.time()
-    rng = numpy.random.default_rng(0)
+    rng = np.random.default_rng(0)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     n = args.num_documents
     text_lengths = rng.integers(args.mean_text_tokens // 4, args.mean_text_tokens * 7 // 4, n) + 1
     text = rng.integers(0, tokenizer.vocab_size - 1, int(text_lengths.sum()), dtype=dtype)
-    text[numpy.cumsum(text_lengths) - 1] = tokenizer.eod
+    text[np.cumsum(text_lengths) - 1] = tokenizer.eod
     tokens, lengths = {"text": text}, {"text": text_lengths}
     annotated = rng.random(n) < args.annotated
     for kind, mean in (("critique", args.mean_prefix_tokens), ("quality", 8)):
-        lengths[kind] = numpy.where(annotated, rng.integers(mean // 2, mean * 3 // 2, n) + 1, 0)
+        lengths[kind] = np.where(annotated, rng.integers(mean // 2, mean * 3 // 2, n) + 1, 0)
         tokens[kind] = rng.integers(0, tokenizer.vocab_size - 1, int(lengths[kind].sum()), dtype=dtype)
-    first = numpy.argmax(annotated)  # steering prefixes: those of the first annotated document
+    first = np.argmax(annotated)  # steering prefixes: those of the first annotated document
     steering = {kind: tokens[kind][:lengths[kind][first]] for kind in ("critique", "quality")}
     write_token_shard_set(prefix, tokens, lengths=lengths, vocab_size=tokenizer.eod, steering=steering)
     json.dump(params, open(stamp, "w"))
@@ -62,7 +62,7 @@ def build_seconds(cls, config, path, cache):
     """CPU seconds to build ``cls``'s indices for one epoch of the store into an empty cache."""
     shutil.rmtree(cache, ignore_errors=True)
     text = IndexedDataset(path)
-    indices = numpy.arange(len(text), dtype=numpy.int32)
+    indices = np.arange(len(text), dtype=np.int32)
     t0 = time.process_time()
     cls(text, path, indices, None, Split.train, config)
     return time.process_time() - t0
@@ -78,11 +78,9 @@ def samples_per_second(dataset, ids) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="bench_out/dataset", help="directory for the generated shard set and index caches")
-    parser.add_argument("--num-documents", type=int, default=1_000_000, help="documents in the random-token shard set")
-    parser.add_argument("--mean-text-tokens", type=int, default=300, help="mean document length in tokens")
-    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
-    parser.add_argument("--annotated", type=float, default=0.7, help="share of documents that have prefixes")
+    parser.add_argument("--workdir", default="bench_out/dataset",
+                        help="directory for the generated shard set and index caches")
+    add_shard_set_args(parser, num_documents=1_000_000, mean_text_tokens=300, annotated=0.7)
     parser.add_argument("--seq-length", type=int, default=2048, help="sample length in tokens")
     parser.add_argument("--samples", type=int, default=2000, help="__getitem__ calls per dataset and round")
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds (best is reported)")
@@ -111,11 +109,11 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, (cls, _) in arms.items():
             build_s[name].append(build_seconds(cls, configs[name], path, configs[name].path_to_cache))
-    datasets = {name: cls(IndexedDataset(path), path, numpy.arange(args.num_documents, dtype=numpy.int32), None,
+    datasets = {name: cls(IndexedDataset(path), path, np.arange(args.num_documents, dtype=np.int32), None,
                           Split.train, configs[name]) for name, (cls, _) in arms.items()}  # cache hits
     for _ in range(args.repeats):
         for name, dataset in datasets.items():
-            ids = numpy.random.default_rng(len(rate[name])).integers(0, len(dataset), args.samples)
+            ids = np.random.default_rng(len(rate[name])).integers(0, len(dataset), args.samples)
             rate[name].append(samples_per_second(dataset, ids))
     results = {name: (min(build_s[name]), max(rate[name]), len(datasets[name])) for name in arms}
 

@@ -44,8 +44,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # HF encode_batch on o
 import awkward  # noqa: E402,F401  gigatoken returns awkward arrays: imported here, untimed, like torch and transformers
 import make_corpus  # noqa: E402  examples/data/make_corpus.py (the Makefile sets PYTHONPATH)
 
-from megatron_ixt.tokenizer import build_tokenizer, gigatoken_tokenizer, tokenizer_config  # noqa: E402
 from megatron_ixt.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from megatron_ixt.tokenizer import build_tokenizer, gigatoken_tokenizer, tokenizer_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -210,7 +210,8 @@ def library_runs(corpus: str, tokenizer_type: str, model: str, texts: list[str])
         return runs
     source = gigatoken.JsonlFileSource([corpus], field="text")
     runs["gigatoken encode_batch"] = (lambda: gigatoken_tokenizer(cfg), lambda g: g.encode_batch(texts, parallel=False))
-    runs["gigatoken encode_files"] = (lambda: gigatoken_tokenizer(cfg), lambda g: g.encode_files(source, parallel=False))
+    runs["gigatoken encode_files"] = (lambda: gigatoken_tokenizer(cfg),
+                                      lambda g: g.encode_files(source, parallel=False))
     return runs
 
 

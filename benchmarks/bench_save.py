@@ -18,12 +18,12 @@ import os
 import shutil
 import time
 
-import numpy
+import numpy as np
 import torch
 import torch.distributed as dist
+from bench_train import VOCAB, add_shard_set_args, make_shard_set
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
-from bench_train import VOCAB, make_shard_set
 from megatron_ixt.training.config import parse_args
 from megatron_ixt.training.trainer import Trainer
 
@@ -89,23 +89,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="rounds of (no save, sync, async) blocks")
     parser.add_argument("--block", type=int, default=6, help="train steps per block")
     parser.add_argument("--warmup", type=int, default=3, help="train steps before timing")
-    parser.add_argument("--num-documents", type=int, default=2000, help="documents in the random-token shard set")
-    parser.add_argument("--mean-text-tokens", type=int, default=400, help="mean document length in tokens")
-    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
-    parser.add_argument("--annotated", type=float, default=0.5, help="share of documents that have prefixes")
+    add_shard_set_args(parser, num_documents=2000)
     args = parser.parse_args()
     os.makedirs(args.output, exist_ok=True)
     result = measure(make_shard_set(os.path.join(args.output, "random"), args), args)
     blocks, calls = result["blocks"], result["calls"]
-    base = float(numpy.median(blocks["none"]))
+    base = float(np.median(blocks["none"]))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"\n{device}: {args.rounds} rounds of {args.block}-step blocks, checkpoint ~{result['bytes'] / 2**20:.0f} MiB, "
+    print(f"\n{device}: {args.rounds} rounds of {args.block}-step blocks, "
+          f"checkpoint ~{result['bytes'] / 2**20:.0f} MiB, "
           f"median step {base / args.block * 1e3:.1f} ms (no-save blocks)")
     print(f"  {'':6s} {'save call (ms)':>15s} {'stall per save (ms)':>20s}")
     stall = {}
     for mode in ("sync", "async"):
-        stall[mode] = float(numpy.median(blocks[mode])) - base
-        print(f"  {mode:6s} {numpy.median(calls[mode]) * 1e3:15.1f} {stall[mode] * 1e3:20.1f}")
+        stall[mode] = float(np.median(blocks[mode])) - base
+        print(f"  {mode:6s} {np.median(calls[mode]) * 1e3:15.1f} {stall[mode] * 1e3:20.1f}")
     print(f"  stall async / sync: {stall['async'] / stall['sync']:.2f}" if stall["sync"] > 0 else "")
     dist.destroy_process_group()
 

@@ -19,7 +19,7 @@ import json
 import os
 import time
 
-import numpy
+import numpy as np
 import torch.distributed as dist
 
 from megatron_ixt.data.shards import text_store_path
@@ -31,6 +31,16 @@ from tests.helpers.token_shards import write_token_shard_set
 VOCAB = 4095  # NullTokenizer ids 0..4094, EOD 4095
 
 
+def add_shard_set_args(parser, *, num_documents: int, mean_text_tokens: int = 400, annotated: float = 0.5) -> None:
+    """The flags of :func:`make_shard_set`'s random-token shard set (``bench_dataset`` makes its own
+    set from the same flags)."""
+    parser.add_argument("--num-documents", type=int, default=num_documents,
+                        help="documents in the random-token shard set")
+    parser.add_argument("--mean-text-tokens", type=int, default=mean_text_tokens, help="mean document length in tokens")
+    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
+    parser.add_argument("--annotated", type=float, default=annotated, help="share of documents that have prefixes")
+
+
 def make_shard_set(prefix: str, args, vocab: int = VOCAB) -> str:
     """Random-token IXT shard set ``prefix`` (NullTokenizer ids ``1..vocab-1``, EOD ``vocab``), written
     once and reused while ``args`` (num_documents, mean_*_tokens, annotated) stay the same."""
@@ -39,11 +49,11 @@ def make_shard_set(prefix: str, args, vocab: int = VOCAB) -> str:
     stamp = prefix + "_bench.json"
     if os.path.exists(stamp) and json.load(open(stamp)) == params:
         return text_store_path(prefix)
-    rng = numpy.random.default_rng(0)
+    rng = np.random.default_rng(0)
     steering = list(rng.integers(1, vocab, args.mean_prefix_tokens))
     documents = {"text": [], "critique": [], "quality": []}
     for _ in range(args.num_documents):
-        text = numpy.append(rng.integers(1, vocab, max(1, int(rng.exponential(args.mean_text_tokens)))), vocab)
+        text = np.append(rng.integers(1, vocab, max(1, int(rng.exponential(args.mean_text_tokens)))), vocab)
         annotated = rng.random() < args.annotated
         documents["text"].append(text)
         documents["critique"].append(rng.integers(1, vocab, int(rng.integers(1, 2 * args.mean_prefix_tokens)))
@@ -80,10 +90,7 @@ def measure(data_path: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="bench_out/train", help="directory for the generated shard set and caches")
-    parser.add_argument("--num-documents", type=int, default=4000, help="documents in the random-token shard set")
-    parser.add_argument("--mean-text-tokens", type=int, default=400, help="mean document length in tokens")
-    parser.add_argument("--mean-prefix-tokens", type=int, default=60, help="mean critique-prefix length in tokens")
-    parser.add_argument("--annotated", type=float, default=0.5, help="share of documents that have prefixes")
+    add_shard_set_args(parser, num_documents=4000)
     parser.add_argument("--seq-length", type=int, default=256, help="sample length in tokens")
     parser.add_argument("--iters", type=int, default=24, help="train steps per arm (interleaved)")
     parser.add_argument("--warmup", type=int, default=2, help="first steps per arm left out of the timing")
@@ -96,7 +103,7 @@ def main() -> None:
           f"(median step time):")
     rate = {}
     for arm, t in times.items():
-        rate[arm] = {k: tokens / float(numpy.median(v)) for k, v in t.items()}
+        rate[arm] = {k: tokens / float(np.median(v)) for k, v in t.items()}
         print(f"  {arm:9s} {rate[arm]['wall']:9.0f} tokens/s wall   {rate[arm]['cpu']:9.0f} tokens per CPU-s")
     print(f"  ratio IXT / baseline: {rate['IXT']['wall'] / rate['baseline']['wall']:.3f} wall, "
           f"{rate['IXT']['cpu'] / rate['baseline']['cpu']:.3f} CPU   (target >= 0.97)")

@@ -10,5 +10,6 @@ if not os.path.exists("/proc/driver/nvidia/version"):
     # missing (it falls back to local kernels), and torch's that no CUDA runtime is found, are
     # expected here and would open every command's output with eight lines of noise. On a GPU
     # machine they stay visible.
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed", category=UserWarning)
+    warnings.filterwarnings("ignore", message="(Transformer Engine and Apex are|Apex is) not installed",
+                            category=UserWarning)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

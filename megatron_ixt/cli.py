@@ -42,7 +42,7 @@ import contextlib
 import functools
 import importlib
 import sys
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterator, Sequence
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -66,7 +66,7 @@ class CommandError(Exception):
 
     exit_code = EXIT_BAD_INPUT
 
-    def __init__(self, message: str, exit_code: Optional[int] = None):
+    def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
         if exit_code is not None:
             self.exit_code = exit_code
@@ -86,7 +86,7 @@ def add_import_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(IMPORT_FLAG, action="append", default=[], metavar="MODULE", dest="imports", help=IMPORT_HELP)
 
 
-def split_imports(argv: Sequence[str]) -> Tuple[List[str], List[str]]:
+def split_imports(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """``(modules named by --import, the other arguments)``; ``--import`` without a module is a CommandError."""
     modules, rest = [], []
     args = iter(argv)
@@ -115,7 +115,7 @@ def import_plugins(modules: Sequence[str]) -> None:
             raise CommandError(f"{IMPORT_FLAG} {name}: {e}", EXIT_USAGE) from e
 
 
-def exit_code_of(error: BaseException) -> Optional[int]:
+def exit_code_of(error: BaseException) -> int | None:
     """The exit status an exception's class declares (``exit_code``), or None for a crash."""
     code = getattr(type(error), "exit_code", None)
     if isinstance(error, CommandError):
@@ -124,10 +124,10 @@ def exit_code_of(error: BaseException) -> Optional[int]:
 
 
 def print_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr)  # noqa: T201 - every CLI's error line (docs/cli.md)
 
 
-def entry_point(main: Optional[Callable] = None, *, plugins: bool = False,
+def entry_point(main: Callable | None = None, *, plugins: bool = False,
                 report: Callable[[str], None] = print_error):
     """Decorate a command's ``main(argv=None) -> int | None`` with the exit-status table (module docstring).
 
@@ -140,7 +140,7 @@ def entry_point(main: Optional[Callable] = None, *, plugins: bool = False,
         return functools.partial(entry_point, plugins=plugins, report=report)
 
     @functools.wraps(main)
-    def wrapper(argv: Optional[Sequence[str]] = None) -> int:
+    def wrapper(argv: Sequence[str] | None = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         try:
             if plugins:

@@ -9,7 +9,7 @@ after ``timeout_minutes``. ``set_seed`` is Megatron-LM's seeding.
 from __future__ import annotations
 
 import ctypes
-import datetime
+import datetime as dt
 import os
 import random
 import signal
@@ -56,7 +56,7 @@ def init_distributed(tensor_model_parallel_size: int = 1, pipeline_model_paralle
     # no RANK: a world of one, and os.environ is left alone (processes this one starts, e.g. a
     # sweep's trainers, must not take themselves for ranks of a torchrun world)
     world_of_one = "RANK" not in os.environ
-    timeout = datetime.timedelta(minutes=timeout_minutes)
+    timeout = dt.timedelta(minutes=timeout_minutes)
     if not world_of_one:
         exit_with_parent()
     if torch.cuda.is_available():

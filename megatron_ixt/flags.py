@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import field, fields
-from typing import Callable, Sequence, Union
 
 
-def arg(default=None, help: str = "", *, choices: Union[Sequence, Callable[[], Sequence], None] = None,
+def arg(default=None, help: str = "", *, choices: Sequence | Callable[[], Sequence] | None = None,
         factory=None):
     """A dataclass field that is also a flag: ``help`` (required) and ``choices`` (a sequence, or a
     function returning it when a parser is built, e.g. a registry's current names) feed argparse."""

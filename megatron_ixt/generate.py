@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
-from megatron_ixt.data import prefix_kinds
 from megatron_ixt.cli import EXIT_BAD_INPUT, EXIT_USAGE, CommandError, add_import_flag, entry_point, failing_with
+from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.prefix_kinds import STEER_HELP, steer_argument
 
 
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prefix_tokens(steer, cfg, tokenizer, *, shard_set: Optional[str] = None,
-                  critique: Optional[str] = None) -> List[int]:
+def prefix_tokens(steer, cfg, tokenizer, *, shard_set: str | None = None,
+                  critique: str | None = None) -> list[int]:
     """The tokens of a parsed steering spec (``prefix_kinds.parse_steer``; None: no prefix), rendered from
     the template recorded in the shard set ``shard_set`` (default: the checkpoint's training data)."""
     if steer is None:
@@ -97,7 +97,7 @@ def prefix_tokens(steer, cfg, tokenizer, *, shard_set: Optional[str] = None,
     return list(steering_prefix(paths, kind, level, tokenizer=tokenizer, critique=critique))
 
 
-def steering_tokens(args, cfg, tokenizer) -> List[int]:
+def steering_tokens(args, cfg, tokenizer) -> list[int]:
     """The prefix tokens generation is conditioned on (see the module docstring)."""
     if args.prefix_text is not None:
         return list(tokenizer.tokenize(args.prefix_text))
@@ -110,12 +110,12 @@ def guided_logits(cond: torch.Tensor, neg: torch.Tensor, scale: float) -> torch.
 
 
 @torch.no_grad()
-def greedy(model, tokens: List[int], max_new_tokens: int, eod: Optional[int], max_length: int,
-           device, vocab_size: int, *, negative: Optional[List[int]] = None, guidance_scale: float = 1.0) -> List[int]:
+def greedy(model, tokens: list[int], max_new_tokens: int, eod: int | None, max_length: int,
+           device, vocab_size: int, *, negative: list[int] | None = None, guidance_scale: float = 1.0) -> list[int]:
     """Append up to ``max_new_tokens`` argmax tokens to ``tokens`` (stops at ``eod``); returns the new ones.
     The argmax is over the tokenizer's ``vocab_size`` ids (not the padding rows of the output layer), of
     the guided logits (:func:`guided_logits`) when a ``negative`` prompt is given."""
-    def next_logits(sequence: List[int]) -> torch.Tensor:
+    def next_logits(sequence: list[int]) -> torch.Tensor:
         window = sequence[-max_length:]
         ids = torch.tensor([window], dtype=torch.long, device=device)
         positions = torch.arange(len(window), device=device)[None]
@@ -144,7 +144,7 @@ class _StopStrings:
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def cut_at_stop(tokens: List[int], stops: Sequence[str], detokenize) -> Tuple[List[int], str]:
+def cut_at_stop(tokens: list[int], stops: Sequence[str], detokenize) -> tuple[list[int], str]:
     """``(tokens up to the one completing the first stop string, text before that string)``;
     ``tokens`` and their whole text when no stop string occurs."""
     text = detokenize(tokens)
@@ -181,7 +181,7 @@ class _GuidedChoice:
         return out
 
 
-def _left_padded(rows: Sequence[Sequence[int]], pad: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _left_padded(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids, attention mask)`` of ``rows`` left-padded with ``pad`` to the longest."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -193,10 +193,10 @@ def _left_padded(rows: Sequence[Sequence[int]], pad: int) -> Tuple[torch.Tensor,
 
 
 @torch.no_grad()
-def generate(hf_model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eod: Optional[int], *,
+def generate(hf_model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eod: int | None, *,
              batch_size: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 1234,
-             stops: Sequence[str] = (), detokenize=None, negatives: Optional[Sequence[Sequence[int]]] = None,
-             guidance_scale: float = 1.0) -> List[List[int]]:
+             stops: Sequence[str] = (), detokenize=None, negatives: Sequence[Sequence[int]] | None = None,
+             guidance_scale: float = 1.0) -> list[list[int]]:
     """New tokens for each prompt (token lists) from a transformers causal LM with a KV cache.
 
     Prompts are decoded ``batch_size`` at a time, longest first, left-padded with an attention
@@ -219,7 +219,7 @@ def generate(hf_model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
     transformers.set_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    results: List[List[int]] = [[] for _ in prompts]
+    results: list[list[int]] = [[] for _ in prompts]
     for b in range(0, len(order), batch_size):
         batch = order[b:b + batch_size]
         rows = [list(prompts[i]) for i in batch] + ([list(negatives[i]) for i in batch] if guided else [])
@@ -240,7 +240,7 @@ def generate(hf_model, prompts: Sequence[Sequence[int]], max_new_tokens: int, eo
     return results
 
 
-def read_prompts(path: str) -> List[str]:
+def read_prompts(path: str) -> list[str]:
     """The ``prompt`` strings of a JSONL file; a bad line is an error naming ``path:line``."""
     prompts = []
     with open(path, encoding="utf-8") as f:
@@ -258,7 +258,7 @@ def read_prompts(path: str) -> List[str]:
 
 
 @entry_point(plugins=True)
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.no_kv_cache and (args.temperature > 0 or args.stop):
         raise CommandError("--no-kv-cache decodes greedily without stop strings; drop --temperature/--stop",

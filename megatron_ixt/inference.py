@@ -12,7 +12,6 @@ is missing or unreadable.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
 
 import torch
 
@@ -43,7 +42,7 @@ class InferenceModel:
                            self.tokenizer.eod).to(self.device)
 
 
-def training_data_paths(cfg) -> List[str]:
+def training_data_paths(cfg) -> list[str]:
     """The dataset paths (text stores, weights dropped) of a Config's ``--data-path`` / ``--train-data-path``
     blends: where a checkpoint's steering templates are recorded."""
     from megatron.core.datasets.utils import get_blend_from_list
@@ -55,7 +54,7 @@ def training_data_paths(cfg) -> List[str]:
     return paths
 
 
-def inference_config(load_dir: str, iteration: Optional[int] = None, *, tensor_model_parallel_size: int = 1,
+def inference_config(load_dir: str, iteration: int | None = None, *, tensor_model_parallel_size: int = 1,
                      pipeline_model_parallel_size: int = 1, training_precision: bool = False):
     """The training Config stored in ``load_dir``'s checkpoint of ``iteration`` (default: the latest),
     set up to run inference under TP x PP here: no optimizer features, gloo on CPU (nccl on GPU).
@@ -80,7 +79,7 @@ def inference_config(load_dir: str, iteration: Optional[int] = None, *, tensor_m
     return cfg
 
 
-def load_for_inference(load_dir: str, iteration: Optional[int] = None, *, cfg=None,
+def load_for_inference(load_dir: str, iteration: int | None = None, *, cfg=None,
                        tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1) -> InferenceModel:
     """Initialize the process group and megatron-core's parallel state (torchrun's world, or a world of
     one), build the model of ``cfg`` (default: :func:`inference_config` for the given layout) and load

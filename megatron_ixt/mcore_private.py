@@ -72,7 +72,7 @@ import math
 import os
 import typing
 
-import numpy
+import numpy as np
 from megatron.core.datasets import indexed_dataset
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.gpt_dataset import _build_document_index as build_document_index  # noqa: F401
@@ -89,18 +89,18 @@ QUERY_RETURNS_LENGTHS: bool = len(typing.get_args(
 """Whether ``_query_document_sample_shuffle_indices`` must also return each document part's length."""
 
 
-def add_sequences(builder, tokens: numpy.ndarray, lengths: list) -> None:
+def add_sequences(builder, tokens: np.ndarray, lengths: list) -> None:
     """Append ``len(lengths)`` documents of one sequence each (``tokens`` concatenated, 1-D) to an
     ``IndexedDatasetBuilder``: one ``.bin`` write, index identical to one ``add_document`` per document."""
     if len(lengths) == 0:
         return
     if not _index_is_lists(builder):  # a builder that keeps its index differently: one call per document
-        for doc in numpy.split(tokens, numpy.cumsum(lengths)[:-1]):
+        for doc in np.split(tokens, np.cumsum(lengths)[:-1]):
             builder.add_document(doc, [len(doc)])
         return
     # add_document's bookkeeping for n documents at once, and one write without its two copies of
     # the tokens (numpy.array, then tobytes)
-    builder.data_file.write(numpy.ascontiguousarray(tokens, dtype=builder.dtype))
+    builder.data_file.write(np.ascontiguousarray(tokens, dtype=builder.dtype))
     _index_sequences(builder, lengths)
 
 
@@ -111,7 +111,7 @@ def add_sequences_from_file(builder, source: int, offset: int, nbytes: int, leng
     if len(lengths) == 0:
         return
     if not _index_is_lists(builder):
-        add_sequences(builder, numpy.frombuffer(os.pread(source, nbytes, offset), builder.dtype), lengths)
+        add_sequences(builder, np.frombuffer(os.pread(source, nbytes, offset), builder.dtype), lengths)
         return
     target = builder.data_file
     target.flush()
@@ -146,19 +146,19 @@ def _index_sequences(builder, lengths: list) -> None:
     builder.document_indices.extend(range(end - len(lengths) + 1, end + 1))
 
 
-def write_raw_tokens(builder, tokens: numpy.ndarray) -> None:
+def write_raw_tokens(builder, tokens: np.ndarray) -> None:
     """Write tokens to the builder's ``.bin`` that no sequence references (e.g. padding)."""
-    builder.data_file.write(numpy.asarray(tokens, dtype=builder.dtype).tobytes())
+    builder.data_file.write(np.asarray(tokens, dtype=builder.dtype).tobytes())
 
 
 class _IndexWriter(indexed_dataset._IndexWriter):
     """megatron-core's ``.idx`` writer with the byte offset of each sequence computed at once
     (megatron-core's loop takes ~3 us a sequence: a tenth of a fast preprocessing run)."""
 
-    def _sequence_pointers(self, sequence_lengths) -> numpy.ndarray:
-        lengths = numpy.asarray(sequence_lengths, dtype=numpy.int64)
-        pointers = numpy.zeros(len(lengths), dtype=numpy.int64)
-        numpy.cumsum(lengths[:-1] * indexed_dataset.DType.size(self.dtype), out=pointers[1:])
+    def _sequence_pointers(self, sequence_lengths) -> np.ndarray:
+        lengths = np.asarray(sequence_lengths, dtype=np.int64)
+        pointers = np.zeros(len(lengths), dtype=np.int64)
+        np.cumsum(lengths[:-1] * indexed_dataset.DType.size(self.dtype), out=pointers[1:])
         return pointers
 
 

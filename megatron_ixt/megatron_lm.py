@@ -24,17 +24,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
 from megatron_ixt import mcore_private
+from megatron_ixt.cli import EXIT_RESUMABLE
 from megatron_ixt.data.dataset import NO_PREFIX
 from megatron_ixt.data.provider import (
     add_ixt_dataset_args,
-    config_paths,
     conditioning_configs,
+    config_paths,
     dataset_config_from_args,
     steering_prefix,
     train_valid_test_datasets_provider,
@@ -43,7 +44,6 @@ from megatron_ixt.data.provider import (
 from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_stem
 from megatron_ixt.evaluation import heldout
 from megatron_ixt.training import trainer
-from megatron_ixt.cli import EXIT_RESUMABLE
 
 # Megatron-LM data modes whose batches this entry does not produce (flag -> Megatron-LM args attribute).
 UNSUPPORTED = {"--sft": "sft", "--mock-data": "mock_data", "--fim-data": "fim_data",
@@ -75,16 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
 class _ArgsFiles(argparse.ArgumentParser):
     """Reads ``@FILE`` arguments as ``python -m megatron_ixt.pretrain`` does (whitespace-separated, ``#`` comments)."""
 
-    def convert_arg_line_to_args(self, arg_line: str) -> List[str]:
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
         return arg_line.split("#", 1)[0].split()
 
 
-def expand_args_files(argv: Sequence[str]) -> List[str]:
+def expand_args_files(argv: Sequence[str]) -> list[str]:
     """``argv`` with each ``@FILE`` replaced by FILE's flags (Megatron-LM's parser has no ``@FILE``)."""
     return _ArgsFiles(fromfile_prefix_chars="@")._read_args_from_files(list(argv))
 
 
-def parse_args(argv: Optional[Sequence[str]] = None):
+def parse_args(argv: Sequence[str] | None = None):
     """Megatron-LM's flags plus ``--ixt-*`` parsed and validated by the installed megatron.training
     (``argv`` None: ``sys.argv[1:]``; ``@FILE`` reads flags from FILE); sets its global args and
     tokenizer. Raises ``SystemExit(2)`` on an unsupported data mode and ``RuntimeError`` on a
@@ -100,7 +100,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     mcore_private.use_prebuilt_dataset_helpers()
     given = [flag for flag, name in UNSUPPORTED.items() if getattr(args, name, None)]
     if given:
-        print(f"megatron_ixt.megatron_lm: {' '.join(given)} not supported with IXT data", file=sys.stderr)
+        print(f"megatron_ixt.megatron_lm: {' '.join(given)} not supported with IXT data",  # noqa: T201 - CLI error
+              file=sys.stderr)
         raise SystemExit(2)
     return args
 
@@ -143,7 +144,7 @@ def check_shard_tokenizer(paths: Sequence[str], tokenizer) -> None:
                          f"EOD {want['eod']}, this run's has {have['vocab_size']} and {have['eod']}{hint}")
 
 
-def get_batch(data_iterator: Optional[Iterator], vp_stage: Optional[int] = None) -> Dict[str, Optional[torch.Tensor]]:
+def get_batch(data_iterator: Iterator | None, vp_stage: int | None = None) -> dict[str, torch.Tensor | None]:
     """This rank's micro-batch: read on tensor-parallel rank 0 (``data_iterator`` is used only there),
     broadcast to the group as Megatron-LM does, ``prefix_mask`` with ``labels`` and ``loss_mask``
     (stages holding the loss), then split for context parallelism. Stages without embedding or
@@ -172,7 +173,7 @@ def get_batch(data_iterator: Optional[Iterator], vp_stage: Optional[int] = None)
     return mcore_private.slice_batch_cp(batch)
 
 
-def loss_func(loss_mask: torch.Tensor, prefix_mask: Optional[torch.Tensor], output_tensor: torch.Tensor):
+def loss_func(loss_mask: torch.Tensor, prefix_mask: torch.Tensor | None, output_tensor: torch.Tensor):
     """Megatron-LM's per-token loss contract ``(loss sum, token count, report)``: the trainer's
     split (:func:`megatron_ixt.training.trainer.loss_func`) reported as ``lm loss`` (the objective over
     ``loss_mask``), ``doc_loss`` and ``prefix_loss``; Megatron-LM's NaN/Inf (``--check-for-nan-in-loss-and-grad``)
@@ -194,7 +195,7 @@ def loss_func(loss_mask: torch.Tensor, prefix_mask: Optional[torch.Tensor], outp
     return loss, num_tokens, {"lm loss": report["loss"], "doc_loss": report["doc"], "prefix_loss": report["prefix"]}
 
 
-def forward_step(data_iterator: Optional[Iterator], model, loss: Callable = loss_func):
+def forward_step(data_iterator: Iterator | None, model, loss: Callable = loss_func):
     """Megatron-LM ``forward_step_func``: :func:`get_batch` through this stage of ``model``; ``loss``
     (:func:`loss_func`, or ``heldout.eval_loss_func``) gets ``loss_mask``, ``prefix_mask`` and the output."""
     from megatron.core.utils import get_attr_wrapped_model
@@ -209,7 +210,7 @@ def forward_step(data_iterator: Optional[Iterator], model, loss: Callable = loss
     return output, partial(loss, batch.get("loss_mask"), batch.get("prefix_mask"))
 
 
-def conditioning_datasets(args, tokenizer, num_samples: int) -> Dict[str, object]:
+def conditioning_datasets(args, tokenizer, num_samples: int) -> dict[str, object]:
     """``{conditioning: validation-split dataset}`` as the trainer evaluates: ``prefix``, ``none`` and,
     when the shard sets carry a steering prefix of ``--ixt-prefix-kind``, ``steering``
     (``conditioning_configs``); built on every rank (collective)."""
@@ -228,9 +229,9 @@ class ConditioningEval:
     first call). Returns ``{"prefix/doc_loss": ..., ...}`` (``heldout.summary``) and prints it."""
 
     def __init__(self):
-        self.datasets: Optional[Dict[str, object]] = None
+        self.datasets: dict[str, object] | None = None
 
-    def __call__(self, model: List[torch.nn.Module]) -> Dict[str, float]:
+    def __call__(self, model: list[torch.nn.Module]) -> dict[str, float]:
         from megatron.core import parallel_state
         from megatron.core.num_microbatches_calculator import get_num_microbatches
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -254,7 +255,7 @@ class ConditioningEval:
         return result
 
 
-def log_conditionings(result: Dict[str, float], iteration: int, writer) -> None:
+def log_conditionings(result: dict[str, float], iteration: int, writer) -> None:
     """``process_non_loss_data_func`` for ``pretrain``: :class:`ConditioningEval`'s losses to
     TensorBoard (and W&B when enabled), on the last rank."""
     from megatron.training import get_wandb_writer
@@ -279,7 +280,7 @@ def stop_status(args) -> int:
     return EXIT_RESUMABLE if args.exit_duration_in_mins else 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Parse, check the shard sets' tokenizer, and run ``megatron.training.pretrain``. Exit status: 0 when
     done or at ``--exit-interval``, 75 stopped early with a checkpoint (:func:`stop_status`), 2 bad flags,
     Megatron-LM's own otherwise."""
@@ -289,7 +290,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         check_shard_tokenizer(config_paths(dataset_config_from_args(args, get_tokenizer())), get_tokenizer())
     except ValueError as e:
-        print(f"megatron_ixt.megatron_lm: {e}", file=sys.stderr)
+        print(f"megatron_ixt.megatron_lm: {e}", file=sys.stderr)  # noqa: T201 - the entry point's error line
         return 2
     try:
         mcore_private.megatron_lm_pretrain(args, train_valid_test_datasets_provider, forward_step,

@@ -9,7 +9,7 @@ causal training); an explicit mask (e.g. ``--reset-attention-mask``) uses the ma
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,8 @@ class SDPAttention(MegatronModule):
     """
 
     def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type: AttnMaskType,
-                 attention_type: str = "self", attention_dropout: Optional[float] = None,
-                 softmax_scale: Optional[float] = None, **kwargs):
+                 attention_type: str = "self", attention_dropout: float | None = None,
+                 softmax_scale: float | None = None, **kwargs):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("SDPAttention does not support context parallelism; use the TE spec")
@@ -108,7 +108,7 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
-def transformer_config(cfg: "Config") -> TransformerConfig:
+def transformer_config(cfg: Config) -> TransformerConfig:
     """megatron-core's TransformerConfig for ``cfg.model`` under ``cfg.parallel`` / ``cfg.train``."""
     m, p, t = cfg.model, cfg.parallel, cfg.train
     dtype = torch.bfloat16 if t.bf16 else torch.float32
@@ -133,7 +133,7 @@ def transformer_config(cfg: "Config") -> TransformerConfig:
     return TransformerConfig(**kwargs)
 
 
-def model_from_config(cfg: "Config", config: TransformerConfig, vocab_size: int) -> GPTModel:
+def model_from_config(cfg: Config, config: TransformerConfig, vocab_size: int) -> GPTModel:
     """This rank's megatron-core ``GPTModel`` stage for ``cfg.model`` (``config``: its
     :func:`transformer_config`; ``vocab_size`` already padded, :func:`padded_vocab_size`).
     Pre/post-processing (embedding, output layer) follow this rank's pipeline stage. Shared by
@@ -152,7 +152,7 @@ def model_from_config(cfg: "Config", config: TransformerConfig, vocab_size: int)
     )
 
 
-def training_model(cfg: "Config", config: TransformerConfig, vocab_size: int) -> DistributedDataParallel:
+def training_model(cfg: Config, config: TransformerConfig, vocab_size: int) -> DistributedDataParallel:
     """:func:`model_from_config` on this rank's device, in ``Float16Module`` with ``--bf16``, wrapped in
     megatron-core's ``DistributedDataParallel`` (fp32 gradient reduction) with parameters broadcast
     from data-parallel rank 0. Sets ``config.no_sync_func`` and ``config.finalize_model_grads_func``,

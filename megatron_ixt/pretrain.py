@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import List, Optional
 
 import torch
 
@@ -28,7 +27,7 @@ __all__ = ["build_parser", "main"]
 
 
 @entry_point(plugins=True)
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     with failing_with(EXIT_USAGE, ConfigError, ValueError):
         cfg = parse_args(argv, world_size=world_size, cuda=torch.cuda.is_available())

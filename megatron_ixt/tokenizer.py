@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 
-import numpy
+import numpy as np
 
 try:  # the fast engine of BatchEncoder; optional: without it every tokenizer keeps a reference path
     import gigatoken
@@ -193,10 +193,10 @@ def _splits_at_whitespace(sp) -> bool:
     return not any(SPM_SPACE in sp.id_to_piece(i)[1:] for i in range(sp.get_piece_size()))
 
 
-def _flat(lists) -> tuple[numpy.ndarray, numpy.ndarray]:
+def _flat(lists) -> tuple[np.ndarray, np.ndarray]:
     """Token lists -> (concatenated int64 tokens, int64 lengths)."""
-    lengths = numpy.fromiter(map(len, lists), numpy.int64, len(lists))
-    return numpy.fromiter(itertools.chain.from_iterable(lists), numpy.int64, int(lengths.sum())), lengths
+    lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+    return np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(lengths.sum())), lengths
 
 
 class _WordCache:
@@ -208,13 +208,13 @@ class _WordCache:
 
     LIMIT = 1 << 20  # words; the cache is emptied when it grows past this
 
-    def __init__(self, sp, dtype: numpy.dtype):
+    def __init__(self, sp, dtype: np.dtype):
         if not _splits_at_whitespace(sp):
             raise EngineUnavailable("the model has pieces that cross words (split_by_whitespace=false)")
         self.sp, self.dtype = sp, dtype
         self.cache = {"": b""}
 
-    def __call__(self, texts: list[str]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         cache = self.cache
         if len(cache) > self.LIMIT:
             cache.clear()
@@ -222,11 +222,11 @@ class _WordCache:
         words = [self.sp.normalize(t).split(SPM_SPACE) for t in texts]
         missing = list(set(itertools.chain.from_iterable(words)).difference(cache))
         encoded = self.sp.encode(missing, out_type=int, num_threads=1)
-        cache.update(zip(missing, (numpy.array(ids, self.dtype).tobytes() for ids in encoded)))
+        cache.update(zip(missing, (np.array(ids, self.dtype).tobytes() for ids in encoded)))
         get = cache.__getitem__
         per_text = [b"".join(map(get, w)) for w in words]
-        lengths = numpy.fromiter(map(len, per_text), numpy.int64, len(per_text)) // self.dtype.itemsize
-        return numpy.frombuffer(b"".join(per_text), self.dtype), lengths
+        lengths = np.fromiter(map(len, per_text), np.int64, len(per_text)) // self.dtype.itemsize
+        return np.frombuffer(b"".join(per_text), self.dtype), lengths
 
 
 class BatchEncoder:
@@ -248,14 +248,15 @@ class BatchEncoder:
     PROBE = ["Hello  world.\nA second\t line ", " leading space", "1 2 3 1234567", "\uff46\uff55\uff4c\uff4c width",
              f"a{SPM_SPACE}b", "caf\u00e9 \u00fcber \U0001F600", "x", "specials <s> </s> <unk> <|endoftext|> <pad>",
              "  padded  ", "tabs\t\tand\r\nCRLF", "zero\u200bwidth soft\u00adhyphen \u00a0nbsp \u3000ideographic",
-             "ligature \ufb01 \u2460 \uff21\uff22\uff23 \u6771\u4eac \u0434\u043e\u043c", "quotes \u201clike\u201d \u2014 \u2026"]
+             "ligature \ufb01 \u2460 \uff21\uff22\uff23 \u6771\u4eac \u0434\u043e\u043c",
+             "quotes \u201clike\u201d \u2014 \u2026"]
 
-    def __init__(self, tokenizer, config: TokenizerConfig | None = None, dtype=numpy.int32, engine: str = "auto"):
+    def __init__(self, tokenizer, config: TokenizerConfig | None = None, dtype=np.int32, engine: str = "auto"):
         if engine != "auto" and engine not in ENGINES:
             raise ValueError(f"engine {engine!r}: choose 'auto' or one of {ENGINES}")
         self.tokenizer = tokenizer
         self.config = config
-        self.dtype = numpy.dtype(dtype)
+        self.dtype = np.dtype(dtype)
         self.vocab_size = int(tokenizer.vocab_size)
         self.auto = engine == "auto"
         self.notes: list[str] = []  # why faster engines are not used
@@ -289,8 +290,8 @@ class BatchEncoder:
                 # an awkward ListOffsetArray over uint32; its buffers directly (ak.flatten/ak.num cost
                 # ~0.5 ms a call, as much as encoding 100 KB)
                 layout = fast.encode_batch(texts, parallel=False).layout
-                offsets = numpy.asarray(layout.offsets.data)
-                return numpy.asarray(layout.content.data)[offsets[0]:offsets[-1]], numpy.diff(offsets)
+                offsets = np.asarray(layout.offsets.data)
+                return np.asarray(layout.content.data)[offsets[0]:offsets[-1]], np.diff(offsets)
             return encode
         sp = _sentencepiece(self.config)
         if name == "sentencepiece-words":
@@ -302,7 +303,7 @@ class BatchEncoder:
         """The engine and, for gigatoken, its version (recorded in P_ixt.json)."""
         return f"gigatoken {importlib.metadata.version('gigatoken')}" if self.engine == "gigatoken" else self.engine
 
-    def encode(self, texts: list[str]) -> tuple[numpy.ndarray, numpy.ndarray]:
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         try:
             tokens, lengths = self._encode(texts)
         except Exception:  # find the culprit(s); the others still go through
@@ -311,23 +312,23 @@ class BatchEncoder:
                 try:
                     parts.append(self._encode([text]))
                 except Exception:
-                    parts.append((numpy.zeros(0, self.dtype), numpy.array([-1])))
-            tokens = numpy.concatenate([numpy.zeros(0, self.dtype)] + [p[0] for p in parts])
-            lengths = numpy.concatenate([numpy.zeros(0, numpy.int64)] + [p[1] for p in parts])
-        lengths = numpy.asarray(lengths, numpy.int64)
+                    parts.append((np.zeros(0, self.dtype), np.array([-1])))
+            tokens = np.concatenate([np.zeros(0, self.dtype)] + [p[0] for p in parts])
+            lengths = np.concatenate([np.zeros(0, np.int64)] + [p[1] for p in parts])
+        lengths = np.asarray(lengths, np.int64)
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
             valid = (tokens >= 0) & (tokens < self.vocab_size)
-            counted = numpy.maximum(lengths, 0)
-            owner = numpy.repeat(numpy.arange(len(lengths)), counted)
-            bad = numpy.unique(owner[~valid])
-            tokens = tokens[~numpy.isin(owner, bad)]
+            counted = np.maximum(lengths, 0)
+            owner = np.repeat(np.arange(len(lengths)), counted)
+            bad = np.unique(owner[~valid])
+            tokens = tokens[~np.isin(owner, bad)]
             lengths[bad] = -1
         return tokens.astype(self.dtype, copy=False), lengths
 
     def encode_lists(self, texts: list[str]) -> list:
         """``encode`` as one token list per text (None where it failed); for tests and small inputs."""
         tokens, lengths = self.encode(texts)
-        ends = numpy.cumsum(numpy.maximum(lengths, 0))
+        ends = np.cumsum(np.maximum(lengths, 0))
         return [None if n < 0 else tokens[end - n:end].tolist() for n, end in zip(lengths.tolist(), ends.tolist())]
 
     def _reference(self, text: str):

@@ -6,8 +6,16 @@ import textwrap
 
 import pytest
 
-from megatron_ixt.cli import (EXIT_BAD_INPUT, EXIT_CHECKPOINT, EXIT_INTERRUPTED, EXIT_USAGE, CommandError,
-                              entry_point, failing_with, split_imports)
+from megatron_ixt.cli import (
+    EXIT_BAD_INPUT,
+    EXIT_CHECKPOINT,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CommandError,
+    entry_point,
+    failing_with,
+    split_imports,
+)
 
 PLUGIN = "ixt_test_plugin"
 KIND, BACKEND = "domain_test", "http_plugin_test"

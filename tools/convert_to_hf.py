@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
 
 from megatron_ixt.cli import EXIT_CHECKPOINT, entry_point, failing_with
 
@@ -37,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def get_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
@@ -75,7 +74,7 @@ def convert(args: argparse.Namespace) -> dict:
 
 
 @entry_point
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = get_args(argv)
     with failing_with(EXIT_CHECKPOINT, ValueError, OSError):  # ExportError is a ValueError
         summary = convert(args)

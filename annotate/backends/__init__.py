@@ -12,8 +12,17 @@ is one).
 """
 from __future__ import annotations
 
-from annotate.backends.base import (AllServersDown, Backend, BackendError, BackendFactory, Completion, JudgeContext,
-                                    Misconfigured, Request, Sampling)
+from annotate.backends.base import (
+    AllServersDown,
+    Backend,
+    BackendError,
+    BackendFactory,
+    Completion,
+    JudgeContext,
+    Misconfigured,
+    Request,
+    Sampling,
+)
 from annotate.backends.engine import EngineBackend
 from annotate.backends.http import HttpBackend
 

@@ -8,8 +8,9 @@ faults are retried inside the backend; parse/length retries are the runner's bus
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)

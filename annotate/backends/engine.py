@@ -75,7 +75,7 @@ class EngineBackend:
                            help="most prompts per engine.async_generate call")
 
     @classmethod
-    def from_args(cls, args, judge: JudgeContext) -> "EngineBackend":
+    def from_args(cls, args, judge: JudgeContext) -> EngineBackend:
         if not args.model_path:
             raise ValueError("--backend sglang needs --model-path")
         engine_args = {"tp_size": args.tp_size, "dp_size": args.dp_size, **dict(args.engine_arg)}

@@ -106,10 +106,10 @@ class HttpBackend:
         group.add_argument("--health-timeout", type=float, default=d.health_timeout,
                            help="seconds to wait at the start for a first server answering GET /health with 200")
         group.add_argument("--all-down-timeout", type=float, default=d.all_down_timeout,
-                           help="seconds without any reachable server after which the run stops (exit 3, resumable)")
+                           help="seconds without any reachable server after which the run stops (exit 69, resumable)")
 
     @classmethod
-    def from_args(cls, args, judge: JudgeContext) -> "HttpBackend":
+    def from_args(cls, args, judge: JudgeContext) -> HttpBackend:
         if not args.url:
             raise ValueError("--backend http needs at least one --url")
         api_key = None

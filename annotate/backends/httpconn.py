@@ -150,7 +150,8 @@ class HttpPool:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl), self.connect_timeout)
         except asyncio.TimeoutError:
-            raise ConnectError(f"connect to {self.host}:{self.port} timed out after {self.connect_timeout:g}s") from None
+            raise ConnectError(f"connect to {self.host}:{self.port} timed out after "
+                               f"{self.connect_timeout:g}s") from None
         except OSError as e:
             raise ConnectError(f"cannot connect to {self.host}:{self.port}: {e.strerror or e}") from None
         return conn

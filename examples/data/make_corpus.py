@@ -34,7 +34,8 @@ VERBS = ("explains changes affects controls supports measures reduces increases 
          "requires produces protects reveals limits connects".split())
 CONNECTIVES = ("However,", "For example,", "In practice,", "As a result,", "In contrast,", "Moreover,",
                "Consequently,", "At first,", "Finally,", "In general,")
-_ONSETS = "b bl br c ch cl cr d dr f fl fr g gl gr h j k l m n p pl pr qu r s sc sh sl sp st str t th tr v w wh y z".split()
+_ONSETS = ("b bl br c ch cl cr d dr f fl fr g gl gr h j k l m n p pl pr qu r s sc sh sl sp st str t th tr v w wh "
+           "y z").split()
 _VOWELS = "a e i o u ai ea ee ie oa ou oo".split()
 _CODAS = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ck", "ng", "rt", "th", "x"]
 _SUFFIXES = ["", "", "", "s", "ed", "ing", "er", "ly", "tion", "ment", "ness", "ity", "al", "ous"]
@@ -174,8 +175,8 @@ def write_jsonl(path: str, records: list) -> None:
 
 def tokenizer_training_texts(records: list) -> list:
     """Document texts plus the rendered default prefixes (so that the model covers their characters)."""
-    from megatron_ixt.data.record import parse_annotation
     from megatron_ixt.data.prefix_kinds import names, steering_annotation
+    from megatron_ixt.data.record import parse_annotation
     from megatron_ixt.data.templates import load_template
 
     templates = [load_template(kind) for kind in names()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Sequence, Tuple
+from collections.abc import Sequence
 
 # Eval-record keys plotted per arm: (arm, metrics key, label).
 LOSS_CURVES = (("baseline", "none/doc_loss", "baseline"),
@@ -18,7 +18,7 @@ LOSS_CURVES = (("baseline", "none/doc_loss", "baseline"),
                ("ixt", "none/doc_loss", "IXT unconditioned"))
 
 
-def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> Tuple[float, float]:
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """The Wilson score interval of a binomial rate (scipy's ``binomtest``)."""
     from scipy.stats import binomtest
 
@@ -26,12 +26,12 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> Tu
     return float(ci.low), float(ci.high)
 
 
-def beats(results: Dict[str, dict], steered: str, baseline: str) -> bool:
+def beats(results: dict[str, dict], steered: str, baseline: str) -> bool:
     """Whether ``steered``'s accuracy beats ``baseline``'s with non-overlapping 95% intervals."""
     return results[steered]["accuracy_ci"][0] > results[baseline]["accuracy_ci"][1]
 
 
-def verdict(results: Dict[str, dict], steered: str, baseline: str) -> str:
+def verdict(results: dict[str, dict], steered: str, baseline: str) -> str:
     """One line: does ``steered`` beat ``baseline`` in accuracy with non-overlapping 95% intervals?"""
     s, b = results[steered], results[baseline]
     won = beats(results, steered, baseline)
@@ -41,15 +41,15 @@ def verdict(results: Dict[str, dict], steered: str, baseline: str) -> str:
             f"95% Wilson intervals {'not ' if won else ''}overlapping)")
 
 
-def read_eval_records(metrics_path: str) -> List[dict]:
+def read_eval_records(metrics_path: str) -> list[dict]:
     """The ``eval`` records of a trainer metrics JSONL file, in order."""
     with open(metrics_path, encoding="utf-8") as f:
         return [r for r in map(json.loads, f) if r.get("kind") == "eval"]
 
 
-def plot_losses(metrics: Dict[str, str], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
+def plot_losses(metrics: dict[str, str], path: str) -> None:
+    import matplotlib as mpl
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -66,9 +66,9 @@ def plot_losses(metrics: Dict[str, str], path: str) -> None:
     plt.close(fig)
 
 
-def plot_answers(results: Dict[str, dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
+def plot_answers(results: dict[str, dict], path: str) -> None:
+    import matplotlib as mpl
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(results)
@@ -90,7 +90,7 @@ def plot_answers(results: Dict[str, dict], path: str) -> None:
     plt.close(fig)
 
 
-def examples_table(generations: Dict[str, List[dict]], questions: Sequence[dict], count: int) -> List[str]:
+def examples_table(generations: dict[str, list[dict]], questions: Sequence[dict], count: int) -> list[str]:
     """Markdown rows: the first ``count`` questions, each conditioning's answer side by side."""
     names = list(generations)
     rows = ["| question | correct | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -101,8 +101,8 @@ def examples_table(generations: Dict[str, List[dict]], questions: Sequence[dict]
     return rows
 
 
-def write_report(out_dir: str, summary: dict, generations: Dict[str, List[dict]], questions: Sequence[dict],
-                 metrics: Dict[str, str]) -> str:
+def write_report(out_dir: str, summary: dict, generations: dict[str, list[dict]], questions: Sequence[dict],
+                 metrics: dict[str, str]) -> str:
     """Writes ``report.md``, ``loss.png`` and ``answers.png`` into ``out_dir``; returns the report path."""
     results = summary["results"]
     plot_losses(metrics, os.path.join(out_dir, "loss.png"))

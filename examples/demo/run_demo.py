@@ -5,7 +5,8 @@ SYSTEMATIC flaw (the carry is noted but never added), so the flawed answer is a 
 function of the question. Steps, each through the project's real command-line entry points:
 
 1. ``python -m ixt_demo.synthetic``        raw JSONL (training corpus; held-out correct documents)
-2. ``python -m annotate --import ixt_demo.verifier run --backend verifier``   annotated JSONL (critique + scores per document)
+2. ``python -m annotate --import ixt_demo.verifier run --backend verifier``
+                                           annotated JSONL (critique + scores per document)
 3. a SentencePiece BPE tokenizer (digits split) trained on the raw text
 4. ``tools/preprocess_ixt.py``             IXT shard set (text store + aligned prefix stores)
 5. ``python -m megatron_ixt.pretrain`` twice, side by side: the baseline arm (``--ixt-prefix-kind
@@ -33,16 +34,15 @@ import re
 import subprocess
 import sys
 import time
-from typing import List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # ixt_demo: the demo's corpus generator and judge
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 
-from ixt_demo.synthetic import SynthConfig, make_document  # noqa: E402  (this folder)
 from demo_report import verdict, wilson_interval, write_report  # noqa: E402  (this folder)
+from ixt_demo.synthetic import SynthConfig, make_document  # noqa: E402  (this folder)
 
-COMMANDS: List[str] = []  # every command the demo ran, in order (for the report)
+COMMANDS: list[str] = []  # every command the demo ran, in order (for the report)
 
 MODEL_ARGS = [  # small Llama-style model: trains at a few thousand tokens/s on 2 CPU cores
     "--num-layers", "4", "--hidden-size", "128", "--ffn-hidden-size", "384",
@@ -81,7 +81,7 @@ def _finish(proc: subprocess.Popen) -> None:
         sys.exit(f"step failed (exit {proc.returncode}); see {proc.log_path}")
 
 
-def run_steps(steps: list, env: Optional[dict] = None, at_once: Optional[int] = None) -> None:
+def run_steps(steps: list, env: dict | None = None, at_once: int | None = None) -> None:
     """Run ``[(cmd, log_path), ...]``, ``at_once`` at a time side by side (default: all); a failure
     stops the demo. Each step's output goes to its log; its [train]/[eval]/error lines are echoed
     when it ends."""
@@ -140,7 +140,7 @@ def held_out_questions(n: int, cfg: SynthConfig, seed: int) -> list:
 STEP = re.compile(r"[A-Z][\w-]*: (\d+) \+ (\d+)(?: \+ (\d+))? = (\d+)\. Write (\d+)(?:, carry (\d+))?\.")
 
 
-def parse_answer(text: str) -> Optional[int]:
+def parse_answer(text: str) -> int | None:
     """The first ``Answer: N`` of a generation, or None."""
     found = re.findall(r"Answer:\s*(\d+)", text)
     return int(found[0]) if found else None
@@ -167,7 +167,7 @@ def score_answers(generations: list, questions: list) -> dict:
             "carries_added": carries_added / carries if carries else None}
 
 
-def resume_args(checkpoint_dir: str) -> List[str]:
+def resume_args(checkpoint_dir: str) -> list[str]:
     """``--load`` when ``checkpoint_dir`` holds a checkpoint: a rerun of the demo into the same
     ``--output`` continues an interrupted arm (or skips a finished one) instead of starting over."""
     tracker = os.path.join(checkpoint_dir, "latest_checkpointed_iteration.txt")
@@ -221,7 +221,8 @@ def main(argv=None) -> int:
                for name, cfg in (("arith", synth), ("heldout", heldout))])
 
     print("== 2. annotate with the verifier judge", flush=True)
-    run([py, "-m", "annotate", "--import", "ixt_demo.verifier", "run", "--backend", "verifier", "--input", raw["arith"], raw["heldout"],
+    run([py, "-m", "annotate", "--import", "ixt_demo.verifier", "run", "--backend", "verifier",
+         "--input", raw["arith"], raw["heldout"],
          "--output", os.path.join(out, "annotated")], log("annotate"))
     run([py, "-m", "annotate", "status", os.path.join(out, "annotated")], log("annotate_status"))
 

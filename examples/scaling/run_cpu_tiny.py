@@ -10,7 +10,8 @@ resumes, finished runs and scored runs are skipped)::
 1. Data (skipped when present), through the project's own CLIs as in examples/demo/run_demo.py:
    ``python -m ixt_demo.synthetic`` (examples/demo) writes column-addition worked solutions of which ``--flaw-share``
    carry a SYSTEMATIC flaw (the carry is noted but never added); ``python -m annotate run
-   --backend verifier`` (with ``--import ixt_demo.verifier``) annotates them; a SentencePiece tokenizer is trained on them; and
+   --backend verifier`` (with ``--import ixt_demo.verifier``) annotates them; a SentencePiece tokenizer is
+   trained on them; and
    ``tools/preprocess_ixt.py`` writes the training shard set. The held-out set is a second synthetic
    corpus of CORRECT documents only (``--flaw-share 0 --noise-share 0``, another seed), annotated and
    preprocessed the same way: every arm is judged on the same correct tokens.

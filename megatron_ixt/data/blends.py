@@ -6,15 +6,13 @@
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
-
 DEFAULT_SPLIT = "969,30,1"
 """Megatron-LM's split when --data-path is given without --split (the one definition of it)."""
 
-Blend = Tuple[List[str], Optional[List[float]]]
+Blend = tuple[list[str], list[float] | None]
 
 
-def blends_from_args(args) -> Tuple[Optional[Blend], Optional[List[Optional[Blend]]]]:
+def blends_from_args(args) -> tuple[Blend | None, list[Blend | None] | None]:
     """``(blend, blend_per_split)`` from ``--data-path`` or the per-split ``--*-data-path`` lists."""
     from megatron.core.datasets.utils import get_blend_from_list
 

@@ -25,11 +25,9 @@ import logging
 import os
 import time
 from dataclasses import dataclass, fields
-from typing import Dict, Optional, Tuple
 
-import numpy
+import numpy as np
 import torch
-
 from megatron.core.datasets import helpers
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
@@ -38,6 +36,7 @@ from megatron.core.utils import log_single_rank
 
 from megatron_ixt.data.options import NO_PREFIX, IXTOptions
 from megatron_ixt.data.shards import metadata_path, prefix_store_path, read_metadata, shard_set_stem
+from megatron_ixt.fileio import atomic_write
 from megatron_ixt.mcore_private import QUERY_RETURNS_LENGTHS, build_document_index, build_shuffle_index, pad_token_id
 
 logger = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ class IXTGPTDatasetConfig(GPTDatasetConfig, IXTOptions):
     ``prefix_dropout`` and ``annotated_fraction`` draw per document from ``random_seed``.
     """
 
-    steering_prefix: Optional[Tuple[int, ...]] = None
+    steering_prefix: tuple[int, ...] | None = None
     """Evaluation: condition every document (annotated or not, in IXT and plain stores alike) on
     these prefix tokens, e.g. ``steering.<kind>.tokens`` of ``P_ixt.json``."""
 
@@ -75,26 +74,26 @@ class IXTGPTDatasetConfig(GPTDatasetConfig, IXTOptions):
             raise ValueError("IXTGPTDataset builds its indices eagerly; defer_npy_index_mmap is not supported")
 
 
-def _splitmix64(x: numpy.ndarray) -> numpy.ndarray:
+def _splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finalizer on a uint64 array (wrapping arithmetic)."""
-    x = x ^ (x >> numpy.uint64(30))
-    x = x * numpy.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> numpy.uint64(27))
-    x = x * numpy.uint64(0x94D049BB133111EB)
-    return x ^ (x >> numpy.uint64(31))
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def document_draws(seed: int, salt: int, document_ids: numpy.ndarray, probability: float,
-                   epoch: int = 0) -> numpy.ndarray:
+def document_draws(seed: int, salt: int, document_ids: np.ndarray, probability: float,
+                   epoch: int = 0) -> np.ndarray:
     """Deterministic Bernoulli(``probability``) draws, one per ``(seed, salt, document id, epoch)``:
     a splitmix64 hash of the four, compared as a 53-bit uniform."""
     key = (seed * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03 + epoch * 0xA0761D6478BD642F) % 2**64
-    x = numpy.asarray(document_ids).astype(numpy.uint64) * numpy.uint64(0xE7037ED1A0B428DB) + numpy.uint64(key)
-    return (_splitmix64(x) >> numpy.uint64(11)) < numpy.uint64(round(probability * 2**53))
+    x = np.asarray(document_ids).astype(np.uint64) * np.uint64(0xE7037ED1A0B428DB) + np.uint64(key)
+    return (_splitmix64(x) >> np.uint64(11)) < np.uint64(round(probability * 2**53))
 
 
-def _open_prefix_store(dataset_path: Optional[str], text: IndexedDataset,
-                       config: IXTGPTDatasetConfig) -> Optional[IndexedDataset]:
+def _open_prefix_store(dataset_path: str | None, text: IndexedDataset,
+                       config: IXTGPTDatasetConfig) -> IndexedDataset | None:
     """The ``config.prefix_kind`` prefix store aligned with ``text``, or None for a plain store.
 
     The kinds a shard set holds are those listed in its ``P_ixt.json`` (sets written before a kind
@@ -129,8 +128,8 @@ def reinserts_prefix(prefix_length: int, offset: int, length: int, sequence_leng
     return 0 < prefix_length < sequence_length and 0 < offset and offset + extra < length
 
 
-def every_segment_sample_index(lengths: numpy.ndarray, prefix_lengths: numpy.ndarray, sequence_length: int,
-                               extra: int, drop_last: bool) -> numpy.ndarray:
+def every_segment_sample_index(lengths: np.ndarray, prefix_lengths: np.ndarray, sequence_length: int,
+                               extra: int, drop_last: bool) -> np.ndarray:
     """megatron-core's ``build_sample_idx`` (identity document index, one pass) for samples that
     re-insert the prefix (:func:`reinserts_prefix`): such a sample holds the prefix, then
     ``sequence_length + extra - prefix`` tokens of the stream from ``max(offset, prefix)`` on.
@@ -158,7 +157,7 @@ def every_segment_sample_index(lengths: numpy.ndarray, prefix_lengths: numpy.nda
         else:
             offset = lengths[last] - extra
         rows.append((position, offset))
-    return numpy.array(rows, dtype=numpy.int64)
+    return np.array(rows, dtype=np.int64)
 
 
 class PrefixCooldownDataset(torch.utils.data.Dataset):
@@ -176,7 +175,7 @@ class PrefixCooldownDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return min(len(self.conditioned), len(self.plain))
 
-    def __getitem__(self, idx: int) -> Dict[str, torch.Tensor]:
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         return (self.plain if idx >= self.first_plain_sample else self.conditioned)[idx]
 
 
@@ -185,14 +184,6 @@ def cooldown_start_sample(fraction: float, train_samples: int, global_batch_size
     the ``train_samples // global_batch_size`` iterations are the cooldown."""
     iterations = train_samples // global_batch_size
     return (iterations - round(fraction * iterations)) * global_batch_size
-
-
-def _write_atomically(path: str, write) -> None:
-    """``write(binary file)`` into a temporary file next to ``path``, then rename it to ``path``."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 class IXTGPTDataset(GPTDataset):
@@ -204,17 +195,17 @@ class IXTGPTDataset(GPTDataset):
     The sample index counts offsets into the conditioned document (prefix first).
     """
 
-    def __init__(self, indexed_dataset: IndexedDataset, dataset_path: Optional[str],
-                 indexed_indices: numpy.ndarray, num_samples: Optional[int], index_split: Split,
+    def __init__(self, indexed_dataset: IndexedDataset, dataset_path: str | None,
+                 indexed_indices: np.ndarray, num_samples: int | None, index_split: Split,
                  config: IXTGPTDatasetConfig) -> None:
         if config.prefix_cooldown_fraction:
             raise ValueError("prefix_cooldown_fraction switches a whole training split (blend) to prefix-free "
                              "samples: build through megatron_ixt.data.provider.build_train_valid_test_datasets")
         self.prefix_dataset = _open_prefix_store(dataset_path, indexed_dataset, config)
         self.steering_tokens = (None if config.steering_prefix is None
-                                else numpy.asarray(config.steering_prefix, dtype=numpy.int64))
-        self.prefix_length: Optional[numpy.ndarray] = None  # set by _build_document_sample_shuffle_indices
-        self._last_prefix_flags: Optional[numpy.ndarray] = None
+                                else np.asarray(config.steering_prefix, dtype=np.int64))
+        self.prefix_length: np.ndarray | None = None  # set by _build_document_sample_shuffle_indices
+        self._last_prefix_flags: np.ndarray | None = None
         super().__init__(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)
 
     @staticmethod
@@ -224,22 +215,22 @@ class IXTGPTDataset(GPTDataset):
 
     # ---------------------------------------------------------------- prefixes per document
 
-    def document_prefix_lengths(self) -> numpy.ndarray:
+    def document_prefix_lengths(self) -> np.ndarray:
         """int32 [num documents in the store]: prefix length of each document before dropout."""
         num_documents = self.dataset.sequence_lengths.shape[0]
         if self.steering_tokens is not None:
-            return numpy.full(num_documents, len(self.steering_tokens), dtype=numpy.int32)
+            return np.full(num_documents, len(self.steering_tokens), dtype=np.int32)
         if self.prefix_dataset is None:
-            return numpy.zeros(num_documents, dtype=numpy.int32)
-        lengths = numpy.array(self.prefix_dataset.sequence_lengths, dtype=numpy.int32)
+            return np.zeros(num_documents, dtype=np.int32)
+        lengths = np.array(self.prefix_dataset.sequence_lengths, dtype=np.int32)
         if self.config.annotated_fraction < 1.0:
-            used = document_draws(self.config.random_seed, _SALT_ANNOTATED, numpy.arange(num_documents),
+            used = document_draws(self.config.random_seed, _SALT_ANNOTATED, np.arange(num_documents),
                                   self.config.annotated_fraction)
             lengths[~used] = 0
         return lengths
 
-    def _epoch_prefix_lengths(self, document_ids: numpy.ndarray, epoch: int,
-                              document_prefix_lengths: numpy.ndarray) -> numpy.ndarray:
+    def _epoch_prefix_lengths(self, document_ids: np.ndarray, epoch: int,
+                              document_prefix_lengths: np.ndarray) -> np.ndarray:
         """Prefix length of each document in epoch ``epoch``, after prefix dropout."""
         lengths = document_prefix_lengths[document_ids]
         if self.config.prefix_dropout > 0.0:
@@ -252,7 +243,7 @@ class IXTGPTDataset(GPTDataset):
 
     def _build_document_sample_shuffle_indices(
         self,
-    ) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """GPTDataset's document/sample/shuffle indices over conditioned document lengths.
 
         Same RNG draws as GPTDataset (so ``prefix_kind='none'`` reproduces it exactly); the
@@ -280,7 +271,7 @@ class IXTGPTDataset(GPTDataset):
             log_single_rank(logger, logging.INFO,
                             f"Load the {type(self).__name__} {self.index_split.name} indices from {base}-*")
             # plain ndarray views of the memory maps: slicing a numpy.memmap per sample is slow
-            arrays = {name: numpy.asarray(numpy.load(path, mmap_mode="r"))
+            arrays = {name: np.asarray(np.load(path, mmap_mode="r"))
                       for name, path in paths.items()}
         else:
             t_beg = time.time()
@@ -290,9 +281,11 @@ class IXTGPTDataset(GPTDataset):
                 # each file renamed into place: runs that share a cache (a sweep's array tasks) may
                 # build the same indices at once, and one must never read another's half-written file
                 for name, path in paths.items():
-                    _write_atomically(path, lambda f, a=arrays[name]: numpy.save(f, a))
+                    with atomic_write(path, "wb") as f:
+                        np.save(f, arrays[name])
                 # last: marks the cache complete
-                _write_atomically(path_to_description, lambda f: f.write(self.unique_description.encode()))
+                with atomic_write(path_to_description) as f:
+                    f.write(self.unique_description)
             log_single_rank(logger, logging.INFO,
                             f"Built the {type(self).__name__} {self.index_split.name} indices in "
                             f"{time.time() - t_beg:.2f} s")
@@ -304,15 +297,15 @@ class IXTGPTDataset(GPTDataset):
             self._check_cached_prefix_lengths(arrays["document_index"], base)
         return arrays["document_index"], arrays["sample_index"], arrays["shuffle_index"]
 
-    def _check_cached_prefix_lengths(self, document_index: numpy.ndarray, base: str) -> None:
+    def _check_cached_prefix_lengths(self, document_index: np.ndarray, base: str) -> None:
         """Refuse a cached index whose prefix lengths no longer match the prefix store (e.g. the
         shard set was preprocessed again under the same name)."""
         expected = self.document_prefix_lengths()[document_index]
-        if numpy.any((self.prefix_length != 0) & (self.prefix_length != expected)):
+        if np.any((self.prefix_length != 0) & (self.prefix_length != expected)):
             raise ValueError(f"{base}-*.npy: the cached index does not match the prefix store of "
                              f"{self.dataset_path} (rebuilt shards?); delete these cache files")
 
-    def _build_indices(self) -> Tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray, numpy.ndarray]:
+    def _build_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(document_index, prefix_length, sample_index, shuffle_index), freshly computed.
 
         The number of epochs comes from token counts, as in GPTDataset; prefixes re-inserted by
@@ -330,10 +323,10 @@ class IXTGPTDataset(GPTDataset):
         ``min_epochs`` epochs and enough tokens for ``num_samples``."""
         sequence_length = self.config.sequence_length
         extra = int(self.config.add_extra_token_to_sequence)
-        text_lengths = numpy.array(self.dataset.sequence_lengths)  # in memory: gathered at random below
+        text_lengths = np.array(self.dataset.sequence_lengths)  # in memory: gathered at random below
         document_prefix_lengths = self.document_prefix_lengths()
-        documents = numpy.asarray(self.indices)
-        text_tokens_per_epoch = int(numpy.sum(text_lengths[documents], dtype=numpy.int64))
+        documents = np.asarray(self.indices)
+        text_tokens_per_epoch = int(np.sum(text_lengths[documents], dtype=np.int64))
 
         # Epochs needed for num_samples (as GPTDataset._get_num_epochs, with per-epoch token counts).
         epoch_prefix_lengths, tokens_per_epoch = [], []  # [epoch][i]: prefix length of documents[i]
@@ -344,7 +337,7 @@ class IXTGPTDataset(GPTDataset):
                 lengths = epoch_prefix_lengths[0]
             else:
                 lengths = self._epoch_prefix_lengths(documents, len(tokens_per_epoch), document_prefix_lengths)
-            epoch_tokens = text_tokens_per_epoch + int(numpy.sum(lengths, dtype=numpy.int64))
+            epoch_tokens = text_tokens_per_epoch + int(np.sum(lengths, dtype=np.int64))
             if epoch_tokens <= extra:
                 raise ValueError(f"{self.dataset_path}: the {self.index_split.name} split has no tokens")
             epoch_prefix_lengths.append(lengths)
@@ -359,7 +352,7 @@ class IXTGPTDataset(GPTDataset):
             separate_final_epoch = (self.num_samples - num_samples_sans_final_epoch) < int(
                 0.80 * num_samples_per_epoch)
 
-        numpy_random_state = numpy.random.RandomState(self.config.random_seed)
+        numpy_random_state = np.random.RandomState(self.config.random_seed)
         document_index = build_document_index(documents, num_epochs, numpy_random_state, separate_final_epoch)
 
         if self.config.prefix_dropout == 0.0:
@@ -367,27 +360,27 @@ class IXTGPTDataset(GPTDataset):
         else:
             # epoch_prefix_lengths is over `documents`; the epoch of an occurrence is its rank
             # among the occurrences of the same document.
-            local = numpy.empty(len(text_lengths), dtype=numpy.int64)
-            local[documents] = numpy.arange(len(documents))
+            local = np.empty(len(text_lengths), dtype=np.int64)
+            local[documents] = np.arange(len(documents))
             local = local[document_index]
             if num_epochs > 1:
-                epochs = numpy.empty(len(document_index), dtype=numpy.int64)
-                epochs[numpy.argsort(document_index, kind="stable")] = numpy.arange(len(document_index)) % num_epochs
+                epochs = np.empty(len(document_index), dtype=np.int64)
+                epochs[np.argsort(document_index, kind="stable")] = np.arange(len(document_index)) % num_epochs
                 local += epochs * len(documents)
-            prefix_length = numpy.concatenate(epoch_prefix_lengths)[local]
-        conditioned_lengths = (text_lengths[document_index] + prefix_length).astype(numpy.int32)
+            prefix_length = np.concatenate(epoch_prefix_lengths)[local]
+        conditioned_lengths = (text_lengths[document_index] + prefix_length).astype(np.int32)
 
         drop_last = self.config.drop_last_partial_validation_sequence if self.index_split == Split.valid else True
         if self.config.prefix_every_segment and prefix_length.any():
             sample_index = every_segment_sample_index(conditioned_lengths, prefix_length, sequence_length, extra,
                                                       drop_last)
             if separate_final_epoch:  # the samples that end before the final epoch's first document
-                num_samples_sans_final_epoch = int(numpy.searchsorted(
+                num_samples_sans_final_epoch = int(np.searchsorted(
                     sample_index[1:, 0], len(documents) * (num_epochs - 1), side="left"))
         else:
             sample_index = helpers.build_sample_idx(
                 conditioned_lengths,
-                numpy.arange(len(document_index), dtype=numpy.int32),
+                np.arange(len(document_index), dtype=np.int32),
                 sequence_length,
                 1,
                 total_tokens,
@@ -402,7 +395,7 @@ class IXTGPTDataset(GPTDataset):
 
     # ---------------------------------------------------------------- samples
 
-    def _prefix_tokens(self, document_id: int, offset: int, length: int) -> numpy.ndarray:
+    def _prefix_tokens(self, document_id: int, offset: int, length: int) -> np.ndarray:
         if self.steering_tokens is not None:
             return self.steering_tokens[offset:offset + length]
         return self.prefix_dataset.get(document_id, offset=offset, length=length)
@@ -422,7 +415,7 @@ class IXTGPTDataset(GPTDataset):
         prefix_lengths = self.prefix_length[beg:end + 1].tolist()
 
         parts, document_lengths = [], []
-        flags = numpy.zeros(sample_length, dtype=bool)
+        flags = np.zeros(sample_length, dtype=bool)
         cursor, last = 0, end - beg
         for i, (document_id, prefix_len) in enumerate(zip(document_ids.tolist(), prefix_lengths)):
             start = beg_offset if i == 0 else 0
@@ -449,22 +442,22 @@ class IXTGPTDataset(GPTDataset):
             cursor += n
 
         if cursor < sample_length:
-            parts.append(numpy.full(sample_length - cursor, pad_token_id(self), dtype=numpy.int64))
+            parts.append(np.full(sample_length - cursor, pad_token_id(self), dtype=np.int64))
         self._last_prefix_flags = flags
-        tokens = numpy.concatenate(parts, dtype=numpy.int64)
-        document_ids = document_ids.astype(numpy.int64)
+        tokens = np.concatenate(parts, dtype=np.int64)
+        document_ids = document_ids.astype(np.int64)
         if QUERY_RETURNS_LENGTHS:
             return tokens, document_ids, document_lengths
         return tokens, document_ids
 
-    def __getitem__(self, idx: Optional[int]) -> Dict[str, torch.Tensor]:
+    def __getitem__(self, idx: int | None) -> dict[str, torch.Tensor]:
         """GPTDataset's sample dict plus ``prefix_mask`` (float, shaped like ``loss_mask``: 1.0
         where ``labels[i]`` is a prefix token). With ``prefix_loss='mask'`` the loss mask is 0 there."""
         sample = super().__getitem__(idx)
         flags = self._last_prefix_flags[1:]  # flags of the label tokens
         if not self.config.add_extra_token_to_sequence:
-            flags = numpy.append(flags, False)  # the last label is padding
-        sample["prefix_mask"] = torch.from_numpy(flags.astype(numpy.float32))
+            flags = np.append(flags, False)  # the last label is padding
+        sample["prefix_mask"] = torch.from_numpy(flags.astype(np.float32))
         if self.config.prefix_loss == "mask":  # not in place: GPTDataset may return its cached mask
             sample["loss_mask"] = sample["loss_mask"].masked_fill(torch.from_numpy(flags), 0.0)
         return sample

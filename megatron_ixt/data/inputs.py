@@ -81,15 +81,15 @@ def open_parquet(path: str, text_key: str, id_key: str | None = None):
     ``id_key`` (when given and present) holds strings or integers; ValueError naming the file and the
     column otherwise (the type of a parquet column is the same in every row, so a wrong one is the
     whole file's problem, found before any row is read)."""
-    import pyarrow
-    import pyarrow.parquet
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    parquet = pyarrow.parquet.ParquetFile(path)
+    parquet = pq.ParquetFile(path)
     schema = parquet.schema_arrow
-    checks = [(text_key, "--text-key", (pyarrow.types.is_string, pyarrow.types.is_large_string), True)]
+    checks = [(text_key, "--text-key", (pa.types.is_string, pa.types.is_large_string), True)]
     if id_key is not None:
-        checks.append((id_key, "--id-key", (pyarrow.types.is_string, pyarrow.types.is_large_string,
-                                            pyarrow.types.is_integer), False))
+        checks.append((id_key, "--id-key", (pa.types.is_string, pa.types.is_large_string,
+                                            pa.types.is_integer), False))
     for column, flag, accepted, required in checks:
         index = schema.get_field_index(column)
         if index < 0 and required:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, fields
-from typing import List
 
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.flags import add_flags, arg, field_choices, flag_name, renamed_fields
@@ -53,7 +52,7 @@ class IXTOptions:
         False, "a document split across samples gets its prefix again at the start of each later segment "
         "(in the loss as --ixt-prefix-loss says)")
 
-    def problems(self) -> List[str]:
+    def problems(self) -> list[str]:
         """What is wrong with these values: one message per problem, naming the flag and the field."""
         out = []
         for f in fields(IXTOptions):

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from megatron_ixt.data.record import SCORE_AXES, SCORE_MAX, SCORE_MIN, Annotation
 
@@ -39,12 +39,12 @@ STEERING_CRITIQUES = {
 }
 STEERING_CRITIQUE = STEERING_CRITIQUES[SCORE_MAX]
 
-Level = Union[int, Dict[str, int]]
+Level = int | dict[str, int]
 """A steering level: an int 1..5, or a mapping of some of ``SCORE_AXES`` to 1..5."""
 
 
 @functools.lru_cache(maxsize=1 << 14)  # a corpus has at most 5**5 score combinations
-def axes_text(scores: Tuple[Tuple[str, int], ...]) -> str:
+def axes_text(scores: tuple[tuple[str, int], ...]) -> str:
     """The ``{axes}`` field: ``((axis, score), ...)`` as "writing style 4/5, expertise 3/5, ..."."""
     return ", ".join(f"{AXIS_LABELS[a]} {s}/{SCORE_MAX}" for a, s in scores)
 
@@ -81,7 +81,7 @@ class PrefixKind:
     default_template: str
     description: str
     fields: Callable[[Annotation], dict] = common_fields
-    field_names: Tuple[str, ...] = COMMON_FIELDS
+    field_names: tuple[str, ...] = COMMON_FIELDS
 
     @property
     def flag(self) -> str:
@@ -89,7 +89,7 @@ class PrefixKind:
         return f"--{self.name.replace('_', '-')}-template"
 
 
-KINDS: Dict[str, PrefixKind] = {}
+KINDS: dict[str, PrefixKind] = {}
 """name -> PrefixKind, in registration order (the order of stores, flags and tables)."""
 
 _RESERVED = {"none", "text"}  # "none" is the baseline prefix kind, "text" the text store
@@ -113,7 +113,7 @@ def get(name: str) -> PrefixKind:
     return KINDS[name]
 
 
-def names() -> Tuple[str, ...]:
+def names() -> tuple[str, ...]:
     """The registered kind names, in registration order."""
     return tuple(KINDS)
 
@@ -136,7 +136,7 @@ def _score(text: str, what: str) -> int:
     return value
 
 
-def parse_level(text: str) -> Optional[Level]:
+def parse_level(text: str) -> Level | None:
     """``""`` -> None (the top level); ``"3"`` -> 3; ``"educational_value=5,expertise=4"`` -> a dict."""
     if not text:
         return None
@@ -155,7 +155,7 @@ NO_STEERING = "none"
 """The steering spec of no prefix: unconditioned."""
 
 
-def parse_steer(spec: str, kinds: Optional[Sequence[str]] = None) -> Optional[Tuple[str, Optional[Level]]]:
+def parse_steer(spec: str, kinds: Sequence[str] | None = None) -> tuple[str, Level | None] | None:
     """The one parser of steering specs: ``"none"`` -> None (no prefix); ``KIND[:LEVEL]`` -> ``(kind, level)``
     (see :func:`parse_level`). ``kinds``: the kind names allowed (default: the registered ones)."""
     if spec == NO_STEERING:
@@ -168,7 +168,7 @@ def parse_steer(spec: str, kinds: Optional[Sequence[str]] = None) -> Optional[Tu
     return name, parse_level(level)
 
 
-def steer_argument(spec: str) -> Optional[Tuple[str, Optional[Level]]]:
+def steer_argument(spec: str) -> tuple[str, Level | None] | None:
     """:func:`parse_steer` as an argparse ``type`` (its message shown as the flag's error)."""
     try:
         return parse_steer(spec)
@@ -176,7 +176,7 @@ def steer_argument(spec: str) -> Optional[Tuple[str, Optional[Level]]]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def steering_annotation(level: Optional[Level] = None, critique: Optional[str] = None) -> Annotation:
+def steering_annotation(level: Level | None = None, critique: str | None = None) -> Annotation:
     """The annotation a steering prefix is rendered from.
 
     ``level`` None or an int: quality and every axis at that level (default the top, 5), critique

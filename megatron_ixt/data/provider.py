@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 
@@ -28,8 +28,11 @@ from megatron_ixt.data.dataset import (
     PrefixCooldownDataset,
     cooldown_start_sample,
 )
-from megatron_ixt.data.options import NO_PREFIX, IXTOptions
-from megatron_ixt.data.options import add_ixt_dataset_args  # noqa: F401 (public here too: Megatron-LM's entry)
+from megatron_ixt.data.options import (
+    NO_PREFIX,
+    IXTOptions,
+    add_ixt_dataset_args,  # noqa: F401 (public here too: Megatron-LM's entry)
+)
 from megatron_ixt.data.prefix_kinds import Level
 from megatron_ixt.data.shards import metadata_path, read_metadata, shard_set_stem
 from megatron_ixt.data.templates import recorded_template, steering
@@ -62,7 +65,7 @@ def dataset_config_from_args(args, tokenizer, **overrides) -> IXTGPTDatasetConfi
     return IXTGPTDatasetConfig(**{**values, **overrides})
 
 
-def build_train_valid_test_datasets(config: IXTGPTDatasetConfig, train_val_test_num_samples: Sequence[Optional[int]],
+def build_train_valid_test_datasets(config: IXTGPTDatasetConfig, train_val_test_num_samples: Sequence[int | None],
                                     is_built_on_rank: Callable[[], bool] = lambda: True,
                                     global_batch_size: int = 1) -> list:
     """``[train, valid, test]`` datasets (``IXTGPTDataset`` or megatron-core ``BlendedDataset`` of
@@ -88,14 +91,14 @@ def build_train_valid_test_datasets(config: IXTGPTDatasetConfig, train_val_test_
     return datasets
 
 
-def config_paths(config: IXTGPTDatasetConfig) -> List[str]:
+def config_paths(config: IXTGPTDatasetConfig) -> list[str]:
     """Every dataset path named by ``config.blend`` / ``config.blend_per_split``."""
     blends = [config.blend] if config.blend is not None else list(config.blend_per_split or [])
     return [path for blend in blends if blend is not None for path in blend[0]]
 
 
-def steering_prefix(paths: Sequence[str], kind: str, level: Optional[Level] = None, *, tokenizer=None,
-                    critique: Optional[str] = None) -> Tuple[int, ...]:
+def steering_prefix(paths: Sequence[str], kind: str, level: Level | None = None, *, tokenizer=None,
+                    critique: str | None = None) -> tuple[int, ...]:
     """The ``kind`` steering-prefix tokens of the IXT shard sets among ``paths`` (text-store paths).
 
     ``level`` None and no ``critique``: the stored top-level prefix, ``steering.<kind>.tokens`` of
@@ -132,7 +135,7 @@ def steering_prefix(paths: Sequence[str], kind: str, level: Optional[Level] = No
 
 
 def conditioning_configs(config: IXTGPTDatasetConfig,
-                         steering_tokens: Optional[Sequence[int]] = None) -> Dict[str, IXTGPTDatasetConfig]:
+                         steering_tokens: Sequence[int] | None = None) -> dict[str, IXTGPTDatasetConfig]:
     """Evaluation variants of ``config``: ``prefix`` (each document with its true prefix, no
     dropout, all annotations), ``none`` (no prefix: GPTDataset samples) and, when
     ``steering_tokens`` are given, ``steering`` (every document under that one prefix), none of
@@ -150,7 +153,7 @@ def conditioning_configs(config: IXTGPTDatasetConfig,
     return variants
 
 
-def valid_datasets(variants: Dict[str, IXTGPTDatasetConfig], num_samples: int) -> Dict[str, object]:
+def valid_datasets(variants: dict[str, IXTGPTDatasetConfig], num_samples: int) -> dict[str, object]:
     """``{conditioning: validation-split dataset of num_samples samples}`` for each config variant
     (the trainer's eval and ``python -m megatron_ixt.evaluation.cli``); variants without a validation
     split are left out."""
@@ -173,7 +176,7 @@ def one_split(config, split: int):
     return config
 
 
-def _is_dataset_built_on_rank(vp_stage: Optional[int] = None) -> bool:
+def _is_dataset_built_on_rank(vp_stage: int | None = None) -> bool:
     """Megatron-LM's rule: first or last pipeline stage, tensor-parallel rank 0."""
     from megatron.core import parallel_state
 
@@ -182,7 +185,7 @@ def _is_dataset_built_on_rank(vp_stage: Optional[int] = None) -> bool:
     return (first or last) and parallel_state.get_tensor_model_parallel_rank() == 0
 
 
-def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage: Optional[int] = None):
+def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage: int | None = None):
     """Megatron-LM ``pretrain_gpt.py`` dataset provider building IXT datasets.
 
     Reads ``megatron.training.get_args()`` and ``get_tokenizer()`` at call time; pass

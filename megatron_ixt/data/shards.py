@@ -25,12 +25,13 @@ import collections
 import json
 import os
 import re
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
-import numpy
+import numpy as np
 
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.record import QUALITY_LEVELS, REASONS, SCORE_AXES
+from megatron_ixt.fileio import atomic_write
 
 TEXT_SUFFIX = "_text_document"
 TEXT = "text"  # the store name of the text store; the others are named by their prefix kind
@@ -80,7 +81,7 @@ READ_VERSIONS = (1, 2)
 VERSION_1_KINDS = ("critique", "quality")
 # One row per document: where it came from (index into metadata["inputs"], 1-based line) and its
 # annotation (quality and scores in SCORE_AXES order; all 0 for an unannotated document).
-DOC_DTYPE = numpy.dtype([("file", "<u4"), ("line", "<u8"), ("quality", "i1"), ("scores", "i1", (len(SCORE_AXES),))])
+DOC_DTYPE = np.dtype([("file", "<u4"), ("line", "<u8"), ("quality", "i1"), ("scores", "i1", (len(SCORE_AXES),))])
 DOCUMENT_COUNTS = ("records", "blank_lines", "documents", "annotated", "unannotated", "degraded", "dropped",
                    "input_bytes")
 
@@ -135,13 +136,11 @@ def build_metadata(*, created_by: str, tokenizer: dict, append_eod: bool, templa
 def write_metadata(stem: str, metadata: dict) -> None:
     """Write ``P_ixt.json`` atomically (temporary file, then rename)."""
     path = metadata_path(stem)
-    tmp = f"{path}.tmp{os.getpid()}"
     text = json.dumps(metadata, indent=1)
     # one line per list of ints (steering tokens) instead of one line per int
     text = re.sub(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]", lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 def read_metadata(stem: str) -> dict:
@@ -208,7 +207,7 @@ class ShardSetWriter:
     that looks complete. Used as a context manager, an exception aborts (removes the temporaries).
     """
 
-    def __init__(self, stem: str, vocab_size: int, kinds: Optional[Sequence[str]] = None):
+    def __init__(self, stem: str, vocab_size: int, kinds: Sequence[str] | None = None):
         from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
         os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
@@ -237,7 +236,7 @@ class ShardSetWriter:
         unknown = set(prefixes) - set(self.kinds)
         if unknown:
             raise ValueError(f"prefixes for kinds {sorted(unknown)} that this writer does not hold ({self.kinds})")
-        empty = numpy.zeros(0, self.dtype)
+        empty = np.zeros(0, self.dtype)
         for name in self.names:
             tokens = text if name == TEXT else prefixes.get(name, empty)
             self._builders[name].add_document(tokens, [len(tokens)])
@@ -265,7 +264,7 @@ class ShardSetWriter:
         for name in self.names:
             offset, nbytes = ranges[name]
             add_sequences_from_file(self._builders[name], fd, offset, nbytes, lengths[name])
-            self.tokens[name] += nbytes // numpy.dtype(self.dtype).itemsize
+            self.tokens[name] += nbytes // np.dtype(self.dtype).itemsize
         self.sequences += len(lengths[TEXT])
 
     def _check_lengths(self, lengths: dict) -> None:
@@ -274,9 +273,9 @@ class ShardSetWriter:
             if len(lengths[name]) != n:
                 raise ValueError(f"{name}: {len(lengths[name])} lengths for {n} documents")
 
-    def add_docs(self, docs: numpy.ndarray) -> None:
+    def add_docs(self, docs: np.ndarray) -> None:
         """Append ``DOC_DTYPE`` rows, one per document added (any grouping, same order)."""
-        self._docs.append(numpy.asarray(docs, dtype=DOC_DTYPE))
+        self._docs.append(np.asarray(docs, dtype=DOC_DTYPE))
 
     def add_shard_set(self, stem: str, file_offset: int = 0) -> None:
         """Append every document of another (complete, same-dtype) shard set holding this writer's
@@ -294,12 +293,12 @@ class ShardSetWriter:
             tokens = int(reader.store(name).sequence_lengths.sum())
             if tokens == 0:  # its .bin holds only the padding token (see commit)
                 for _ in range(len(reader)):
-                    self._builders[name].add_document(numpy.zeros(0, self.dtype), [0])
+                    self._builders[name].add_document(np.zeros(0, self.dtype), [0])
             else:
                 self._builders[name].add_index(store_path(stem, name))
             self.tokens[name] += tokens
         self.sequences += len(reader)
-        docs = numpy.array(reader.docs)
+        docs = np.array(reader.docs)
         docs["file"] += file_offset
         self.add_docs(docs)
 
@@ -311,7 +310,8 @@ class ShardSetWriter:
         except (FileNotFoundError, ValueError):
             pass
         paths = [metadata_path(self.stem)]
-        paths += [store_path(self.stem, k) + ext for k in sorted(stale_kinds - set(self.kinds)) for ext in (".idx", ".bin")]
+        paths += [store_path(self.stem, k) + ext for k in sorted(stale_kinds - set(self.kinds))
+                  for ext in (".idx", ".bin")]
         if metadata is None:
             paths.append(docs_path(self.stem))
         return paths
@@ -334,7 +334,7 @@ class ShardSetWriter:
                 os.remove(path)
         for name in self.names:
             if self.tokens[name] == 0:  # numpy cannot mmap an empty file: pad with one unused token
-                write_raw_tokens(self._builders[name], numpy.zeros(1, self.dtype))
+                write_raw_tokens(self._builders[name], np.zeros(1, self.dtype))
             finalize_builder(self._builders[name], store_path(self.stem, name) + ".idx" + self._suffix)
         for name in self.names:
             for ext in (".bin", ".idx"):
@@ -342,11 +342,11 @@ class ShardSetWriter:
                 os.replace(final + self._suffix, final)
         if metadata is None:
             return None
-        docs = numpy.concatenate(self._docs) if self._docs else numpy.zeros(0, DOC_DTYPE)
+        docs = np.concatenate(self._docs) if self._docs else np.zeros(0, DOC_DTYPE)
         if len(docs) != self.sequences:
             raise ValueError(f"{len(docs)} document rows for {self.sequences} documents")
         with open(docs_path(self.stem) + self._suffix, "wb") as f:
-            numpy.save(f, docs)
+            np.save(f, docs)
         os.replace(docs_path(self.stem) + self._suffix, docs_path(self.stem))
         metadata = dict(metadata)
         metadata["stores"] = {
@@ -368,7 +368,7 @@ class ShardSetWriter:
             if os.path.exists(path):
                 os.remove(path)
 
-    def __enter__(self) -> "ShardSetWriter":
+    def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -410,7 +410,7 @@ class ShardSet:
                 raise ValueError(f"{store_path(stem, name)}.bin: {size} bytes, metadata says "
                                  f"{stats['bin_bytes'][name]}; the shard set is inconsistent")
         if os.path.exists(docs_path(stem)):
-            self.docs = numpy.load(docs_path(stem), mmap_mode="r")
+            self.docs = np.load(docs_path(stem), mmap_mode="r")
             if len(self.docs) != expected:
                 raise ValueError(f"{docs_path(stem)}: {len(self.docs)} rows, expected {expected}")
 

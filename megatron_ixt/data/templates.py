@@ -23,7 +23,6 @@ import hashlib
 import os
 import string
 from dataclasses import dataclass
-from typing import Optional
 
 from megatron_ixt.data import prefix_kinds
 from megatron_ixt.data.prefix_kinds import Level, steering_annotation
@@ -104,8 +103,8 @@ def recorded_template(metadata: dict, kind: str) -> PrefixTemplate:
     return PrefixTemplate(kind, entry.get("name", kind), entry["text"])
 
 
-def steering(kind: str, level: Optional[Level] = None, *, critique: Optional[str] = None,
-             template: Optional[PrefixTemplate] = None) -> str:
+def steering(kind: str, level: Level | None = None, *, critique: str | None = None,
+             template: PrefixTemplate | None = None) -> str:
     """The steering prefix text of ``kind`` at ``level`` (None: the top), rendered with ``template``
     (default: the kind's default template); ``critique`` replaces the level's built-in critique."""
     template = template or load_template(kind)

@@ -32,7 +32,6 @@ import math
 import os
 import sys
 from functools import partial
-from typing import Dict, List, Optional
 
 import torch
 
@@ -67,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def steering_texts(args) -> List[str]:
+def steering_texts(args) -> list[str]:
     texts = list(args.steer_text)
     if args.steer_file:
         with open(args.steer_file, encoding="utf-8") as f:
@@ -75,7 +74,7 @@ def steering_texts(args) -> List[str]:
     return texts
 
 
-def conditionings(args, tokenizer, config) -> Dict[str, object]:
+def conditionings(args, tokenizer, config) -> dict[str, object]:
     """``{name: dataset config}`` of every conditioning this evaluation runs (module docstring)."""
     from megatron_ixt.data import prefix_kinds
     from megatron_ixt.data.options import NO_PREFIX
@@ -113,7 +112,7 @@ def conditionings(args, tokenizer, config) -> Dict[str, object]:
 
 
 @entry_point(plugins=True)
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func

@@ -12,8 +12,8 @@ estimator's, treating sequences as the sampled units (tokens within a sequence a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -23,14 +23,22 @@ STAT_KEYS = ("doc", "prefix")  # document tokens; feedback-prefix tokens
 NUM_STATS = 6
 
 
-def eval_loss_func(loss_mask: torch.Tensor, prefix_mask: Optional[torch.Tensor], output: torch.Tensor):
+def token_kind_masks(loss_mask: torch.Tensor, prefix_mask: torch.Tensor | None) -> tuple:
+    """``(mask, {"doc": mask, "prefix": mask})`` as floats: the loss mask, and its document tokens
+    (``loss_mask * (1 - prefix_mask)``) and feedback-prefix tokens (``loss_mask * prefix_mask``); no
+    ``prefix_mask`` means no prefix token. The one split of the trainer's loss and this evaluation."""
+    mask = loss_mask.float()
+    prefix = torch.zeros_like(mask) if prefix_mask is None else prefix_mask.float()
+    return mask, {"doc": mask * (1.0 - prefix), "prefix": mask * prefix}
+
+
+def eval_loss_func(loss_mask: torch.Tensor, prefix_mask: torch.Tensor | None, output: torch.Tensor):
     """``loss_func`` for megatron-core's forward-only schedule: (loss sum, token count, report) with
     ``report[key]`` the six per-sequence sums of the module docstring (``[b, s]`` inputs)."""
     losses = output.float()
-    mask = loss_mask.float()
-    prefix = torch.zeros_like(mask) if prefix_mask is None else prefix_mask.float()
+    mask, kinds = token_kind_masks(loss_mask, prefix_mask)
     report = {}
-    for key, m in (("doc", mask * (1.0 - prefix)), ("prefix", mask * prefix)):
+    for key, m in kinds.items():
         s, n = (losses * m).sum(dim=1), m.sum(dim=1)
         report[key] = torch.stack([s.sum(), n.sum(), (s * s).sum(), (n * n).sum(), (s * n).sum(),
                                    (n > 0).sum().to(s.dtype)]).detach()
@@ -40,18 +48,18 @@ def eval_loss_func(loss_mask: torch.Tensor, prefix_mask: Optional[torch.Tensor],
 @dataclass
 class LossStats:
     """The six sums of the module docstring for one conditioning and token kind."""
-    sums: List[float]
+    sums: list[float]
 
     @property
     def tokens(self) -> int:
         return int(self.sums[1])
 
     @property
-    def loss(self) -> Optional[float]:
+    def loss(self) -> float | None:
         return self.sums[0] / self.sums[1] if self.sums[1] > 0 else None
 
     @property
-    def stderr(self) -> Optional[float]:
+    def stderr(self) -> float | None:
         s, n, ss, nn, sn, m = self.sums
         if n <= 0 or m < 2:
             return None
@@ -64,9 +72,9 @@ class LossStats:
 
 
 @torch.no_grad()
-def evaluate(model, forward_backward: Callable, forward_step: Callable, streams: Dict[str, Iterator], *,
+def evaluate(model, forward_backward: Callable, forward_step: Callable, streams: dict[str, Iterator], *,
              iters: int, num_microbatches: int, micro_batch_size: int, seq_length: int,
-             device: torch.device) -> Dict[str, Dict[str, LossStats]]:
+             device: torch.device) -> dict[str, dict[str, LossStats]]:
     """``{conditioning: {"doc": LossStats, "prefix": LossStats}}`` over ``iters`` global batches of
     each stream. ``model``: a module or Megatron-LM's list of model chunks. ``forward_step`` must return
     :func:`eval_loss_func` as its loss function; the sums are all-reduced over the data-parallel (with
@@ -90,7 +98,7 @@ def evaluate(model, forward_backward: Callable, forward_step: Callable, streams:
     return out
 
 
-def summary(stats: Dict[str, Dict[str, LossStats]]) -> Dict[str, Optional[float]]:
+def summary(stats: dict[str, dict[str, LossStats]]) -> dict[str, float | None]:
     """The logged eval losses of :func:`evaluate`'s result: ``<conditioning>/doc_loss`` for each
     conditioning and ``prefix/prefix_loss`` when the ``prefix`` conditioning has prefix tokens."""
     result = {}

@@ -25,8 +25,6 @@ position become ``neg + G (cond - neg)`` (``megatron_ixt.generate.guided_logits`
 """
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
@@ -40,8 +38,8 @@ class IXTHFLM(HFLM):
     """HFLM whose inputs start with the steering prefix ``steer`` of the export ``pretrained``, guided
     against ``negative_steer`` when ``guidance_scale`` is not 1 (module docstring)."""
 
-    def __init__(self, pretrained: Optional[str] = None, steer: Optional[str] = "none", guidance_scale: float = 1.0,
-                 negative_steer: Optional[str] = "none", load: Optional[str] = None, iteration: Optional[int] = None,
+    def __init__(self, pretrained: str | None = None, steer: str | None = "none", guidance_scale: float = 1.0,
+                 negative_steer: str | None = "none", load: str | None = None, iteration: int | None = None,
                  **kwargs):
         if (pretrained is None) == (load is None) or not isinstance(pretrained or load, str):
             raise ValueError("ixt_hf: give pretrained=DIR (a megatron-ixt export) or load=CKPT (a training "
@@ -55,18 +53,19 @@ class IXTHFLM(HFLM):
         else:
             lookup = lambda spec: steering_tokens(pretrained, spec)  # noqa: E731
             kwargs["pretrained"] = pretrained
-        self.steering_prefix: List[int] = lookup(str(steer or "none"))
+        self.steering_prefix: list[int] = lookup(str(steer or "none"))
         self.guidance_scale = float(guidance_scale)
-        self.negative_prefix: Optional[List[int]] = None  # None: no guidance
+        self.negative_prefix: list[int] | None = None  # None: no guidance
         if self.guidance_scale != 1.0:
             if not self.steering_prefix:
-                raise ValueError(f"ixt_hf: guidance_scale={guidance_scale} needs a steering prefix (steer=KIND[:LEVEL])")
+                raise ValueError(f"ixt_hf: guidance_scale={guidance_scale} needs a steering prefix "
+                                 "(steer=KIND[:LEVEL])")
             self.negative_prefix = lookup(str(negative_steer or "none"))
         elif str(negative_steer or "none") != "none":
             raise ValueError("ixt_hf: negative_steer needs a guidance_scale other than 1 (1 is plain steering)")
         super().__init__(**kwargs)
 
-    def _negative_rows(self, rows: List[List[int]]) -> List[List[int]]:
+    def _negative_rows(self, rows: list[list[int]]) -> list[list[int]]:
         """Each row with its steering prefix replaced by the negative prefix."""
         n = len(self.steering_prefix)
         for row in rows:
@@ -87,11 +86,12 @@ class IXTHFLM(HFLM):
         guided[:, first:] = guided_logits(cond[:, first:], neg[:, first - (p - n):], self.guidance_scale).to(cond.dtype)
         return guided
 
-    def _model_generate(self, context: torch.Tensor, max_length: int, stop: List[str], **generation_kwargs):
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
         if self.negative_prefix is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         mask = generation_kwargs.pop("attention_mask", None)
-        rows = [row[m.bool()].tolist() for row, m in zip(context, mask if mask is not None else torch.ones_like(context))]
+        rows = [row[m.bool()].tolist()
+                for row, m in zip(context, mask if mask is not None else torch.ones_like(context))]
         sample = bool(generation_kwargs.get("do_sample")) and float(generation_kwargs.get("temperature") or 0) > 0
         new = generate(self.model, rows, max_length - context.shape[1], self.eot_token_id, batch_size=len(rows),
                        temperature=float(generation_kwargs["temperature"]) if sample else 0.0,
@@ -115,7 +115,8 @@ class IXTHFLM(HFLM):
         for context, continuation in (r.args for r in requests):
             if not context and self.negative_prefix == []:
                 raise ValueError("ixt_hf: an empty context under guidance needs a negative prefix "
-                                 "(negative_steer=KIND:LEVEL); with none the first token has no unconditioned prediction")
+                                 "(negative_steer=KIND:LEVEL); with none the first token has no unconditioned "
+                                 "prediction")
             if context:
                 context_enc, continuation_enc = self._encode_pair(context, continuation)
             else:  # the document is the continuation alone: it follows the prefix
@@ -130,8 +131,8 @@ class IXTHFLM(HFLM):
                                       "are not supported; run them with steer=none")
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
-    def tok_batch_encode(self, strings: List[str], padding_side: str = "left",
-                         left_truncate_len: Optional[int] = None, truncation: bool = False):
+    def tok_batch_encode(self, strings: list[str], padding_side: str = "left",
+                         left_truncate_len: int | None = None, truncation: bool = False):
         if not self.steering_prefix:
             return super().tok_batch_encode(strings, padding_side, left_truncate_len, truncation)
         n = len(self.steering_prefix)

@@ -19,8 +19,6 @@ the SwiGLU ``linear_fc1`` is ``[gate; up]``. Rows of the padded vocabulary are d
 """
 from __future__ import annotations
 
-from typing import Dict, List
-
 import torch
 
 from megatron_ixt.cli import EXIT_CHECKPOINT
@@ -128,7 +126,7 @@ def _split_qkv(qkv: torch.Tensor, heads: int, groups: int, kv_channels: int):
     return q, k, v
 
 
-def hf_state_dict(megatron_sd: Dict[str, torch.Tensor], cfg, tconfig, vocab_size: int) -> Dict[str, torch.Tensor]:
+def hf_state_dict(megatron_sd: dict[str, torch.Tensor], cfg, tconfig, vocab_size: int) -> dict[str, torch.Tensor]:
     """transformers weights of the target class from a TP=PP=1 megatron ``state_dict()``.
 
     Raises ExportError when a megatron weight is left unmapped (a layout this exporter does not know).
@@ -137,13 +135,13 @@ def hf_state_dict(megatron_sd: Dict[str, torch.Tensor], cfg, tconfig, vocab_size
     target = target_class(m, tconfig)
     heads, groups = m.num_attention_heads, tconfig.num_query_groups or m.num_attention_heads
     src = {k: v for k, v in megatron_sd.items() if not k.endswith("_extra_state") and v is not None}
-    used: List[str] = []
+    used: list[str] = []
 
     def take(key: str) -> torch.Tensor:
         used.append(key)
         return src[key]
 
-    out: Dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     embedding = take("embedding.word_embeddings.weight")[:vocab_size]
     output = embedding if not m.untie_embeddings_and_output_weights else take("output_layer.weight")[:vocab_size]
     if target == GPT2:

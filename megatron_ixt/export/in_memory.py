@@ -4,7 +4,6 @@ directly (``load=CKPT``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
 
 import torch
 
@@ -21,11 +20,11 @@ class InMemoryExport:
     model: object
     tokenizer: object
     steering: dict
-    paths: List[str]
+    paths: list[str]
     loaded: InferenceModel
 
 
-def export_checkpoint(load_dir: str, iteration: Optional[int] = None, shard_set: Optional[str] = None) -> InMemoryExport:
+def export_checkpoint(load_dir: str, iteration: int | None = None, shard_set: str | None = None) -> InMemoryExport:
     """Export ``load_dir``'s checkpoint of ``iteration`` (default: the latest) in memory; the steering
     prefixes come from the shard set ``shard_set`` (a stem P; default: the checkpoint's training data).
     ValueError when ``shard_set`` has no ``P_ixt.json``; ExportError for a configuration no target

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import List, Sequence
+from collections.abc import Sequence
 
 from megatron_ixt.data.prefix_kinds import NO_STEERING, parse_steer
 from megatron_ixt.data.record import SCORE_MAX, SCORE_MIN
@@ -27,7 +27,7 @@ STEERING_FILE = "ixt_steering.json"
 FORMAT, VERSION = "megatron-ixt-steering", 1
 
 
-def _shard_sets(paths: Sequence[str]) -> List[str]:
+def _shard_sets(paths: Sequence[str]) -> list[str]:
     """The stems of the IXT shard sets (with a ``P_ixt.json``) among text-store ``paths``."""
     from megatron_ixt.data.shards import metadata_path, shard_set_stem
 
@@ -71,7 +71,7 @@ def write_steering(directory: str, paths: Sequence[str], table: dict) -> dict:
     return content
 
 
-def steering_tokens(directory: str, spec: str) -> List[int]:
+def steering_tokens(directory: str, spec: str) -> list[int]:
     """The prefix token ids of ``spec`` (``KIND``, ``KIND:LEVEL`` or ``none``) from an export's
     ``ixt_steering.json`` (:func:`table_tokens`); ValueError naming the file otherwise."""
     if spec in ("", NO_STEERING):
@@ -87,7 +87,7 @@ def steering_tokens(directory: str, spec: str) -> List[int]:
     return table_tokens(content["kinds"], spec, path)
 
 
-def table_tokens(table: dict, spec: str, where: str) -> List[int]:
+def table_tokens(table: dict, spec: str, where: str) -> list[int]:
     """The prefix token ids of ``spec`` (``KIND``, ``KIND:LEVEL`` or ``none``, parsed by
     ``prefix_kinds.parse_steer`` against the kinds of ``table``, a :func:`steering_table`); ValueError
     naming ``where`` and the kinds/levels it has otherwise."""

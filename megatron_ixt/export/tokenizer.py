@@ -11,7 +11,7 @@ that differs on any of them.
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+from collections.abc import Iterable
 
 from megatron_ixt.export.hf import ExportError
 from megatron_ixt.tokenizer import SENTENCEPIECE_TYPES, BatchEncoder, TokenizerConfig
@@ -74,7 +74,7 @@ def check_same_encoding(hf_tok, ours, texts: Iterable[str], source: str) -> int:
     return n
 
 
-def hf_tokenizer(tok_cfg: TokenizerConfig, ours, sample: List[str] = ()):
+def hf_tokenizer(tok_cfg: TokenizerConfig, ours, sample: list[str] = ()):
     """A transformers fast tokenizer equivalent to ``ours`` (built from ``tok_cfg``), checked on
     :data:`PROBE_TEXTS` plus ``sample``; ExportError when it encodes any of them differently."""
     from transformers import AutoTokenizer

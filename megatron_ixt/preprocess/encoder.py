@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-import numpy
+import numpy as np
 
 from megatron_ixt.data import shards
 from megatron_ixt.data.record import SCORE_AXES
@@ -29,7 +29,7 @@ class ChunkResult:
     tokens: dict = field(default_factory=dict)  # store name -> 1-D array (the chunk's documents concatenated); a
     # worker sends them as a pool.TokenFile instead
     lengths: dict = field(default_factory=dict)  # store name -> list[int], one per written document
-    docs: numpy.ndarray | None = None  # shards.DOC_DTYPE rows, one per written document
+    docs: np.ndarray | None = None  # shards.DOC_DTYPE rows, one per written document
     counts: collections.Counter = field(default_factory=collections.Counter)
     status: collections.Counter = field(default_factory=collections.Counter)
     quality: collections.Counter = field(default_factory=collections.Counter)
@@ -53,7 +53,7 @@ class ChunkEncoder:
         self.text_key = text_key
         self.append_eod = append_eod
         self.tokenizer = build_tokenizer(tokenizer)
-        self.dtype = numpy.dtype(shards.token_dtype(self.tokenizer.vocab_size))
+        self.dtype = np.dtype(shards.token_dtype(self.tokenizer.vocab_size))
         self.encoder = BatchEncoder(self.tokenizer, tokenizer, self.dtype, engine)
         if append_eod and (self.tokenizer.eod is None or self.tokenizer.eod < 0):
             raise ValueError(f"--append-eod: the tokenizer {tokenizer.tokenizer_model!r} has no EOD/EOS token")
@@ -106,31 +106,31 @@ class ChunkEncoder:
         values) is tokenized once. Returns ``(tokens, lengths)`` of the texts and ``{kind: (tokens,
         lengths)}``, lengths as ``BatchEncoder.encode`` gives them (-1: failed, no tokens)."""
         distinct = {}  # prefix -> its position among the chunk's distinct prefixes
-        index = {kind: numpy.fromiter((distinct.setdefault(p, len(distinct)) for p in strings), numpy.int64,
+        index = {kind: np.fromiter((distinct.setdefault(p, len(distinct)) for p in strings), np.int64,
                                       len(strings))
                  for kind, strings in prefixes.items()}
         tokens, lengths = self.encoder.encode(texts + list(distinct))
         n = len(texts)
-        split = int(numpy.maximum(lengths[:n], 0).sum())
+        split = int(np.maximum(lengths[:n], 0).sum())
         encoded = {kind: take_sequences(tokens[split:], lengths[n:], i) for kind, i in index.items()}
         return (tokens[:split], lengths[:n]), encoded
     def __call__(self, chunk: Chunk) -> ChunkResult:
         file_index = chunk.file_index
         result = ChunkResult(file_index)
         texts, annotations, line_numbers, statuses, rejected = self.parse(chunk, result)
-        annotated = numpy.array([i for i, a in enumerate(annotations) if a is not None], numpy.int64)
+        annotated = np.array([i for i, a in enumerate(annotations) if a is not None], np.int64)
         (tokens, lengths), prefixes = self.encode_with_prefixes(
             texts, render_kinds(self.templates, [annotations[i] for i in annotated.tolist()]))
 
         has_tokens = lengths > 0  # lengths: -1 failed, 0 no tokens
-        for i in numpy.flatnonzero(~has_tokens).tolist():
+        for i in np.flatnonzero(~has_tokens).tolist():
             why = "gave no tokens" if lengths[i] == 0 else "failed or gave ids outside the vocabulary"
             result.problems.append((line_numbers[i], "text_untokenizable", f"the tokenizer {why}"))
             result.counts["dropped"] += 1
-        kept = numpy.flatnonzero(has_tokens)
+        kept = np.flatnonzero(has_tokens)
         lengths = lengths[kept]
         if self.eod is not None:
-            tokens = numpy.insert(tokens, numpy.cumsum(lengths), numpy.array(self.eod, self.dtype))
+            tokens = np.insert(tokens, np.cumsum(lengths), np.array(self.eod, self.dtype))
             lengths = lengths + 1
         result.tokens[shards.TEXT], result.lengths[shards.TEXT] = tokens, lengths.tolist()
 
@@ -139,29 +139,29 @@ class ChunkEncoder:
         valid = text_kept.copy()
         for _, prefix_lengths in prefixes.values():
             valid &= prefix_lengths > 0
-        for a in numpy.flatnonzero(text_kept & ~valid).tolist():
+        for a in np.flatnonzero(text_kept & ~valid).tolist():
             i = int(annotated[a])
             bad = [kind for kind, (_, n) in prefixes.items() if n[a] <= 0]
             result.problems.append((line_numbers[i], "prefix_untokenizable",
                                     f"the tokenizer failed on the rendered {' and '.join(bad)} prefix"))
             rejected[i] = True
             annotations[i] = None
-        position = numpy.cumsum(has_tokens) - 1  # of each text among the kept ones
+        position = np.cumsum(has_tokens) - 1  # of each text among the kept ones
         for kind, (prefix_tokens, prefix_lengths) in prefixes.items():
-            per_doc = numpy.zeros(len(kept), numpy.int64)
+            per_doc = np.zeros(len(kept), np.int64)
             per_doc[position[annotated[valid]]] = prefix_lengths[valid]
-            result.tokens[kind] = prefix_tokens[numpy.repeat(valid, numpy.maximum(prefix_lengths, 0))]
+            result.tokens[kind] = prefix_tokens[np.repeat(valid, np.maximum(prefix_lengths, 0))]
             result.lengths[kind] = per_doc.tolist()
 
         kept = kept.tolist()
         final = [annotations[i] for i in kept]
         rows = [j for j, a in enumerate(final) if a is not None]  # the annotated documents
-        docs = numpy.zeros(len(kept), shards.DOC_DTYPE)
+        docs = np.zeros(len(kept), shards.DOC_DTYPE)
         docs["file"] = file_index
         docs["line"] = [line_numbers[i] for i in kept]
         docs["quality"][rows] = [final[j].quality for j in rows]
         scores = [tuple(final[j].scores.values()) for j in rows]
-        docs["scores"][rows] = numpy.array(scores, numpy.int8).reshape(len(rows), len(SCORE_AXES))
+        docs["scores"][rows] = np.array(scores, np.int8).reshape(len(rows), len(SCORE_AXES))
         result.counts.update(documents=len(kept), annotated=len(rows), degraded=sum(rejected[i] for i in kept))
         result.status.update(statuses[i] for i in kept)
         result.quality.update(docs["quality"][rows].tolist())
@@ -172,12 +172,12 @@ class ChunkEncoder:
         return result
 
 
-def take_sequences(tokens: numpy.ndarray, lengths: numpy.ndarray, index: numpy.ndarray) -> tuple:
+def take_sequences(tokens: np.ndarray, lengths: np.ndarray, index: np.ndarray) -> tuple:
     """Sequences ``index`` (1-D int array) of ``tokens``, the concatenation of sequences of
     ``lengths`` tokens each (-1 counts as 0): ``(their tokens concatenated, lengths[index])``."""
-    counted = numpy.maximum(lengths, 0)
-    starts = numpy.cumsum(counted) - counted
+    counted = np.maximum(lengths, 0)
+    starts = np.cumsum(counted) - counted
     taken = counted[index]
-    ends = numpy.cumsum(taken)
-    positions = numpy.arange(ends[-1] if len(ends) else 0) + numpy.repeat(starts[index] - (ends - taken), taken)
+    ends = np.cumsum(taken)
+    positions = np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts[index] - (ends - taken), taken)
     return tokens[positions], lengths[index]

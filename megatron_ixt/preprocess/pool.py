@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-import numpy
+import numpy as np
 
 from megatron_ixt.data.shards import ShardSetWriter
 from megatron_ixt.preprocess.chunks import Chunk, LineChunk
@@ -36,12 +36,12 @@ class TokenFile:
     nbytes: dict
 
     @classmethod
-    def write(cls, directory: str, tokens: dict) -> "TokenFile":
+    def write(cls, directory: str, tokens: dict) -> TokenFile:
         """Write ``tokens`` (store name -> 1-D array) to a new file in ``directory``."""
         fd, path = tempfile.mkstemp(dir=directory, suffix=".tokens")
         with open(fd, "wb") as f:
             for array in tokens.values():
-                f.write(numpy.ascontiguousarray(array))
+                f.write(np.ascontiguousarray(array))
         return cls(path, {name: array.nbytes for name, array in tokens.items()})
 
     def add_to(self, writer: ShardSetWriter, lengths: dict) -> None:

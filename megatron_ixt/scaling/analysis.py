@@ -17,8 +17,8 @@ of the resamples put the reference out of reach (the interval is unbounded above
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ DEFAULT_TARGETS = 5
 DEFAULT_RESAMPLES = 1000
 
 
-def default_targets(arms: Dict[str, List[Point]], n: int = DEFAULT_TARGETS) -> List[float]:
+def default_targets(arms: dict[str, list[Point]], n: int = DEFAULT_TARGETS) -> list[float]:
     """``n`` losses evenly spread from the best loss any run reached up to the highest loss every
     arm was observed at (so each target lies inside the data of at least one arm)."""
     lo = min(p.loss for pts in arms.values() for p in pts)
@@ -39,24 +39,24 @@ def default_targets(arms: Dict[str, List[Point]], n: int = DEFAULT_TARGETS) -> L
     return [float(f"{v:.4g}") for v in np.linspace(lo, hi, n)]
 
 
-def default_budgets(points: Sequence[Point]) -> List[float]:
+def default_budgets(points: Sequence[Point]) -> list[float]:
     """The smallest, geometric-middle and largest reference compute."""
     c = sorted({p.total_compute for p in points})
     return [float(f"{v:.4g}") for v in (c[0], float(np.exp(np.mean(np.log([c[0], c[-1]])))), c[-1])]
 
 
-def _data(arms: Dict[str, List[Point]]) -> Dict[str, tuple]:
+def _data(arms: dict[str, list[Point]]) -> dict[str, tuple]:
     return {name: (np.array([p.total_compute for p in pts]), np.array([p.loss for p in pts]))
             for name, pts in arms.items()}
 
 
-def _row(arm: str, k: Optional[float], ks: np.ndarray, **extra) -> dict:
+def _row(arm: str, k: float | None, ks: np.ndarray, **extra) -> dict:
     lo, hi = F.percentile_ci(ks)
     return {"arm": arm, **extra, "k": k, "ci_low": lo if k is not None else None,
             "ci_high": hi if k is not None else None, "reachable": k is not None}
 
 
-def _finite(v: float) -> Optional[float]:
+def _finite(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
@@ -64,14 +64,14 @@ def _finite(v: float) -> Optional[float]:
 class Analysis:
     """``result``: the ``fits.json`` dict; ``fits``/``boot``: the full-data and bootstrap fits."""
     result: dict
-    fits: Dict[str, F.PowerLaw]
+    fits: dict[str, F.PowerLaw]
     boot: F.Bootstrap
-    targets: List[float]
+    targets: list[float]
 
 
-def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequence[float]] = None,
-            budgets: Optional[Sequence[float]] = None, shared_e: bool = False,
-            resamples: int = DEFAULT_RESAMPLES, seed: int = 0, items: Optional[Dict[str, np.ndarray]] = None,
+def analyze(arms: dict[str, list[Point]], reference: str, targets: Sequence[float] | None = None,
+            budgets: Sequence[float] | None = None, shared_e: bool = False,
+            resamples: int = DEFAULT_RESAMPLES, seed: int = 0, items: dict[str, np.ndarray] | None = None,
             floor: float = 0.0) -> Analysis:
     """Fit every arm, the multiplier of each non-reference arm against ``reference`` at
     ``targets`` (losses) and ``budgets`` (reference FLOPs), with paired-bootstrap CIs. ``items``
@@ -89,7 +89,7 @@ def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequ
                        floor=floor)
     targets = list(targets) if targets else default_targets(arms)
     budgets = list(budgets) if budgets else default_budgets(arms[reference])
-    warnings: List[str] = []
+    warnings: list[str] = []
 
     out_arms = {}
     for name, pts in arms.items():
@@ -142,8 +142,8 @@ def analyze(arms: Dict[str, List[Point]], reference: str, targets: Optional[Sequ
     return Analysis(result, fits, boot, targets)
 
 
-def analyze_downstream(arms: Dict[str, List[Point]], metric: str, reference: str,
-                       scores: Optional[Sequence[float]] = None, budgets: Optional[Sequence[float]] = None,
+def analyze_downstream(arms: dict[str, list[Point]], metric: str, reference: str,
+                       scores: Sequence[float] | None = None, budgets: Sequence[float] | None = None,
                        shared_e: bool = False, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Analysis:
     """The multiplier at matched ``TASK/METRIC`` score: each arm's error rate ``1 - score`` fitted as
     ``E + A*C^-alpha`` (``E`` the floor: ``1 - E`` is the arm's ceiling), ``k`` at ``scores``

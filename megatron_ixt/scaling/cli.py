@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from typing import List, Optional
 
 from megatron_ixt.cli import EXIT_USAGE, entry_point, failing_with
 from megatron_ixt.scaling.fit import FitError
@@ -69,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="downstream scores at which to report k (default: 5 spread over the observed range)")
     fit.add_argument("--annotation-stats", action="append", default=[], type=lambda t: _pair(t, "--annotation-stats"),
                      metavar="NAME=GLOB", help="annotate *.stats.json files of arm NAME's corpus; their "
-                                               "prompt+completion tokens x 2 x --annotator-params are added to its compute")
+                                               "prompt+completion tokens x 2 x --annotator-params are added to "
+                                               "its compute")
     fit.add_argument("--annotator-params", type=float, default=None,
                      help="parameters of the annotating (reward) model, for --annotation-stats")
     fit.add_argument("--annotation-flops", action="append", default=[], type=_flops, metavar="NAME=FLOPS",
@@ -118,7 +118,7 @@ def cmd_status(args) -> int:
     return print_status(load_spec(args.spec, args.root), as_json=args.json)
 
 
-def spec_fit_inputs(path: str, root: Optional[str]):
+def spec_fit_inputs(path: str, root: str | None):
     """A spec's arms as ``(name, ROOT/<arm>/*, None)``, its default reference (the first arm trained
     with ``--ixt-prefix-kind none``) and its evaluate section's downstream metrics."""
     import glob
@@ -182,7 +182,7 @@ def cmd_fit(args) -> int:
 
 
 @entry_point
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     with failing_with(EXIT_USAGE, PointError, FitError, SpecError):

@@ -28,8 +28,8 @@ import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -43,12 +43,12 @@ EVALUATE_KEYS = {"tasks", "include_path", "metrics", "num_fewshot", "limit", "ba
 @dataclass
 class Evaluate:
     """The ``evaluate:`` section of a spec; ``steer[arm]`` is that arm's ``ixt_hf`` steer spec."""
-    tasks: List[str]
-    metrics: List[str]
-    steer: Dict[str, str]
-    include_path: Optional[str] = None
-    num_fewshot: Optional[int] = None
-    limit: Optional[int] = None
+    tasks: list[str]
+    metrics: list[str]
+    steer: dict[str, str]
+    include_path: str | None = None
+    num_fewshot: int | None = None
+    limit: int | None = None
     batch_size: str = "16"
 
     def digest(self, arm: str) -> str:
@@ -75,7 +75,7 @@ def split_metric(metric: str, where: str) -> tuple:
     return task, name, flt or None
 
 
-def parse_evaluate(raw, arms: Dict[str, List[str]], path: str) -> Optional[Evaluate]:
+def parse_evaluate(raw, arms: dict[str, list[str]], path: str) -> Evaluate | None:
     """The validated ``evaluate:`` section (None when absent); ``arms``: arm -> its flags."""
     if raw is None:
         return None
@@ -108,7 +108,7 @@ def parse_evaluate(raw, arms: Dict[str, List[str]], path: str) -> Optional[Evalu
 
 
 # --------------------------------------------------------------------------- running an evaluation
-def _export_script() -> List[str]:
+def _export_script() -> list[str]:
     """The export CLI: the installed ``megatron_ixt_tools`` package, else the checkout's tools/."""
     if importlib.util.find_spec("megatron_ixt_tools") is not None:
         return ["-m", "megatron_ixt_tools.convert_to_hf"]
@@ -116,13 +116,13 @@ def _export_script() -> List[str]:
     return [os.path.join(repo, "tools", "convert_to_hf.py")]
 
 
-def export_command(run_dir: str, python: str) -> List[str]:
+def export_command(run_dir: str, python: str) -> list[str]:
     """Export the run's final checkpoint into ``RUN/hf.tmp`` (renamed to ``RUN/hf`` when complete)."""
     return [python, *_export_script(), "--load", os.path.join(run_dir, "ckpt"),
             "--output", os.path.join(run_dir, HF_DIR + ".tmp")]
 
 
-def lm_eval_command(run_dir: str, ev: Evaluate, arm: str, python: str, device: str) -> List[str]:
+def lm_eval_command(run_dir: str, ev: Evaluate, arm: str, python: str, device: str) -> list[str]:
     """lm-eval (``ixt_hf``, the arm's steering) on ``RUN/hf``; its output goes to ``RUN/lm_eval``."""
     cmd = [python, "-m", "megatron_ixt.evaluation.lm_eval_cli", "run", "--model", "ixt_hf",
            "--model_args", f"pretrained={os.path.join(run_dir, HF_DIR)},steer={ev.steer[arm]}",
@@ -137,7 +137,7 @@ def lm_eval_command(run_dir: str, ev: Evaluate, arm: str, python: str, device: s
     return cmd
 
 
-def results_files(run_dir: str) -> List[str]:
+def results_files(run_dir: str) -> list[str]:
     """lm-eval's results files under ``RUN/lm_eval``, oldest first."""
     return sorted(glob.glob(os.path.join(run_dir, EVAL_DIR, "**", "results_*.json"), recursive=True),
                   key=lambda p: (os.path.getmtime(p), p))
@@ -177,10 +177,10 @@ class Score:
     doc_ids: tuple
     version: object
     n_shot: object
-    steer: Optional[str]
+    steer: str | None
 
 
-def _recorded_results(run_dir: str) -> Optional[str]:
+def _recorded_results(run_dir: str) -> str | None:
     path = os.path.join(run_dir, "run.json")
     if not os.path.isfile(path):
         return None
@@ -188,7 +188,7 @@ def _recorded_results(run_dir: str) -> Optional[str]:
         return ((json.load(f).get("evaluation") or {}).get("results"))
 
 
-def read_score(run_dir: str, metric: str, results: Optional[str] = None) -> Score:
+def read_score(run_dir: str, metric: str, results: str | None = None) -> Score:
     """The score of a run on ``TASK/METRIC[,FILTER]`` from lm-eval's results JSON (``results``, else
     the one ``run.json`` records, else the newest under ``RUN/lm_eval`` holding the task) and its
     per-item samples file; :class:`PointError` naming the run and file otherwise."""

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy.optimize import brentq, minimize
@@ -60,7 +60,7 @@ class PowerLaw:
     def loss(self, compute) -> np.ndarray:
         return self.E + np.exp(self.log_A - self.alpha * np.log(np.asarray(compute, dtype=float)))
 
-    def log_compute_for_loss(self, target: float) -> Optional[float]:
+    def log_compute_for_loss(self, target: float) -> float | None:
         """``ln C`` at which the curve reaches ``target`` (numeric inverse, brentq in ``ln C``);
         None when ``target <= E`` (never reached)."""
         if target <= self.E:
@@ -116,7 +116,7 @@ class _Arm:
     loss: np.ndarray
 
     @classmethod
-    def of(cls, compute, loss, name: str) -> "_Arm":
+    def of(cls, compute, loss, name: str) -> _Arm:
         compute, loss = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
         if compute.shape != loss.shape or compute.ndim != 1:
             raise FitError(f"arm {name!r}: compute and loss must be 1-d arrays of one length")
@@ -147,21 +147,21 @@ class _Arm:
 
 
 @_one_blas_thread
-def fit_power_laws(data: Dict[str, tuple], shared_e: bool = False, starts: int = 4,
-                   warm: Optional[Dict[str, PowerLaw]] = None) -> Dict[str, PowerLaw]:
+def fit_power_laws(data: dict[str, tuple], shared_e: bool = False, starts: int = 4,
+                   warm: dict[str, PowerLaw] | None = None) -> dict[str, PowerLaw]:
     """Fit ``L = E + A*C^-alpha`` per arm; ``data`` maps arm -> (compute, loss) arrays.
 
     ``shared_e``: one ``E`` for all arms (joint fit). ``starts``: the best grid starts refined by
     L-BFGS-B; ``warm``: earlier fits used as extra starts (the bootstrap passes the full fit).
     Raises :class:`FitError` for too few or unusable points.
     """
-    arms = {name: _Arm.of(c, l, name) for name, (c, l) in data.items()}
+    arms = {name: _Arm.of(c, loss, name) for name, (c, loss) in data.items()}
     if not shared_e:
         return {name: _fit_joint({name: arm}, starts, warm)[name] for name, arm in arms.items()}
     return _fit_joint(arms, starts, warm)
 
 
-def _fit_joint(arms: Dict[str, _Arm], starts: int, warm) -> Dict[str, PowerLaw]:
+def _fit_joint(arms: dict[str, _Arm], starts: int, warm) -> dict[str, PowerLaw]:
     """One ``E`` shared by ``arms`` (a single arm: the plain per-arm fit)."""
     names = list(arms)
     e_max = min(float(arm.loss.min()) for arm in arms.values())
@@ -270,7 +270,7 @@ def fit_chinchilla(params, tokens, loss, name: str = "") -> Chinchilla:
 
 
 # --------------------------------------------------------------------------- the multiplier
-def multiplier(reference: PowerLaw, arm: PowerLaw, target: float) -> Optional[float]:
+def multiplier(reference: PowerLaw, arm: PowerLaw, target: float) -> float | None:
     """``k = C_ref(target) / C_arm(target)``: None when the reference never reaches ``target``,
     0.0 when only the arm never does (it would need unbounded compute); may be ``inf``."""
     log_ref = reference.log_compute_for_loss(target)
@@ -287,7 +287,7 @@ def multiplier(reference: PowerLaw, arm: PowerLaw, target: float) -> Optional[fl
 class Bootstrap:
     """``fits[i][arm]``: the power laws of resample ``i`` (``None`` where that resample failed);
     ``paired``: whether every resample drew the same run keys for all arms."""
-    fits: List[Optional[Dict[str, PowerLaw]]]
+    fits: list[dict[str, PowerLaw] | None]
     paired: bool
 
     def multipliers(self, reference: str, arm: str, target: float) -> np.ndarray:
@@ -318,9 +318,9 @@ def percentile_ci(values: np.ndarray, level: float = 0.95):
 
 
 @_one_blas_thread
-def bootstrap(data: Dict[str, tuple], keys: Dict[str, Sequence[str]], resamples: int, seed: int = 0,
-              shared_e: bool = False, full: Optional[Dict[str, PowerLaw]] = None,
-              items: Optional[Dict[str, np.ndarray]] = None, floor: float = 0.0) -> Bootstrap:
+def bootstrap(data: dict[str, tuple], keys: dict[str, Sequence[str]], resamples: int, seed: int = 0,
+              shared_e: bool = False, full: dict[str, PowerLaw] | None = None,
+              items: dict[str, np.ndarray] | None = None, floor: float = 0.0) -> Bootstrap:
     """Paired bootstrap over whole runs. ``data`` as in :func:`fit_power_laws`; ``keys[arm][j]``
     names run ``j`` of that arm (e.g. ``"<size>_<tokens>_s<seed>"``). Arms whose key sets are equal
     are resampled with the same drawn keys (paired); other arms draw their own indices from the
@@ -367,7 +367,7 @@ def bootstrap(data: Dict[str, tuple], keys: Dict[str, Sequence[str]], resamples:
     return Bootstrap(fits, shared)
 
 
-def leave_largest_out(compute, loss, params, name: str = "") -> Optional[dict]:
+def leave_largest_out(compute, loss, params, name: str = "") -> dict | None:
     """Fit without the runs of the largest ``params`` and predict them: ``{"held_out_params",
     "points", "mean_abs_rel_error", "max_abs_rel_error", "errors"}``; None when the smaller sizes
     leave too few points for a fit."""

@@ -31,11 +31,12 @@ import signal
 import subprocess
 import sys
 import time
-from typing import List, Optional
 
+from megatron_ixt.fileio import atomic_write
 from megatron_ixt.scaling.downstream import evaluate_run
 from megatron_ixt.scaling.points import PointError, read_point
 from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
+from megatron_ixt.scaling.submitit_private import slurm_job_script
 from megatron_ixt.training.metrics import read_metrics
 from megatron_ixt.training.run_contract import EXIT_RESUMABLE, TRACKER_FILE
 
@@ -43,7 +44,7 @@ RECORD = "run.json"
 QUEUED = ("submitted", "running")  # states a Slurm relaunch leaves alone unless --resubmit
 
 
-def read_record(plan: RunPlan) -> Optional[dict]:
+def read_record(plan: RunPlan) -> dict | None:
     path = os.path.join(plan.run_dir, RECORD)
     if not os.path.isfile(path):
         return None
@@ -60,14 +61,12 @@ def write_record(plan: RunPlan, **fields) -> dict:
               "world_size": plan.world_size, "digest": plan.digest, "argv": plan.argv, **fields,
               "updated": time.time()}
     os.makedirs(plan.run_dir, exist_ok=True)
-    tmp = os.path.join(plan.run_dir, RECORD + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(plan.run_dir, RECORD)) as f:
         json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(plan.run_dir, RECORD))
     return record
 
 
-def latest_iteration(plan: RunPlan) -> Optional[int]:
+def latest_iteration(plan: RunPlan) -> int | None:
     tracker = os.path.join(plan.ckpt_dir, TRACKER_FILE)
     if not os.path.isfile(tracker):
         return None
@@ -99,9 +98,9 @@ def check_unchanged(spec: Spec) -> None:
                         "new root (--root) or remove these run directories:\n  " + "\n  ".join(changed))
 
 
-def _flag_groups(argv: List[str]) -> List[str]:
+def _flag_groups(argv: list[str]) -> list[str]:
     """``["--lr", "3e-3", "--bf16"]`` -> ``["--lr 3e-3", "--bf16"]`` (each flag with its values)."""
-    groups: List[List[str]] = []
+    groups: list[list[str]] = []
     for word in argv:
         if word.startswith("--") or not groups:
             groups.append([word])
@@ -117,7 +116,7 @@ def slurm_master_port(slurm_job_id: str) -> str:
 
 
 def trainer_command(plan: RunPlan, spec: Spec, python: str = sys.executable, node_rank="0",
-                    master_addr="127.0.0.1", master_port="29500") -> List[str]:
+                    master_addr="127.0.0.1", master_port="29500") -> list[str]:
     """The trainer's command for ``plan``; ``--load`` when it has a checkpoint. One process per run
     without GPUs and ``nproc_per_node == 1``, else torchrun (``--standalone`` on one node, which picks
     its own port; multi-node: ``node_rank``/``master_addr``/``master_port``)."""
@@ -175,7 +174,7 @@ class _Forward:
             signal.signal(sig, old)
 
 
-def _run(cmd: List[str], log_path: str, forward: _Forward) -> int:
+def _run(cmd: list[str], log_path: str, forward: _Forward) -> int:
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
@@ -351,15 +350,6 @@ def slurm_executor(spec: Spec):
     return executor
 
 
-def slurm_job_script(executor, count: int) -> str:
-    """The sbatch script submitit would submit for a ``count``-task array (its own rendering)."""
-    executor.parameters["map_count"] = count  # what submitit sets for an array submission
-    try:
-        return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
-    finally:
-        executor.parameters.pop("map_count")
-
-
 def launch_slurm(spec: Spec, dry_run: bool = False, python: str = sys.executable, resubmit: bool = False) -> int:
     """Submit every unfinished run as one job array; ``dry_run`` prints the commands and the script.
     Runs already submitted or running are left alone unless ``resubmit`` (their job is gone)."""
@@ -410,7 +400,7 @@ def launch_slurm(spec: Spec, dry_run: bool = False, python: str = sys.executable
 
 
 # --------------------------------------------------------------------------- status
-def status_rows(spec: Spec) -> List[dict]:
+def status_rows(spec: Spec) -> list[dict]:
     rows = []
     for plan in spec.runs:
         record = read_record(plan) or {}

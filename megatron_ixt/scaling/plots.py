@@ -11,20 +11,19 @@
 from __future__ import annotations
 
 import os
-from typing import List, Optional
 
-import matplotlib
+import matplotlib as mpl
 
-matplotlib.use("Agg")
+mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from megatron_ixt.scaling import fit as F  # noqa: E402
 from megatron_ixt.scaling.analysis import Analysis  # noqa: E402
 
 
-def write_plots(analysis: Analysis, output: str, metric_slug: Optional[str] = None) -> List[str]:
+def write_plots(analysis: Analysis, output: str, metric_slug: str | None = None) -> list[str]:
     """Write both figures into ``output`` (downstream: named after ``metric_slug``); returns their paths."""
     if metric_slug is None:
         return [_curves(analysis, os.path.join(output, "loss_vs_flops.png")),

@@ -17,8 +17,8 @@ import glob
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -46,11 +46,11 @@ class Point:
     loss: float
     compute: float
     iteration: int
-    tokens: Optional[int] = None
-    params: Optional[float] = None  # non-embedding matrix parameters
-    seed: Optional[int] = None
-    tokenizer: Optional[str] = None
-    heldout: Optional[str] = None
+    tokens: int | None = None
+    params: float | None = None  # non-embedding matrix parameters
+    seed: int | None = None
+    tokenizer: str | None = None
+    heldout: str | None = None
     annotation_flops: float = 0.0
 
     @property
@@ -71,7 +71,7 @@ def non_embedding_params(model: dict) -> float:
         kv_channels=model.get("kv_channels"), swiglu=bool(model.get("swiglu")))
 
 
-def default_metric(config: Optional[dict], run: str) -> str:
+def default_metric(config: dict | None, run: str) -> str:
     if not config:
         raise PointError(f"{run}: no header config in {METRICS_FILE}; give the metric explicitly "
                          f"(--arm NAME=GLOB:METRIC)")
@@ -100,7 +100,7 @@ def _heldout_id(config: dict) -> str:
     return f"split {d.get('split')} of " + blend(d.get("data_path") or [])
 
 
-def read_point(run: str, metric: Optional[str] = None) -> Point:
+def read_point(run: str, metric: str | None = None) -> Point:
     """The point of one run directory (or its ``metrics.jsonl``); :class:`PointError` otherwise."""
     path = run if os.path.isfile(run) else os.path.join(run, METRICS_FILE)
     run_dir = os.path.dirname(os.path.abspath(path))
@@ -141,7 +141,7 @@ def read_point(run: str, metric: Optional[str] = None) -> Point:
     return point
 
 
-def expand(pattern: str, arm: str) -> List[str]:
+def expand(pattern: str, arm: str) -> list[str]:
     """Run directories matched by a glob (a matched ``metrics.jsonl`` stands for its directory)."""
     runs = sorted({os.path.dirname(m) if os.path.basename(m) == METRICS_FILE else m
                    for m in glob.glob(pattern)})
@@ -151,7 +151,7 @@ def expand(pattern: str, arm: str) -> List[str]:
     return runs
 
 
-def read_arm(arm: str, pattern: str, metric: Optional[str] = None) -> List[Point]:
+def read_arm(arm: str, pattern: str, metric: str | None = None) -> list[Point]:
     return [read_point(run, metric) for run in expand(pattern, arm)]
 
 
@@ -181,7 +181,7 @@ def add_annotation(points: Sequence[Point], annotator_params: float, tokens: int
     return flops
 
 
-def frontier(points: Sequence[Point]) -> List[Point]:
+def frontier(points: Sequence[Point]) -> list[Point]:
     """The compute-optimal envelope: runs that no run with less or equal compute beats on loss."""
     kept, best = [], math.inf
     for p in sorted(points, key=lambda p: (p.total_compute, p.loss)):
@@ -191,10 +191,10 @@ def frontier(points: Sequence[Point]) -> List[Point]:
     return kept
 
 
-def check_comparable(arms: Dict[str, List[Point]]) -> None:
+def check_comparable(arms: dict[str, list[Point]]) -> None:
     """Refuse mixed tokenizers or held-out sets across the runs of one comparison."""
     for attr, what in (("tokenizer", "tokenizers"), ("heldout", "held-out sets")):
-        seen: Dict[str, str] = {}
+        seen: dict[str, str] = {}
         for points in arms.values():
             for p in points:
                 value = getattr(p, attr)
@@ -205,10 +205,10 @@ def check_comparable(arms: Dict[str, List[Point]]) -> None:
             raise PointError(f"mixed {what} in one comparison: {listing}")
 
 
-def monotonicity_warnings(arm: str, points: Sequence[Point], noise: float) -> List[str]:
+def monotonicity_warnings(arm: str, points: Sequence[Point], noise: float) -> list[str]:
     """For each model size, a larger token budget should not raise the loss by more than 3x the
     noise (``noise``: a relative loss scale, e.g. the robust spread of the fit's log residuals)."""
-    by_size: Dict[float, Dict[float, List[Point]]] = {}
+    by_size: dict[float, dict[float, list[Point]]] = {}
     for p in points:
         if p.params is not None:
             by_size.setdefault(p.params, {}).setdefault(p.compute, []).append(p)

@@ -13,7 +13,7 @@ import csv
 import json
 import os
 import re
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 from megatron_ixt.scaling.analysis import Analysis
 
@@ -26,8 +26,8 @@ def slug(metric: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", metric)
 
 
-def write_outputs(analysis: Analysis, output: str, command: Optional[str] = None,
-                  downstream: Sequence[Analysis] = ()) -> List[str]:
+def write_outputs(analysis: Analysis, output: str, command: str | None = None,
+                  downstream: Sequence[Analysis] = ()) -> list[str]:
     """Write every output of the loss ``analysis`` and the ``downstream`` ones; returns the paths."""
     from megatron_ixt.scaling.plots import write_plots
 
@@ -67,7 +67,7 @@ def _ci(pair) -> str:
     return "" if pair[0] is None else f" [{pair[0]:.3g}, {pair[1]:.3g}]"
 
 
-def _fits_table(res: dict, downstream: bool) -> List[str]:
+def _fits_table(res: dict, downstream: bool) -> list[str]:
     head = "| arm | metric | runs | E | A | alpha | annotation FLOPs | leave-largest-size-out error |"
     if downstream:
         head = ("| arm | steer | runs | floor E (ceiling 1-E) | A | alpha | annotation FLOPs | "
@@ -85,7 +85,7 @@ def _fits_table(res: dict, downstream: bool) -> List[str]:
     return lines
 
 
-def _tables(res: dict) -> List[str]:
+def _tables(res: dict) -> list[str]:
     """The fits and both multiplier tables of one analysis (loss or downstream)."""
     ref = res["reference"]
     downstream = res.get("kind") == "downstream"
@@ -105,7 +105,7 @@ def _tables(res: dict) -> List[str]:
     return lines
 
 
-def markdown(res: dict, command: Optional[str] = None, downstream: Sequence[dict] = ()) -> str:
+def markdown(res: dict, command: str | None = None, downstream: Sequence[dict] = ()) -> str:
     ref = res["reference"]
     boot = res["bootstrap"]
     lines = ["# Compute multiplier", ""]

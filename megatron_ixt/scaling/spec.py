@@ -33,7 +33,6 @@ import math
 import os
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
 
 import yaml
 
@@ -61,7 +60,7 @@ class RunPlan:
     tokens: int
     seed: int
     run_dir: str
-    argv: List[str]
+    argv: list[str]
     train_iters: int
     params: float
     world_size: int
@@ -81,9 +80,9 @@ class Spec:
     path: str
     raw: dict
     root: str
-    runs: List[RunPlan] = field(default_factory=list)
-    arm_flags: Dict[str, List[str]] = field(default_factory=dict)  # arm -> the flags that distinguish it
-    evaluate: Optional[Evaluate] = None  # the evaluate: section
+    runs: list[RunPlan] = field(default_factory=list)
+    arm_flags: dict[str, list[str]] = field(default_factory=dict)  # arm -> the flags that distinguish it
+    evaluate: Evaluate | None = None  # the evaluate: section
 
     @property
     def launcher(self) -> dict:
@@ -94,7 +93,7 @@ class Spec:
         return dict(self.raw.get("slurm") or {})
 
 
-def _flags(value, where: str) -> List[str]:
+def _flags(value, where: str) -> list[str]:
     """A flag string, or a list of flag strings / ``@file`` entries, as argv words."""
     if value is None:
         return []
@@ -105,7 +104,7 @@ def _flags(value, where: str) -> List[str]:
     raise SpecError(f"{where}: expected a flag string or a list of them, got {value!r}")
 
 
-def _key_flags(mapping: dict) -> List[str]:
+def _key_flags(mapping: dict) -> list[str]:
     out = []
     for key, value in (mapping or {}).items():
         flag = "--" + str(key).replace("_", "-")
@@ -152,11 +151,11 @@ def _format(name: str, value: float) -> str:
     return str(int(round(value))) if name in INTEGER_FLAGS else f"{value:.6g}"
 
 
-def _digest(argv: List[str], world_size: int) -> str:
+def _digest(argv: list[str], world_size: int) -> str:
     return hashlib.sha256(json.dumps({"argv": argv, "world_size": world_size}).encode()).hexdigest()
 
 
-def load_spec(path: str, root: Optional[str] = None) -> Spec:
+def load_spec(path: str, root: str | None = None) -> Spec:
     """Read and expand a spec: every run planned and its command validated (SpecError otherwise)."""
     from megatron_ixt.training.config import ConfigError, parse_args
 

@@ -35,6 +35,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 
 from megatron_ixt.cli import EXIT_CHECKPOINT
+from megatron_ixt.fileio import atomic_write
 from megatron_ixt.mcore_private import async_save_request, start_checkpoint_writer_helper
 from megatron_ixt.training.run_contract import TRACKER_FILE
 
@@ -155,10 +156,10 @@ def _commit(root: str, iteration: int, keep_last: int) -> None:
     ``keep_last`` does not keep (:func:`prune_checkpoints`). Collective."""
     if dist.get_rank() == 0:
         tracker = os.path.join(root, TRACKER_FILE)
-        with open(tracker + ".tmp", "w", encoding="utf-8") as f:
+        with atomic_write(tracker) as f:
             f.write(str(iteration))
-        os.replace(tracker + ".tmp", tracker)
-        print(f"saved checkpoint {iteration_dir(root, iteration)}", flush=True)
+        # a print, not a log record: tests/slurm, docs/slurm.md and users grep this line for a complete checkpoint
+        print(f"saved checkpoint {iteration_dir(root, iteration)}", flush=True)  # noqa: T201
         if keep_last:
             prune_checkpoints(root, keep_last)
     dist.barrier()

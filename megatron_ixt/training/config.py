@@ -16,7 +16,6 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, field, fields
-from typing import List, Optional
 
 from megatron_ixt.cli import EXIT_USAGE, add_import_flag
 from megatron_ixt.data.blends import DEFAULT_SPLIT, blends_from_args
@@ -35,14 +34,14 @@ class ConfigError(ValueError):
 class ModelConfig:
     num_layers: int = arg(2, "number of transformer layers")
     hidden_size: int = arg(128, "transformer hidden size")
-    ffn_hidden_size: Optional[int] = arg(
+    ffn_hidden_size: int | None = arg(
         None, "MLP hidden size (default: 4 x hidden size, or 8/3 x hidden size rounded up to 64 with SwiGLU)")
     num_attention_heads: int = arg(4, "number of attention heads")
-    num_query_groups: Optional[int] = arg(
+    num_query_groups: int | None = arg(
         None, "key/value head groups for grouped-query attention (default: one per head, multi-head attention)")
-    kv_channels: Optional[int] = arg(None, "head dimension (default: hidden size / attention heads)")
+    kv_channels: int | None = arg(None, "head dimension (default: hidden size / attention heads)")
     seq_length: int = arg(256, "sequence length of a training sample, in tokens")
-    max_position_embeddings: Optional[int] = arg(
+    max_position_embeddings: int | None = arg(
         None, "maximum sequence length the position embeddings cover (default: --seq-length)")
     normalization: str = arg("RMSNorm", "normalization layer", choices=("RMSNorm", "LayerNorm"))
     swiglu: bool = arg(True, "SwiGLU MLP (--no-swiglu: GeLU)")
@@ -68,7 +67,7 @@ class ParallelConfig:
     sequence_parallel: bool = arg(False, "sequence parallelism across the TP group (needs the TE spec)")
     use_distributed_optimizer: bool = arg(False, "shard optimizer state across data-parallel ranks (CUDA only)")
     overlap_grad_reduce: bool = arg(False, "overlap the gradient all-reduce with the backward pass (CUDA only)")
-    distributed_backend: Optional[str] = arg(
+    distributed_backend: str | None = arg(
         None, "torch.distributed backend (default: nccl with CUDA, gloo without)", choices=("nccl", "gloo"))
     distributed_timeout_minutes: int = arg(
         10, "timeout of every collective: a rank that waits this long on a dead or hung peer fails with "
@@ -81,10 +80,10 @@ class OptimConfig:
     lr: float = arg(3e-4, "peak learning rate")
     min_lr: float = arg(0.0, "learning rate at the end of the decay")
     lr_warmup_iters: int = arg(0, "iterations of linear warmup from 0 to --lr")
-    lr_decay_iters: Optional[int] = arg(None, "iterations of the decay to --min-lr (default: --train-iters)")
+    lr_decay_iters: int | None = arg(None, "iterations of the decay to --min-lr (default: --train-iters)")
     lr_decay_style: str = arg("cosine", "learning-rate decay after warmup",
                               choices=("constant", "linear", "cosine", "inverse-square-root", "WSD"))
-    lr_wsd_decay_iters: Optional[int] = arg(None, "WSD: iterations of the final decay phase")
+    lr_wsd_decay_iters: int | None = arg(None, "WSD: iterations of the final decay phase")
     lr_wsd_decay_style: str = arg("linear", "WSD: shape of the final decay phase",
                                   choices=("linear", "cosine", "exponential", "minus_sqrt"))
     weight_decay: float = arg(0.1, "weight decay coefficient")
@@ -98,13 +97,13 @@ class OptimConfig:
 class DataConfig(IXTFlags):
     """Data flags, plus the IXT options as ``ixt_*`` fields (inherited from ``IXTFlags``)."""
 
-    data_path: List[str] = arg(help="dataset blend 'P1 P2 ...' or 'W1 P1 W2 P2 ...' of text-store paths "
+    data_path: list[str] = arg(help="dataset blend 'P1 P2 ...' or 'W1 P1 W2 P2 ...' of text-store paths "
                                     "(P_text_document), split by --split", factory=list)
     split: str = arg(DEFAULT_SPLIT, "train,valid,test weights splitting the documents of --data-path")
-    train_data_path: List[str] = arg(help="training blend (instead of --data-path)", factory=list)
-    valid_data_path: List[str] = arg(help="validation blend (instead of --data-path)", factory=list)
-    test_data_path: List[str] = arg(help="test blend (instead of --data-path)", factory=list)
-    data_cache_path: Optional[str] = arg(None, "directory for megatron-core's dataset index cache")
+    train_data_path: list[str] = arg(help="training blend (instead of --data-path)", factory=list)
+    valid_data_path: list[str] = arg(help="validation blend (instead of --data-path)", factory=list)
+    test_data_path: list[str] = arg(help="test blend (instead of --data-path)", factory=list)
+    data_cache_path: str | None = arg(None, "directory for megatron-core's dataset index cache")
     reset_position_ids: bool = arg(False, "restart position ids after each end-of-document token")
     reset_attention_mask: bool = arg(False, "no attention across end-of-document tokens (explicit mask)")
     eod_mask_loss: bool = arg(False, "no loss on end-of-document tokens")
@@ -113,10 +112,10 @@ class DataConfig(IXTFlags):
 @dataclass
 class TrainConfig:
     micro_batch_size: int = arg(1, "samples per micro-batch per data-parallel rank")
-    global_batch_size: Optional[int] = arg(
+    global_batch_size: int | None = arg(
         None, "samples per optimizer step (default: --micro-batch-size x data-parallel size)")
-    train_iters: Optional[int] = arg(None, "optimizer steps to train for (or give --train-tokens)")
-    train_tokens: Optional[int] = arg(
+    train_iters: int | None = arg(None, "optimizer steps to train for (or give --train-tokens)")
+    train_tokens: int | None = arg(
         None, "tokens to train on: --train-iters = ceil(tokens / (global batch x seq length))")
     seed: int = arg(1234, "random seed (model init, dropout, dataset shuffling)")
     bf16: bool = arg(False, "bf16 parameters and compute (fp32 gradient reduction and optimizer state)")
@@ -132,15 +131,15 @@ class TrainConfig:
 @dataclass
 class LoggingConfig:
     log_interval: int = arg(10, "iterations between train log records")
-    tensorboard_dir: Optional[str] = arg(None, "also write the metrics as TensorBoard scalars here")
-    metrics_file: Optional[str] = arg(None, "metrics JSONL file (default: <save>/metrics.jsonl)")
-    peak_tflops_per_device: Optional[float] = arg(
+    tensorboard_dir: str | None = arg(None, "also write the metrics as TensorBoard scalars here")
+    metrics_file: str | None = arg(None, "metrics JSONL file (default: <save>/metrics.jsonl)")
+    peak_tflops_per_device: float | None = arg(
         None, "dense bf16 peak TFLOP/s of one device, for MFU (default: looked up by GPU name)")
-    wandb_project: Optional[str] = arg(
+    wandb_project: str | None = arg(
         None, "also log the metric records to this W&B project (needs the wandb package; rank 0 only; a W&B "
         "error prints a warning and never stops training)")
-    wandb_exp_name: Optional[str] = arg(None, "W&B run name (default: W&B's)")
-    wandb_save_dir: Optional[str] = arg(None, "W&B's local run directory (default: <save>/wandb, else ./wandb)")
+    wandb_exp_name: str | None = arg(None, "W&B run name (default: W&B's)")
+    wandb_save_dir: str | None = arg(None, "W&B's local run directory (default: <save>/wandb, else ./wandb)")
 
 
 @dataclass
@@ -152,12 +151,12 @@ class EvalConfig:
 
 @dataclass
 class CheckpointConfig:
-    save: Optional[str] = arg(None, "checkpoint directory to write")
-    load: Optional[str] = arg(None, "checkpoint directory to resume from (its latest iteration)")
-    save_interval: Optional[int] = arg(None, "iterations between checkpoints (a final one is always saved)")
-    exit_interval: Optional[int] = arg(None, "save and stop (exit 0) when the iteration is a multiple of this")
+    save: str | None = arg(None, "checkpoint directory to write")
+    load: str | None = arg(None, "checkpoint directory to resume from (its latest iteration)")
+    save_interval: int | None = arg(None, "iterations between checkpoints (a final one is always saved)")
+    exit_interval: int | None = arg(None, "save and stop (exit 0) when the iteration is a multiple of this")
     exit_signal_handler: bool = arg(False, "on SIGTERM: save and stop at the end of the iteration (exit 75)")
-    exit_duration_in_mins: Optional[float] = arg(None, "save and stop (exit 75) after this many minutes")
+    exit_duration_in_mins: float | None = arg(None, "save and stop (exit 75) after this many minutes")
     finetune: bool = arg(False, "with --load: load model weights only and start at iteration 0")
     no_load_optim: bool = arg(False, "with --load: do not restore the optimizer and scheduler state")
     no_load_rng: bool = arg(False, "with --load: do not restore the RNG states")
@@ -193,7 +192,7 @@ _SECTION_CLASSES = {"model": ModelConfig, "parallel": ParallelConfig, "optim": O
 class _ArgsFileParser(argparse.ArgumentParser):
     """``@file`` arguments: whitespace-separated flags, ``#`` starts a comment."""
 
-    def convert_arg_line_to_args(self, arg_line: str) -> List[str]:
+    def convert_arg_line_to_args(self, arg_line: str) -> list[str]:
         return arg_line.split("#", 1)[0].split()
 
 
@@ -237,7 +236,7 @@ def config_from_dict(values: dict) -> Config:
     return Config(**sections, tokenizer=TokenizerConfig(**values["tokenizer"]))
 
 
-def parse_args(argv: Optional[List[str]] = None, world_size: int = 1, cuda: bool = False) -> Config:
+def parse_args(argv: list[str] | None = None, world_size: int = 1, cuda: bool = False) -> Config:
     cfg = config_from_namespace(build_parser().parse_args(argv))
     finalize(cfg, world_size=world_size, cuda=cuda)
     return cfg

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from megatron_ixt.training.config import Config, DataConfig
 
 
-def dataset_config(data: "DataConfig", *, seed: int, sequence_length: int, tokenizer,
+def dataset_config(data: DataConfig, *, seed: int, sequence_length: int, tokenizer,
                    **overrides) -> IXTGPTDatasetConfig:
     """The :class:`IXTGPTDatasetConfig` of ``cfg.data`` (every field read by name: a renamed one is
     an AttributeError, never a silent default); ``overrides`` win."""
@@ -41,7 +41,7 @@ def dataset_config(data: "DataConfig", *, seed: int, sequence_length: int, token
     return IXTGPTDatasetConfig(**{**values, **overrides})
 
 
-def build_datasets(cfg: "Config", tokenizer):
+def build_datasets(cfg: Config, tokenizer):
     """``(train dataset, {conditioning: valid dataset})``.
 
     Conditionings (``conditioning_configs``): ``prefix`` (true prefixes), ``none`` and, when the

@@ -9,8 +9,6 @@ Norms, softmax, and the embedding lookup are not counted.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 # Dense bf16 tensor-core peak per device, TFLOP/s (vendor datasheets, without sparsity).
 PEAK_BF16_TFLOPS = {
     "H200": 989.0,
@@ -29,14 +27,14 @@ PEAK_BF16_TFLOPS = {
 }
 
 
-def peak_tflops(device_name: str) -> Optional[float]:
+def peak_tflops(device_name: str) -> float | None:
     """bf16 dense peak for a CUDA device name (e.g. 'NVIDIA H100 80GB HBM3'), longest match."""
     matches = [k for k in PEAK_BF16_TFLOPS if k.lower() in device_name.lower()]
     return PEAK_BF16_TFLOPS[max(matches, key=len)] if matches else None
 
 
 def layer_matrix_params(*, hidden_size: int, ffn_hidden_size: int, num_attention_heads: int,
-                        num_query_groups: Optional[int], kv_channels: Optional[int], swiglu: bool) -> float:
+                        num_query_groups: int | None, kv_channels: int | None, swiglu: bool) -> float:
     """Matrix parameters of one transformer layer: QKV (GQA shrinks K and V), the output projection
     and the MLP (SwiGLU has three ``h x ffn`` matrices); norms and biases are not counted."""
     h = hidden_size
@@ -47,8 +45,8 @@ def layer_matrix_params(*, hidden_size: int, ffn_hidden_size: int, num_attention
 
 
 def forward_flops_per_sequence(*, num_layers: int, hidden_size: int, ffn_hidden_size: int,
-                               num_attention_heads: int, num_query_groups: Optional[int],
-                               kv_channels: Optional[int], seq_length: int, vocab_size: int,
+                               num_attention_heads: int, num_query_groups: int | None,
+                               kv_channels: int | None, seq_length: int, vocab_size: int,
                                swiglu: bool, causal: bool = True) -> float:
     """Forward FLOPs of one sequence of ``seq_length`` tokens through the whole model."""
     s, h = seq_length, hidden_size
@@ -77,6 +75,6 @@ def annotation_flops(reward_model_params: float, annotation_tokens: float) -> fl
     return 2.0 * reward_model_params * annotation_tokens
 
 
-def mfu(tflops_per_device: float, peak: Optional[float]) -> Optional[float]:
+def mfu(tflops_per_device: float, peak: float | None) -> float | None:
     """Model FLOPs utilisation in [0, 1], or None without a known peak."""
     return tflops_per_device / peak if peak else None

@@ -34,7 +34,6 @@ import math
 import os
 import sys
 import time
-from typing import Optional
 
 METRICS_FORMAT = "megatron-ixt-metrics"
 METRICS_VERSION = 1
@@ -50,7 +49,7 @@ class WandbSink:
     """One W&B run (``wandb.init(project, name, dir)``) fed the metric records; any W&B exception
     prints a warning and disables the sink (it never stops training)."""
 
-    def __init__(self, project: str, name: Optional[str], save_dir: str):
+    def __init__(self, project: str, name: str | None, save_dir: str):
         self.project, self.name, self.save_dir = project, name, save_dir
         self._run = None
 
@@ -77,7 +76,8 @@ class WandbSink:
         try:
             call()
         except Exception as e:  # noqa: BLE001 - whatever W&B raises, training goes on
-            print(f"warning: W&B logging disabled ({type(e).__name__}: {e}); the metrics JSONL and "
+            # stderr line documented in docs/training.md and asserted by tests/training/test_wandb.py
+            print(f"warning: W&B logging disabled ({type(e).__name__}: {e}); the metrics JSONL and "  # noqa: T201
                   f"TensorBoard go on", file=sys.stderr, flush=True)
             self._run = None
 
@@ -85,8 +85,8 @@ class WandbSink:
 class MetricsWriter:
     """Writes metric records to stdout, a JSONL file and (optionally) TensorBoard and W&B."""
 
-    def __init__(self, jsonl_path: Optional[str], tensorboard_dir: Optional[str] = None,
-                 stdout: bool = True, wandb: Optional[WandbSink] = None):
+    def __init__(self, jsonl_path: str | None, tensorboard_dir: str | None = None,
+                 stdout: bool = True, wandb: WandbSink | None = None):
         self.stdout = stdout
         self._file = None
         self._tb = None
@@ -111,7 +111,7 @@ class MetricsWriter:
         record = {"kind": kind, **{k: _clean(v) for k, v in record.items()}, "time": time.time()}
         self._write(record)
         if self.stdout:
-            print(_format_line(record), flush=True)
+            print(_format_line(record), flush=True)  # noqa: T201 - the per-iteration log line on stdout
         if self._tb is not None:
             step = record["iteration"]
             for key, value in record.items():

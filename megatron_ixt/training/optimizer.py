@@ -7,7 +7,7 @@ constant weight decay).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Tuple
+from typing import TYPE_CHECKING
 
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from megatron_ixt.training.config import Config
 
 
-def build_optimizer(cfg: "Config", config: TransformerConfig,
-                    model) -> Tuple[MegatronOptimizer, OptimizerParamScheduler]:
+def build_optimizer(cfg: Config, config: TransformerConfig,
+                    model) -> tuple[MegatronOptimizer, OptimizerParamScheduler]:
     """``(optimizer, scheduler)`` for the DDP-wrapped ``model`` (``config``: its TransformerConfig).
     Sets ``config.grad_scale_func``, which megatron-core's schedules call to scale the loss."""
     o, t = cfg.optim, cfg.train

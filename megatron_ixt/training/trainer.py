@@ -22,8 +22,8 @@ from __future__ import annotations
 import enum
 import math
 import time
+from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -32,8 +32,8 @@ from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQu
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ixt.cli import EXIT_NONFINITE, EXIT_RESUMABLE
-from megatron_ixt.evaluation import heldout
 from megatron_ixt.distributed import init_distributed, set_seed
+from megatron_ixt.evaluation import heldout
 from megatron_ixt.mcore_private import NonFiniteGradNorm, raise_on_nonfinite_grad_norm
 from megatron_ixt.model import padded_vocab_size, training_model, transformer_config
 from megatron_ixt.tokenizer import build_tokenizer
@@ -43,7 +43,6 @@ from megatron_ixt.training.data import build_datasets
 from megatron_ixt.training.flops import mfu, peak_tflops, training_flops_per_iteration
 from megatron_ixt.training.metrics import MetricsWriter, WandbSink
 from megatron_ixt.training.optimizer import build_optimizer
-
 
 # Loss statistics reported per micro-batch: (sum of per-token losses, token count).
 LOSS_KEYS = ("loss", "doc", "prefix")
@@ -87,7 +86,7 @@ class MicroBatches:
     def __iter__(self):
         return self
 
-    def __next__(self) -> Dict[str, torch.Tensor]:
+    def __next__(self) -> dict[str, torch.Tensor]:
         start = self.next_sample + self.dp_rank * self.mbs
         samples = [self.dataset[i] for i in range(start, start + self.mbs)]
         self.next_sample += self.mbs * self.dp_size
@@ -95,7 +94,7 @@ class MicroBatches:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
 
-def loss_func(loss_mask: torch.Tensor, prefix_mask: Optional[torch.Tensor], output: torch.Tensor):
+def loss_func(loss_mask: torch.Tensor, prefix_mask: torch.Tensor | None, output: torch.Tensor):
     """Per-token loss for megatron-core's schedules: (loss sum, token count, report).
 
     The objective is the sum over ``loss_mask``; the report holds ``[sum, count]`` pairs for the
@@ -103,11 +102,10 @@ def loss_func(loss_mask: torch.Tensor, prefix_mask: Optional[torch.Tensor], outp
     (``loss_mask * prefix_mask``).
     """
     losses = output.float()
-    mask = loss_mask.float()
-    prefix = torch.zeros_like(mask) if prefix_mask is None else prefix_mask.float()
+    mask, kinds = heldout.token_kind_masks(loss_mask, prefix_mask)
     total = (losses * mask).sum()
     report = {}
-    for key, m in (("loss", mask), ("doc", mask * (1.0 - prefix)), ("prefix", mask * prefix)):
+    for key, m in (("loss", mask), *kinds.items()):
         report[key] = torch.stack([(losses * m).sum().detach(), m.sum()])
     return total, mask.sum().to(torch.int), report
 
@@ -177,7 +175,7 @@ class Trainer:
                             self.dp_size, self.device)
 
     # ------------------------------------------------------------------ steps
-    def _run_schedule(self, data_iterator, forward_only: bool) -> List[dict]:
+    def _run_schedule(self, data_iterator, forward_only: bool) -> list[dict]:
         m = self.cfg.model
         return self.forward_backward(
             forward_step_func=forward_step, data_iterator=data_iterator, model=[self.model],
@@ -185,7 +183,7 @@ class Trainer:
             micro_batch_size=self.cfg.train.micro_batch_size, decoder_seq_length=m.seq_length,
             forward_only=forward_only)
 
-    def _reduce_reports(self, reports: List[dict]) -> tuple:
+    def _reduce_reports(self, reports: list[dict]) -> tuple:
         """(this rank's loss sum, totals): totals is [len(LOSS_KEYS), 2] (loss sum, token count),
         summed over micro-batches, DP and PP."""
         totals = torch.zeros(len(LOSS_KEYS), 2, dtype=torch.float64, device=self.device)
@@ -325,7 +323,7 @@ class Trainer:
         if self.async_saves is not None:
             self._print(f"saving checkpoint {path} in the background")
 
-    def _stop_reason(self) -> Optional[StopReason]:
+    def _stop_reason(self) -> StopReason | None:
         """Why to stop after this iteration (None: go on); collective when it reads a signal or the clock."""
         c = self.cfg.checkpoint
         if c.exit_interval and self.iteration % c.exit_interval == 0:
@@ -346,9 +344,9 @@ class Trainer:
 
     def _print(self, msg: str) -> None:
         if self.rank == 0:
-            print(msg, flush=True)
+            print(msg, flush=True)  # noqa: T201 - the run log lines tests and docs/slurm.md grep
 
 
-def _mean(pair: torch.Tensor) -> Optional[float]:
+def _mean(pair: torch.Tensor) -> float | None:
     total, count = pair.tolist()
     return total / count if count > 0 else None

@@ -4,11 +4,10 @@ The CPU judge of these tests is the demo's ``verifier`` (examples/demo/ixt_demo,
 package): importing it here registers ``--backend verifier`` in this process."""
 from __future__ import annotations
 
-import pytest
-from sglang_standin import StandinConfig, StandinServer
-
 import ixt_demo.verifier  # noqa: F401  (registers --backend verifier)
+import pytest
 from ixt_demo.synthetic import SynthConfig, generate
+from sglang_standin import StandinConfig, StandinServer
 
 
 @pytest.fixture

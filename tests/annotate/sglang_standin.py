@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from megatron_ixt.data.record import SCORE_AXES as AXES
+
 DIRECTIVE = re.compile(r"\[\[fault:([a-z0-9]+)\*(\d+|inf)\]\]")
 
 
@@ -100,8 +101,10 @@ class Standin:
         if config.prompt_tokens is not None:
             reasoning, answer = _answer("benchmark prompt")
             self._fast_body = json.dumps({"text": f"<think>\n{reasoning}\n</think>\n\n{answer}", "output_ids": [],
-                                          "meta_info": {"id": uuid.uuid4().hex, "finish_reason": {"type": "stop", "matched": 151645},
-                                                        "prompt_tokens": config.prompt_tokens, "weight_version": "default",
+                                          "meta_info": {"id": uuid.uuid4().hex,
+                                                        "finish_reason": {"type": "stop", "matched": 151645},
+                                                        "prompt_tokens": config.prompt_tokens,
+                                                        "weight_version": "default",
                                                         "num_retractions": 0, "reasoning_tokens": 0,
                                                         "completion_tokens": config.completion_tokens or 0,
                                                         "cached_tokens": 0, "e2e_latency": config.latency}}).encode()
@@ -158,7 +161,8 @@ class Standin:
             request.transport.abort()
             raise ConnectionResetError("stand-in: connection reset")
         if fault in ("500", "503"):
-            return fault, web.json_response({"error": {"message": f"stand-in internal error {fault}"}}, status=int(fault))
+            return fault, web.json_response({"error": {"message": f"stand-in internal error {fault}"}},
+                                            status=int(fault))
         if fault == "429":
             return fault, web.Response(status=429, text="Too Many Requests", headers={"Retry-After": "0"})
         if fault == "400":
@@ -281,7 +285,8 @@ class Standin:
                 "model": body.get("model") or self.cfg.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content,
                                                      "reasoning_content": reasoning_content},
-                             "logprobs": None, "finish_reason": kind, "matched_stop": 151645 if kind == "stop" else None}],
+                             "logprobs": None, "finish_reason": kind,
+                             "matched_stop": 151645 if kind == "stop" else None}],
                 "usage": {"prompt_tokens": n_in, "total_tokens": n_in + n_out, "completion_tokens": n_out,
                           "prompt_tokens_details": {"cached_tokens": cached}, "reasoning_tokens": 0,
                           "completion_tokens_details": None},
@@ -378,8 +383,9 @@ def main(argv=None) -> None:
     p.add_argument("--startup-delay", type=float, default=0.0)
     p.add_argument("--no-reasoning-parser", action="store_true")
     args = p.parse_args(argv)
-    cfg = StandinConfig(latency=args.latency, prompt_tokens=args.prompt_tokens, completion_tokens=args.completion_tokens,
-                        startup_delay=args.startup_delay, reasoning_parser=not args.no_reasoning_parser)
+    cfg = StandinConfig(latency=args.latency, prompt_tokens=args.prompt_tokens,
+                        completion_tokens=args.completion_tokens, startup_delay=args.startup_delay,
+                        reasoning_parser=not args.no_reasoning_parser)
 
     async def serve():
         runner = web.AppRunner(Standin(cfg).app(), access_log=None)

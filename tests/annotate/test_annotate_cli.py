@@ -55,7 +55,8 @@ def test_compressed_inputs_and_bad_lines(tmp_path, arith_docs):
         assert [(r["line"], r["reason"]) for r in rejected] == [
             (11, "invalid_json"), (12, "empty_text"), (13, "bad_id"), (14, "not_an_object"), (15, "missing_text"),
             (16, "duplicate_id")]
-        assert rejected[0]["raw"] == "{not json" and rejected[0]["file"].endswith(f"{stem}.jsonl" + (".gz" if stem == "a" else ".zst"))
+        assert rejected[0]["raw"] == "{not json"
+        assert rejected[0]["file"].endswith(f"{stem}.jsonl" + (".gz" if stem == "a" else ".zst"))
         stats = json.load(open(out / f"{stem}.stats.json"))
         assert stats["input_lines"] == 26 and stats["documents"] == 20 and sum(stats["rejected"].values()) == 6
 
@@ -181,15 +182,18 @@ def test_output_feeds_preprocess_ixt(tmp_path, arith_docs):
     inp = write_jsonl(tmp_path / "d.jsonl", docs)
     out = tmp_path / "out"
     assert main(["run", "--input", inp, "--output", str(out), "--backend", "verifier", "--log-interval", "60"]) == 0
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "preprocess_ixt.py"), "--input", str(out / "d.jsonl"),
-                           "--output-prefix", str(tmp_path / "pp" / "corpus"), "--tokenizer-type", "SentencePieceTokenizer",
-                           "--tokenizer-model", os.path.join(REPO, "examples", "data", "tokenizer.model"), "--append-eod"],
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "preprocess_ixt.py"),
+                           "--input", str(out / "d.jsonl"), "--output-prefix", str(tmp_path / "pp" / "corpus"),
+                           "--tokenizer-type", "SentencePieceTokenizer",
+                           "--tokenizer-model", os.path.join(REPO, "examples", "data", "tokenizer.model"),
+                           "--append-eod"],
                           cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     meta = json.load(open(tmp_path / "pp" / "corpus_ixt.json"))
     stats = json.load(open(out / "d.stats.json"))
     assert meta["counts"]["annotated"] == stats["ok"] == 120 and meta["counts"]["unannotated"] == 1
-    assert {k: v for k, v in meta["quality_histogram"].items() if v} == {k: v for k, v in stats["quality_histogram"].items() if v}
+    assert ({k: v for k, v in meta["quality_histogram"].items() if v}
+            == {k: v for k, v in stats["quality_histogram"].items() if v})
     assert sum(meta["skipped"].values()) == 0
 
 

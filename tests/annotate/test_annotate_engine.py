@@ -31,7 +31,8 @@ class BatchFailingEngine:
         verdict = {"critique": "fine", "writing_style": 3, "expertise": 3, "educational_value": 3,
                    "factual_accuracy": 3, "efficiency": 3, "quality": 3}
         return [{"text": "<think>hm</think>" + json.dumps(verdict), "output_ids": [1, 2],
-                 "meta_info": {"id": "r", "finish_reason": {"type": "stop", "matched": 2}, "prompt_tokens": len(p.split()),
+                 "meta_info": {"id": "r", "finish_reason": {"type": "stop", "matched": 2},
+                               "prompt_tokens": len(p.split()),
                                "completion_tokens": 20, "cached_tokens": 5}} for p in prompt]
 
 

@@ -14,7 +14,8 @@ async def serve(handler):
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+                length = int([line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")][0])
                 body = await reader.readexactly(length)
                 n += 1
                 if not await handler(writer, n, head, body):

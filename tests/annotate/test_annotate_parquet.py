@@ -3,7 +3,7 @@ rows are reported by file and row; kill -9 and resume annotate every row exactly
 --id-key name the columns; an unknown format, a wrong column type or a shard without any valid row
 stop the run with nothing committed."""
 import collections
-import datetime
+import datetime as dt
 import json
 import os
 import subprocess
@@ -22,7 +22,7 @@ def fineweb_shard(path, n: int, start: int) -> list[dict]:
     rows = fineweb_rows([{"text": f"document {start + i} " + "word " * (i % 40)} for i in range(n)])
     for i, row in enumerate(rows):
         row["id"] = f"{row['id']}-{start}"
-        row["crawled"] = datetime.datetime(2024, 2, 1 + i % 28, 10, 0, 0)
+        row["crawled"] = dt.datetime(2024, 2, 1 + i % 28, 10, 0, 0)
     write_parquet(path, rows)
     return rows
 

@@ -65,7 +65,8 @@ def test_tagged_fallback_uses_last_occurrence():
             "writing_style: 3\nexpertise: 2\neducational value: 4\nfactual_accuracy: 5/5\nefficiency: 2\nquality: 4\n")
     j = parse_output(text)
     assert j.quality == 4 and j.critique == "Verbose but correct."
-    assert j.scores == {"writing_style": 3, "expertise": 2, "educational_value": 4, "factual_accuracy": 5, "efficiency": 2}
+    assert j.scores == {"writing_style": 3, "expertise": 2, "educational_value": 4, "factual_accuracy": 5,
+                        "efficiency": 2}
 
 
 def test_no_verdict_at_all():

@@ -6,11 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from annotate_testlib import REPO, count_lines, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 
 from annotate.store import ShardStats, ShardWriter
+
+
+def generate_requests(url: str) -> int:
+    """How many /generate requests the stand-in server at ``url`` has answered."""
+    with urllib.request.urlopen(f"{url}/_standin/stats") as answer:
+        return json.loads(answer.read())["generate"]
 
 
 @pytest.mark.slow
@@ -41,7 +48,8 @@ def test_sigkill_at_random_points_then_resume(standin, tmp_path):
     # Completed work is not redone: only documents in flight at each kill are repeated, i.e.
     # requests holding one of the `concurrency` slots plus answers received but not yet written.
     requests = json.loads(subprocess.run(
-        [sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen('{server.url}/_standin/stats').read().decode())"],
+        [sys.executable, "-c",
+         f"import urllib.request;print(urllib.request.urlopen('{server.url}/_standin/stats').read().decode())"],
         capture_output=True, text=True).stdout)["generate"]
     assert n <= requests <= n + kills * 2 * concurrency
     stats = [json.load(open(out / f"part{k}.stats.json")) for k in range(2)]
@@ -100,8 +108,32 @@ def test_a_shard_cannot_be_written_by_two_processes(tmp_path):
     first = ShardWriter(path)
     first.open()
     code = ("from annotate.store import ShardWriter\n"
-            "try:\n    ShardWriter(%r).open()\nexcept RuntimeError as e:\n    print(e)" % path)
+            f"try:\n    ShardWriter({path!r}).open()\nexcept RuntimeError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=subprocess_env())
     assert "being written by another process" in out.stdout, out.stderr
     first.close()
     ShardWriter(path).open()  # free again once the first writer is gone
+
+
+def test_killed_between_the_stats_and_the_commit_the_rerun_commits_with_whole_stats(standin, tmp_path):
+    """finish() writes the committed stats, then renames .partial to the final name: a process killed
+    between the two (here: the final file renamed back) leaves every record in .partial, and the rerun
+    commits them with stats that count them all, sending no request."""
+    server = standin()
+    docs = [{"id": f"doc-{i}", "text": f"document {i} " + "word " * i} for i in range(40)]
+    write_jsonl(tmp_path / "part0.jsonl", docs)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "annotate", "run", "--input", str(tmp_path / "part0.jsonl"), "--output", str(out),
+           "--url", server.url]
+    assert subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, timeout=120).returncode == 0
+    (out / "part0.jsonl").rename(out / "part0.jsonl.partial")  # the moment between the two steps
+    stats = json.loads((out / "part0.stats.json").read_text())
+    assert stats["state"] == "committed" and stats["ok"] == 40
+    requests_before = generate_requests(server.url)
+    rerun = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not (out / "part0.jsonl.partial").exists() and len(read_jsonl(out / "part0.jsonl")) == 40
+    stats = json.loads((out / "part0.stats.json").read_text())
+    assert stats["state"] == "committed" and stats["ok"] == 40 and stats["done"] == 40
+    requests_after = generate_requests(server.url)
+    assert requests_after == requests_before

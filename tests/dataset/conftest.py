@@ -1,7 +1,7 @@
 """Fixtures for the IXT dataset tests (helpers live in ixt_testlib.py)."""
 import pytest
-
 from ixt_testlib import VOCAB, write_plain_store, write_shard_set
+
 from megatron_ixt.data.dataset import IXTGPTDatasetConfig
 from megatron_ixt.tokenizer import build_tokenizer
 

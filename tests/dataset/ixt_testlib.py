@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy
+import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
@@ -34,23 +34,23 @@ class Corpus:
     prefixes: dict  # kind -> list of per-document prefix arrays (empty = unannotated); {} for plain
     store: int
 
-    def document_id(self, text: numpy.ndarray) -> int:
+    def document_id(self, text: np.ndarray) -> int:
         lo = 1 + 250 * self.store
         return int(text[0] - lo) * 249 + int(text[1] - lo)
 
-    def annotated(self) -> numpy.ndarray:
-        return numpy.array([len(p) > 0 for p in self.prefixes["critique"]])
+    def annotated(self) -> np.ndarray:
+        return np.array([len(p) > 0 for p in self.prefixes["critique"]])
 
 
 def _documents(num_documents, annotated, store, seed):
-    rng = numpy.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
     lo = 1 + 250 * store
     texts, critiques, qualities = [], [], []
     for i in range(num_documents):
         head = [lo + i // 249, lo + i % 249]
-        texts.append(numpy.array(head + list(rng.integers(lo, lo + 249, rng.integers(0, 60))), dtype=numpy.int64))
+        texts.append(np.array(head + list(rng.integers(lo, lo + 249, rng.integers(0, 60))), dtype=np.int64))
         is_annotated = rng.random() < annotated
-        empty = numpy.zeros(0, dtype=numpy.int64)
+        empty = np.zeros(0, dtype=np.int64)
         critiques.append(rng.integers(*CRITIQUE_RANGE, rng.integers(3, 25)) if is_annotated else empty)
         qualities.append(rng.integers(*QUALITY_RANGE, rng.integers(2, 5)) if is_annotated else empty)
     return texts, critiques, qualities
@@ -59,7 +59,7 @@ def _documents(num_documents, annotated, store, seed):
 def write_shard_set(prefix, tokenizer, num_documents=300, annotated=0.7, store=0, seed=0) -> Corpus:
     """An IXT shard set per docs/CONTRACTS.md section 2: the three aligned stores, P_ixt_docs.npy and P_ixt.json."""
     texts, critiques, qualities = _documents(num_documents, annotated, store, seed)
-    write_token_shard_set(prefix, {"text": [numpy.append(t, tokenizer.eod) for t in texts], "critique": critiques,
+    write_token_shard_set(prefix, {"text": [np.append(t, tokenizer.eod) for t in texts], "critique": critiques,
                                    "quality": qualities}, vocab_size=tokenizer.eod, steering=STEERING)
     return Corpus(text_store_path(prefix), texts, {"critique": critiques, "quality": qualities}, store)
 
@@ -67,37 +67,37 @@ def write_shard_set(prefix, tokenizer, num_documents=300, annotated=0.7, store=0
 def write_plain_store(prefix, tokenizer, num_documents=200, store=1, seed=1) -> Corpus:
     """A text-only IndexedDataset at ``text_store_path(prefix)`` (no prefix stores, no metadata)."""
     texts, _, _ = _documents(num_documents, 0.0, store, seed)
-    write_token_shard_set(prefix, {"text": [numpy.append(t, tokenizer.eod) for t in texts]}, vocab_size=tokenizer.eod)
+    write_token_shard_set(prefix, {"text": [np.append(t, tokenizer.eod) for t in texts]}, vocab_size=tokenizer.eod)
     return Corpus(text_store_path(prefix), texts, {}, store)
 
 
 def build_dataset(corpus: Corpus, config, num_samples=None, split=Split.valid, cls=IXTGPTDataset):
     """A dataset over every document of ``corpus`` (``split=valid`` + ``num_samples=None``: one epoch)."""
     text = IndexedDataset(corpus.path)
-    indices = numpy.arange(len(text), dtype=numpy.int32)
+    indices = np.arange(len(text), dtype=np.int32)
     return cls(text, corpus.path, indices, num_samples, split, config)
 
 
 def samples_in_order(dataset) -> list:
     """``dataset[i]`` for every sample, in packing (un-shuffled) order."""
-    order = numpy.argsort(numpy.asarray(dataset.shuffle_index), kind="stable")
+    order = np.argsort(np.asarray(dataset.shuffle_index), kind="stable")
     return [dataset[int(i)] for i in order]
 
 
-def token_stream(dataset) -> numpy.ndarray:
+def token_stream(dataset) -> np.ndarray:
     """The packed token stream of ``dataset`` in packing order, trailing padding removed."""
     samples = samples_in_order(dataset)
     parts = [s["tokens"].numpy() for s in samples] + [samples[-1]["labels"].numpy()[-1:]]
-    return numpy.trim_zeros(numpy.concatenate(parts), "b")
+    return np.trim_zeros(np.concatenate(parts), "b")
 
 
-def conditioned_documents(stream: numpy.ndarray, eod: int):
+def conditioned_documents(stream: np.ndarray, eod: int):
     """Split a token stream at EOD into ``(prefix, text)`` pairs (prefix = leading tokens >= 500),
     and the unterminated rest."""
     documents, start = [], 0
-    for end in numpy.flatnonzero(stream == eod):
+    for end in np.flatnonzero(stream == eod):
         chunk = stream[start:end]
-        n_prefix = int(numpy.argmax(chunk < PREFIX_START))
+        n_prefix = int(np.argmax(chunk < PREFIX_START))
         documents.append((chunk[:n_prefix], chunk[n_prefix:]))
         start = end + 1
     return documents, stream[start:]

@@ -1,12 +1,9 @@
 """IXTGPTDataset on real shard sets: token stream, masks, options, equivalence with GPTDataset."""
 import math
 
-import numpy
+import numpy as np
 import pytest
 import torch
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megatron.core.datasets.utils import Split
-
 from ixt_testlib import (
     PREFIX_START,
     STEERING,
@@ -15,6 +12,9 @@ from ixt_testlib import (
     samples_in_order,
     token_stream,
 )
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.utils import Split
+
 from megatron_ixt.data.dataset import IXTGPTDataset
 from megatron_ixt.data.shards import metadata_path, shard_set_stem
 
@@ -33,9 +33,9 @@ def test_every_document_once_preceded_by_its_prefix(make_shard_set, config, toke
     ids = [corpus.document_id(text) for _, text in documents]
     assert sorted(ids) == list(range(400))
     for (prefix, text), i in zip(documents, ids):
-        numpy.testing.assert_array_equal(text, corpus.texts[i])
-        expected = numpy.zeros(0) if kind == "none" else corpus.prefixes[kind][i]
-        numpy.testing.assert_array_equal(prefix, expected)
+        np.testing.assert_array_equal(text, corpus.texts[i])
+        expected = np.zeros(0) if kind == "none" else corpus.prefixes[kind][i]
+        np.testing.assert_array_equal(prefix, expected)
     assert sum(len(p) > 0 for p, _ in documents) == (0 if kind == "none" else corpus.annotated().sum())
 
 
@@ -112,19 +112,19 @@ def test_prefix_dropout_per_document_and_epoch(make_shard_set, config, tokenizer
     dataset = build_dataset(corpus, config(prefix_kind="critique", prefix_dropout=p), num_samples=1800,
                             split=Split.train)
     documents, _ = conditioned_documents(token_stream(dataset), tokenizer.eod)
-    ids = numpy.array([corpus.document_id(text) for _, text in documents])
-    dropped = numpy.array([len(prefix) == 0 for prefix, _ in documents])
+    ids = np.array([corpus.document_id(text) for _, text in documents])
+    dropped = np.array([len(prefix) == 0 for prefix, _ in documents])
     for (prefix, _), i in zip(documents, ids):
-        assert len(prefix) == 0 or numpy.array_equal(prefix, corpus.prefixes["critique"][i])
+        assert len(prefix) == 0 or np.array_equal(prefix, corpus.prefixes["critique"][i])
 
-    epochs = int(numpy.bincount(ids).max())
+    epochs = int(np.bincount(ids).max())
     assert epochs >= 3
-    counts = numpy.bincount(ids, minlength=1000)
+    counts = np.bincount(ids, minlength=1000)
     assert set(counts) <= {epochs - 1, epochs} and (counts == epochs - 1).sum() <= 64 // 3
     assert within(dropped.mean(), p, len(dropped))
     # decided per document AND epoch: documents shown both with and without their prefix
     full = counts == epochs
-    dropped_per_doc = numpy.bincount(ids, weights=dropped, minlength=1000)[full]
+    dropped_per_doc = np.bincount(ids, weights=dropped, minlength=1000)[full]
     mixed = ((dropped_per_doc > 0) & (dropped_per_doc < epochs)).mean()
     assert within(mixed, 1 - p ** epochs - (1 - p) ** epochs, full.sum())
     # deterministic from the seed
@@ -132,9 +132,9 @@ def test_prefix_dropout_per_document_and_epoch(make_shard_set, config, tokenizer
                           num_samples=1800, split=Split.train)
     other = build_dataset(corpus, config(prefix_kind="critique", prefix_dropout=p, random_seed=99),
                           num_samples=1800, split=Split.train)
-    numpy.testing.assert_array_equal(again.prefix_length, dataset.prefix_length)
-    assert not numpy.array_equal(other.prefix_length[numpy.argsort(other.document_index, kind="stable")],
-                                 dataset.prefix_length[numpy.argsort(dataset.document_index, kind="stable")])
+    np.testing.assert_array_equal(again.prefix_length, dataset.prefix_length)
+    assert not np.array_equal(other.prefix_length[np.argsort(other.document_index, kind="stable")],
+                                 dataset.prefix_length[np.argsort(dataset.document_index, kind="stable")])
 
 
 def test_annotated_fraction(make_shard_set, config, tokenizer):
@@ -144,8 +144,8 @@ def test_annotated_fraction(make_shard_set, config, tokenizer):
     for fraction in (0.15, 0.3):
         dataset = build_dataset(corpus, config(prefix_kind="critique", annotated_fraction=fraction))
         documents, _ = conditioned_documents(token_stream(dataset), tokenizer.eod)
-        ids = numpy.array([corpus.document_id(text) for _, text in documents])
-        has_prefix = numpy.zeros(3000, dtype=bool)
+        ids = np.array([corpus.document_id(text) for _, text in documents])
+        has_prefix = np.zeros(3000, dtype=bool)
         has_prefix[ids] = [len(prefix) > 0 for prefix, _ in documents]
         assert not (has_prefix & ~annotated).any()
         assert within(has_prefix[annotated].mean(), fraction, annotated.sum())
@@ -196,7 +196,7 @@ def test_cache_key_changes_with_every_option(make_shard_set, config):
 
     # the same options hit the cache: indices are loaded (memory-mapped), samples identical
     again = build_dataset(corpus, config(**variants["dropout"]))
-    assert isinstance(again.sample_index.base, numpy.memmap) and isinstance(again.prefix_length.base, numpy.memmap)
+    assert isinstance(again.sample_index.base, np.memmap) and isinstance(again.prefix_length.base, np.memmap)
     for i in range(len(again)):
         for key, value in again[i].items():
             assert torch.equal(value, datasets["dropout"][i][key])
@@ -236,7 +236,7 @@ def test_bad_config_is_rejected(config, options, message):
 def test_index_types_match_gpt_dataset(make_shard_set, config):
     dataset = build_dataset(make_shard_set(num_documents=50), config(), num_samples=100, split=Split.train)
     assert isinstance(dataset, GPTDataset) and isinstance(dataset, IXTGPTDataset)
-    assert dataset.document_index.dtype == numpy.int32 and dataset.prefix_length.dtype == numpy.int32
+    assert dataset.document_index.dtype == np.int32 and dataset.prefix_length.dtype == np.int32
     assert dataset.sample_index.shape == (len(dataset) + 1, 2) and len(dataset) >= 100
 
 

@@ -4,12 +4,12 @@ kind existed (without ``scores``, or in format version 1) keep loading."""
 import json
 import os
 
-import numpy
+import numpy as np
 import pytest
+from ixt_testlib import build_dataset, token_stream
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
-from ixt_testlib import build_dataset, token_stream
 from megatron_ixt.data import prefix_kinds, shards
 from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
 from megatron_ixt.data.prefix_kinds import QUALITY_LABELS, PrefixKind
@@ -43,7 +43,7 @@ def dataset_over(text_path, tokenizer, cache, **options):
     config = IXTGPTDatasetConfig(random_seed=3, sequence_length=96, tokenizer=tokenizer, reset_position_ids=False,
                                  reset_attention_mask=False, eod_mask_loss=False, split="100,0,0",
                                  drop_last_partial_validation_sequence=False, path_to_cache=str(cache), **options)
-    return IXTGPTDataset(text, text_path, numpy.arange(len(text), dtype=numpy.int32), None, Split.valid, config)
+    return IXTGPTDataset(text, text_path, np.arange(len(text), dtype=np.int32), None, Split.valid, config)
 
 
 def test_runtime_kind_through_preprocess_and_dataset(expertise_kind, tmp_path, write_corpus, sp_model,
@@ -71,8 +71,8 @@ def test_runtime_kind_through_preprocess_and_dataset(expertise_kind, tmp_path, w
     dataset = dataset_over(text_path, sp_tokenizer, tmp_path / "cache", prefix_kind="expertise")
     expected = {tuple(reader[i]["expertise"].tolist() + reader[i]["text"].tolist()): i for i in range(len(reader))}
     stream = token_stream(dataset)
-    ends = numpy.flatnonzero(stream == sp_tokenizer.eod)
-    found = [expected.get(tuple(c.tolist())) for c in numpy.split(stream, ends + 1)[:-1]]
+    ends = np.flatnonzero(stream == sp_tokenizer.eod)
+    found = [expected.get(tuple(c.tolist())) for c in np.split(stream, ends + 1)[:-1]]
     assert sorted(found) == list(range(len(reader)))
 
     # steering at any level, rendered from the template recorded in P_ixt.json

@@ -1,10 +1,10 @@
 """IXTGPTDataset on a shard set made by tools/preprocess_ixt.py (SentencePiece, --append-eod)."""
-import numpy
+import numpy as np
 import pytest
+from ixt_testlib import token_stream
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
-from ixt_testlib import token_stream
 from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
 from megatron_ixt.data.provider import steering_prefix
 from megatron_ixt.data.shards import prefix_store_path, read_metadata, text_store_path
@@ -16,13 +16,13 @@ def dataset_over(shard_set, tokenizer, tmp_path, **options):
     config = IXTGPTDatasetConfig(random_seed=3, sequence_length=96, tokenizer=tokenizer, reset_position_ids=False,
                                  reset_attention_mask=False, eod_mask_loss=False, split="100,0,0",
                                  drop_last_partial_validation_sequence=False, path_to_cache=str(tmp_path), **options)
-    return IXTGPTDataset(text, path, numpy.arange(len(text), dtype=numpy.int32), None, Split.valid, config)
+    return IXTGPTDataset(text, path, np.arange(len(text), dtype=np.int32), None, Split.valid, config)
 
 
 def chunks(stream, eod):
-    ends = numpy.flatnonzero(stream == eod)
+    ends = np.flatnonzero(stream == eod)
     assert ends[-1] == len(stream) - 1, "the stream ends with a complete document"
-    return [c.tolist() for c in numpy.split(stream, ends + 1)[:-1]]  # each chunk ends with its EOD
+    return [c.tolist() for c in np.split(stream, ends + 1)[:-1]]  # each chunk ends with its EOD
 
 
 @pytest.mark.parametrize("kind", ["critique", "quality", "scores"])

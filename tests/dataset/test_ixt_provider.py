@@ -1,12 +1,12 @@
 """Blends, splits and Megatron-LM-named args through megatron-core's BlendedMegatronDatasetBuilder."""
 import argparse
 
-import numpy
+import numpy as np
 import pytest
 import torch
+from ixt_testlib import PREFIX_START, STEERING
 from megatron.core.datasets.blended_dataset import BlendedDataset
 
-from ixt_testlib import PREFIX_START, STEERING
 from megatron_ixt.data import (
     IXTGPTDataset,
     add_ixt_dataset_args,
@@ -18,12 +18,12 @@ from megatron_ixt.data import (
 )
 
 
-def complete_documents(tokens: numpy.ndarray, eod: int):
+def complete_documents(tokens: np.ndarray, eod: int):
     """(prefix, text) of every conditioned document that starts and ends inside ``tokens``."""
-    ends = numpy.flatnonzero(tokens == eod)
+    ends = np.flatnonzero(tokens == eod)
     for start, end in zip(ends[:-1] + 1, ends[1:]):
         chunk = tokens[start:end]
-        n_prefix = int(numpy.argmax(chunk < PREFIX_START))
+        n_prefix = int(np.argmax(chunk < PREFIX_START))
         yield chunk[:n_prefix], chunk[n_prefix:]
 
 
@@ -32,14 +32,15 @@ def check_blend_samples(dataset, corpus, plain, eod):
     seen = {corpus.store: 0, plain.store: 0}
     for i in range(len(dataset)):
         sample = dataset[i]
-        assert torch.equal(sample["prefix_mask"], ((sample["labels"] >= PREFIX_START) & (sample["labels"] != eod)).float())
-        text = numpy.append(sample["tokens"].numpy(), sample["labels"].numpy()[-1])
+        assert torch.equal(sample["prefix_mask"],
+                           ((sample["labels"] >= PREFIX_START) & (sample["labels"] != eod)).float())
+        text = np.append(sample["tokens"].numpy(), sample["labels"].numpy()[-1])
         for prefix, body in complete_documents(text, eod):
             store = corpus if body[0] < 251 else plain
             seen[store.store] += 1
             expected = corpus.prefixes["critique"][store.document_id(body)] if store is corpus else []
-            numpy.testing.assert_array_equal(prefix, expected)
-            numpy.testing.assert_array_equal(body, store.texts[store.document_id(body)])
+            np.testing.assert_array_equal(prefix, expected)
+            np.testing.assert_array_equal(body, store.texts[store.document_id(body)])
     return seen
 
 
@@ -78,7 +79,8 @@ def test_config_from_megatron_lm_args(make_shard_set, make_plain_store, tokenize
     args.eod_mask_loss = True
     cfg = dataset_config_from_args(args, tokenizer)
 
-    assert (cfg.prefix_kind, cfg.prefix_loss, cfg.prefix_dropout, cfg.annotated_fraction) == ("quality", "mask", 0.1, 0.5)
+    assert ((cfg.prefix_kind, cfg.prefix_loss, cfg.prefix_dropout, cfg.annotated_fraction)
+            == ("quality", "mask", 0.1, 0.5))
     assert cfg.blend == ([corpus.path, plain.path], [0.7, 0.3]) and cfg.split == "96,2,2"
     assert cfg.eod_mask_loss and not cfg.reset_position_ids and config_paths(cfg) == [corpus.path, plain.path]
     train, valid, _ = build_train_valid_test_datasets(cfg, [50, 5, 5])
@@ -124,7 +126,8 @@ def test_dataset_config_of_cfg_data_reads_every_field(make_shard_set, tokenizer)
     data = DataConfig(data_path=[corpus.path], eod_mask_loss=True, ixt_prefix_kind="quality", ixt_prefix_loss="mask",
                       ixt_prefix_dropout=0.25, ixt_annotated_fraction=0.5)
     cfg = dataset_config(data, seed=3, sequence_length=32, tokenizer=tokenizer)
-    assert (cfg.prefix_kind, cfg.prefix_loss, cfg.prefix_dropout, cfg.annotated_fraction) == ("quality", "mask", 0.25, 0.5)
+    assert ((cfg.prefix_kind, cfg.prefix_loss, cfg.prefix_dropout, cfg.annotated_fraction)
+            == ("quality", "mask", 0.25, 0.5))
     assert cfg.split == DEFAULT_SPLIT and cfg.eod_mask_loss and cfg.random_seed == 3 and cfg.sequence_length == 32
     renamed = types.SimpleNamespace(**{k: v for k, v in dataclasses.asdict(data).items() if k != "ixt_prefix_loss"},
                                     ixt_loss="mask")

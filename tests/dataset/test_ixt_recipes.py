@@ -1,14 +1,14 @@
 """Conditioning recipes: a prefix on every segment of a split document, and the prefix-free cooldown."""
 import dataclasses
 
-import numpy
+import numpy as np
 import pytest
 import torch
+from ixt_testlib import CRITIQUE_RANGE, PREFIX_START, STEERING, Corpus, build_dataset
 from megatron.core.datasets import helpers
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
 
-from ixt_testlib import CRITIQUE_RANGE, PREFIX_START, STEERING, Corpus, build_dataset
 from megatron_ixt.data.dataset import every_segment_sample_index
 from megatron_ixt.data.provider import build_train_valid_test_datasets, conditioning_configs
 from megatron_ixt.data.shards import text_store_path
@@ -21,23 +21,23 @@ SEQ = 32
 def long_documents(tmp_path, tokenizer):
     """A shard set of 60 documents of 100 to 300 text tokens (3 to 10 samples of SEQ each), 80%
     annotated with critique prefixes of 3 to 9 tokens."""
-    rng = numpy.random.default_rng(3)
+    rng = np.random.default_rng(3)
     texts = [rng.integers(1, PREFIX_START, rng.integers(100, 300)) for _ in range(60)]
     prefixes = [rng.integers(*CRITIQUE_RANGE, rng.integers(3, 10)) if rng.random() < 0.8
-                else numpy.zeros(0, dtype=numpy.int64) for _ in texts]
+                else np.zeros(0, dtype=np.int64) for _ in texts]
     prefix = str(tmp_path / "long")
-    write_token_shard_set(prefix, {"text": [numpy.append(t, tokenizer.eod) for t in texts], "critique": prefixes,
+    write_token_shard_set(prefix, {"text": [np.append(t, tokenizer.eod) for t in texts], "critique": prefixes,
                                    "quality": [p[:2] for p in prefixes]}, vocab_size=tokenizer.eod, steering=STEERING)
     return Corpus(text_store_path(prefix), texts, {"critique": prefixes}, 0)
 
 
 def packing_order(dataset):
     """``(sample index position, sample)`` for every sample, in packing (un-shuffled) order."""
-    order = numpy.argsort(numpy.asarray(dataset.shuffle_index), kind="stable")
+    order = np.argsort(np.asarray(dataset.shuffle_index), kind="stable")
     return [(int(dataset.shuffle_index[i]), dataset[int(i)]) for i in order]
 
 
-def document_label_stream(dataset, skip_repeated=False) -> numpy.ndarray:
+def document_label_stream(dataset, skip_repeated=False) -> np.ndarray:
     """The labels that are not prefix tokens, over all samples in packing order, trailing padding
     removed; ``skip_repeated``: without the one document token a re-inserted prefix predicts again."""
     parts = []
@@ -48,7 +48,7 @@ def document_label_stream(dataset, skip_repeated=False) -> numpy.ndarray:
                 offset >= dataset.prefix_length[beg] > 0:
             labels = labels[1:]
         parts.append(labels)
-    return numpy.trim_zeros(numpy.concatenate(parts), "b")
+    return np.trim_zeros(np.concatenate(parts), "b")
 
 
 def starts_inside_document(dataset, beg, offset) -> bool:
@@ -60,14 +60,14 @@ def starts_inside_document(dataset, beg, offset) -> bool:
 @pytest.mark.parametrize("extra", [0, 1])
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_every_segment_packing_without_prefixes_is_megatron_cores(extra, drop_last):
-    rng = numpy.random.default_rng(0)
+    rng = np.random.default_rng(0)
     for seq in (7, 16, 64):
-        lengths = rng.integers(0, 50, 400).astype(numpy.int32)
+        lengths = rng.integers(0, 50, 400).astype(np.int32)
         lengths[0] = 5
-        expected = helpers.build_sample_idx(lengths, numpy.arange(len(lengths), dtype=numpy.int32), seq, 1,
+        expected = helpers.build_sample_idx(lengths, np.arange(len(lengths), dtype=np.int32), seq, 1,
                                             int(lengths.sum()), drop_last, bool(extra))
-        got = every_segment_sample_index(lengths, numpy.zeros_like(lengths), seq, extra, drop_last)
-        numpy.testing.assert_array_equal(got, expected, err_msg=f"seq {seq}")
+        got = every_segment_sample_index(lengths, np.zeros_like(lengths), seq, extra, drop_last)
+        np.testing.assert_array_equal(got, expected, err_msg=f"seq {seq}")
 
 
 @pytest.mark.parametrize("prefix_loss", ["train", "mask"])
@@ -75,7 +75,7 @@ def test_every_sample_inside_a_document_starts_with_its_prefix(long_documents, c
     corpus = long_documents
     on = build_dataset(corpus, config(sequence_length=SEQ, prefix_every_segment=True, prefix_loss=prefix_loss))
     off = build_dataset(corpus, config(sequence_length=SEQ, prefix_loss=prefix_loss))
-    numpy.testing.assert_array_equal(on.document_index, off.document_index)
+    np.testing.assert_array_equal(on.document_index, off.document_index)
 
     reinserted = 0
     for position, sample in packing_order(on):
@@ -87,8 +87,8 @@ def test_every_sample_inside_a_document_starts_with_its_prefix(long_documents, c
             continue
         reinserted += 1
         p = len(prefix)
-        numpy.testing.assert_array_equal(tokens[:p], prefix)
-        conditioned = numpy.concatenate([prefix, corpus.texts[document]])
+        np.testing.assert_array_equal(tokens[:p], prefix)
+        conditioned = np.concatenate([prefix, corpus.texts[document]])
         assert tokens[p] == conditioned[max(offset, p)]  # the document goes on where the last sample ended
         assert sample["prefix_mask"][:p - 1].all() and not sample["prefix_mask"][p - 1]
         in_loss = sample["loss_mask"][:p - 1]
@@ -97,7 +97,7 @@ def test_every_sample_inside_a_document_starts_with_its_prefix(long_documents, c
 
     # no document token is lost or added: the document labels are the flag-off ones, plus the one
     # token after each re-inserted prefix that the previous sample predicted last
-    numpy.testing.assert_array_equal(document_label_stream(on, skip_repeated=True), document_label_stream(off))
+    np.testing.assert_array_equal(document_label_stream(on, skip_repeated=True), document_label_stream(off))
     assert len(on) > len(off)  # the re-inserted prefixes take room: more samples per epoch
 
 
@@ -107,9 +107,9 @@ def test_every_segment_is_cached_and_meets_the_sample_count(long_documents, conf
     num_samples = 3 * per_epoch + 5  # several epochs; prefixes dropped differently in each
     first = build_dataset(long_documents, config(**options), num_samples, Split.train)
     assert len(first) >= num_samples
-    assert sorted(numpy.asarray(first.shuffle_index).tolist()) == list(range(len(first)))
+    assert sorted(np.asarray(first.shuffle_index).tolist()) == list(range(len(first)))
     again = build_dataset(long_documents, config(**options), num_samples, Split.train)
-    assert isinstance(again.sample_index.base, numpy.memmap)  # loaded from the cache
+    assert isinstance(again.sample_index.base, np.memmap)  # loaded from the cache
     assert '"prefix_every_segment": true' in again.unique_description
     for i in range(0, len(first), 7):
         for key, value in first[i].items():

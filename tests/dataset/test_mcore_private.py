@@ -1,22 +1,22 @@
 """Pins the megatron-core private behaviour megatron_ixt.mcore_private relies on, on the installed
 megatron-core (the module docstring says how 0.16-0.19 differ)."""
-import numpy
+import numpy as np
+from ixt_testlib import build_dataset
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
-from ixt_testlib import build_dataset
 from megatron_ixt import mcore_private
 
 
 def test_index_builders_shuffle_whole_epochs_deterministically():
-    documents = numpy.arange(7, dtype=numpy.int32)
-    first = mcore_private.build_document_index(documents, 3, numpy.random.RandomState(5), False)
-    again = mcore_private.build_document_index(documents, 3, numpy.random.RandomState(5), False)
-    assert numpy.array_equal(first, again) and first.dtype == numpy.int32
+    documents = np.arange(7, dtype=np.int32)
+    first = mcore_private.build_document_index(documents, 3, np.random.RandomState(5), False)
+    again = mcore_private.build_document_index(documents, 3, np.random.RandomState(5), False)
+    assert np.array_equal(first, again) and first.dtype == np.int32
     assert sorted(first.tolist()) == sorted(documents.tolist() * 3)
-    separate = mcore_private.build_document_index(documents, 3, numpy.random.RandomState(5), True)
+    separate = mcore_private.build_document_index(documents, 3, np.random.RandomState(5), True)
     assert sorted(separate[-7:].tolist()) == documents.tolist()  # the final epoch is shuffled on its own
-    shuffle = mcore_private.build_shuffle_index(10, 14, numpy.random.RandomState(5))
+    shuffle = mcore_private.build_shuffle_index(10, 14, np.random.RandomState(5))
     assert sorted(shuffle[:10].tolist()) == list(range(10)) and sorted(shuffle[10:].tolist()) == list(range(10, 14))
 
 
@@ -29,21 +29,21 @@ def test_query_arity_matches_gpt_dataset(make_plain_store, config):
     assert len(returned) == (3 if mcore_private.QUERY_RETURNS_LENGTHS else 2)
     ours = ixt._query_document_sample_shuffle_indices(0)
     assert len(ours) == len(returned)
-    assert all(numpy.array_equal(numpy.asarray(a), numpy.asarray(b)) for a, b in zip(ours, returned))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(ours, returned))
 
 
 def test_builder_internals(tmp_path):
     """``add_sequences`` (and ``add_sequences_from_file``) write the same .bin/.idx as one
     ``add_document`` per document; the raw tokens of ``write_raw_tokens`` are in the .bin but in no
     sequence; ``finalize_builder`` writes the index ``finalize`` writes; ``close_builder`` closes the .bin."""
-    docs = [numpy.array(d, dtype=numpy.uint16) for d in ([1, 2, 3], [], [4], [5, 6])]
-    one = IndexedDatasetBuilder(str(tmp_path / "one.bin"), dtype=numpy.uint16)
+    docs = [np.array(d, dtype=np.uint16) for d in ([1, 2, 3], [], [4], [5, 6])]
+    one = IndexedDatasetBuilder(str(tmp_path / "one.bin"), dtype=np.uint16)
     for doc in docs:
         one.add_document(doc, [len(doc)])
     one.finalize(str(tmp_path / "one.idx"))
-    many = IndexedDatasetBuilder(str(tmp_path / "many.bin"), dtype=numpy.uint16)
-    mcore_private.add_sequences(many, numpy.concatenate(docs), [len(d) for d in docs])
-    mcore_private.write_raw_tokens(many, numpy.zeros(1, numpy.uint16))
+    many = IndexedDatasetBuilder(str(tmp_path / "many.bin"), dtype=np.uint16)
+    mcore_private.add_sequences(many, np.concatenate(docs), [len(d) for d in docs])
+    mcore_private.write_raw_tokens(many, np.zeros(1, np.uint16))
     mcore_private.finalize_builder(many, str(tmp_path / "many.idx"))
     assert (tmp_path / "one.idx").read_bytes() == (tmp_path / "many.idx").read_bytes()
     assert (tmp_path / "many.bin").read_bytes() == (tmp_path / "one.bin").read_bytes() + b"\0\0"
@@ -53,31 +53,31 @@ def test_builder_internals(tmp_path):
 
     # the same documents taken from a file of tokens (after 3 bytes that are not theirs), in two calls
     source = tmp_path / "tokens"
-    source.write_bytes(b"xyz" + numpy.concatenate(docs).tobytes())
-    copied = IndexedDatasetBuilder(str(tmp_path / "copied.bin"), dtype=numpy.uint16)
+    source.write_bytes(b"xyz" + np.concatenate(docs).tobytes())
+    copied = IndexedDatasetBuilder(str(tmp_path / "copied.bin"), dtype=np.uint16)
     with open(source, "rb") as f:
         mcore_private.add_sequences_from_file(copied, f.fileno(), 3, 6, [3, 0])
         mcore_private.add_sequences_from_file(copied, f.fileno(), 9, 6, [1, 2])
-    mcore_private.write_raw_tokens(copied, numpy.zeros(1, numpy.uint16))
+    mcore_private.write_raw_tokens(copied, np.zeros(1, np.uint16))
     mcore_private.finalize_builder(copied, str(tmp_path / "copied.idx"))
     for ext in (".bin", ".idx"):
         assert (tmp_path / f"copied{ext}").read_bytes() == (tmp_path / f"many{ext}").read_bytes()
 
-    aborted = IndexedDatasetBuilder(str(tmp_path / "aborted.bin"), dtype=numpy.uint16)
+    aborted = IndexedDatasetBuilder(str(tmp_path / "aborted.bin"), dtype=np.uint16)
     mcore_private.close_builder(aborted)
     assert aborted.data_file.closed
 
 
 def test_finalize_builder_writes_megatron_cores_index(tmp_path):
     """Byte-identical .idx for a 4-byte dtype, multi-sequence documents and empty sequences."""
-    rng = numpy.random.default_rng(0)
+    rng = np.random.default_rng(0)
     lengths = rng.integers(0, 50, 3000).tolist()
     built = {}
     for name, finalize in (("mcore", lambda b, p: b.finalize(p)), ("ours", mcore_private.finalize_builder)):
-        builder = IndexedDatasetBuilder(str(tmp_path / f"{name}.bin"), dtype=numpy.int32)
+        builder = IndexedDatasetBuilder(str(tmp_path / f"{name}.bin"), dtype=np.int32)
         for start in range(0, len(lengths), 3):
             group = lengths[start:start + 3]
-            builder.add_document(numpy.ones(sum(group), numpy.int32), group)
+            builder.add_document(np.ones(sum(group), np.int32), group)
         finalize(builder, str(tmp_path / f"{name}.idx"))
         built[name] = (tmp_path / f"{name}.idx").read_bytes()
     assert built["ours"] == built["mcore"]
@@ -90,7 +90,7 @@ def test_pad_token_and_subclass_hooks(make_plain_store, config):
     plain = build_dataset(corpus, config(sequence_length=512), cls=GPTDataset)  # one short, padded sample
     pad = mcore_private.pad_token_id(plain)
     tokens = plain._query_document_sample_shuffle_indices(len(plain) - 1)[0]
-    assert int(tokens[-1]) == pad and pad not in numpy.concatenate(corpus.texts).tolist()
+    assert int(tokens[-1]) == pad and pad not in np.concatenate(corpus.texts).tolist()
     assert plain[len(plain) - 1]["loss_mask"][-1] == 0  # GPTDataset keeps padding out of the loss
     for hook in ("_key_config_attributes", "_build_document_sample_shuffle_indices",
                  "_query_document_sample_shuffle_indices"):

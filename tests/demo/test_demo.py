@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 import run_demo  # examples/demo (pytest.ini's pythonpath)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

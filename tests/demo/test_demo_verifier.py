@@ -3,11 +3,11 @@ import asyncio
 import json
 
 import pytest
+from ixt_demo.synthetic import SynthConfig, digits, generate, solution_lines
+from ixt_demo.verifier import VerifierBackend, judge
 
 from annotate.backends import BackendError, Request
 from annotate.parse import parse_output
-from ixt_demo.synthetic import SynthConfig, digits, generate, solution_lines
-from ixt_demo.verifier import VerifierBackend, judge
 
 
 def carry_free_sum(a: int, b: int) -> int:

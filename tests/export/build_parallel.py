@@ -7,9 +7,9 @@ import sys
 
 import torch
 import torch.distributed as dist
+from export_testlib import VOCAB, build_model, probe_ids, save_model_checkpoint, tiny_config
 from megatron.core import parallel_state as ps
 
-from export_testlib import VOCAB, build_model, probe_ids, save_model_checkpoint, tiny_config
 from megatron_ixt.distributed import init_distributed
 
 

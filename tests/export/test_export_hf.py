@@ -6,9 +6,15 @@ import os
 
 import pytest
 import torch
-
-from export_testlib import VOCAB, build_model, build_parallel, megatron_logits, probe_ids, save_model_checkpoint, \
-    tiny_config
+from export_testlib import (
+    VOCAB,
+    build_model,
+    build_parallel,
+    megatron_logits,
+    probe_ids,
+    save_model_checkpoint,
+    tiny_config,
+)
 
 TOL = 1e-4
 

@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-
 from export_testlib import build_model, save_model_checkpoint, tiny_config
 
 

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-
 from export_testlib import VOCAB, build_model, save_model_checkpoint, tiny_config
 
 EOD = VOCAB
@@ -76,6 +75,7 @@ PREFIX, NEGATIVE_PREFIX = [11, 12, 13], [40, 41]  # stand-ins for a steering pre
 def guided_margins(model, cond, neg, new, scale):
     """The top-1 minus top-2 guided logit at each step that chose a token of ``new``."""
     from export_testlib import megatron_logits
+
     from megatron_ixt.generate import guided_logits
 
     def logits(prompt):

@@ -92,7 +92,8 @@ def test_steering_prefix_starts_every_scored_context(exported, sp_tokenizer):
 
     contexts = [f"Question: {d['question']}\nAnswer:" for d in QA]
     # loglikelihood: prefix + tokens(context + " " + choice), minus the last token (lm-eval pads on the right)
-    scored = [prefix + sp_tokenizer.tokenize(c + " " + choice)[:-1] for c, d in zip(contexts, QA) for choice in d["choices"]]
+    scored = [prefix + sp_tokenizer.tokenize(c + " " + choice)[:-1]
+              for c, d in zip(contexts, QA) for choice in d["choices"]]
     generated = [prefix + sp_tokenizer.tokenize(c) for c in contexts]  # generation prompts (left-padded, masked)
     bad = [row for row in sent if row[:len(prefix)] != prefix]
     assert sent and not bad, (prefix, bad[:3])

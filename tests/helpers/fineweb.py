@@ -20,12 +20,12 @@ def fineweb_rows(records: list[dict]) -> list[dict]:
 def write_parquet(path, rows: list[dict], row_group_size: int = ROW_GROUP_SIZE, schema=None) -> str:
     """Write ``rows`` (a field a row lacks is null there) as a parquet file of row groups of
     ``row_group_size`` rows; returns the path."""
-    import pyarrow
-    import pyarrow.parquet
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows, schema=schema), str(path),
-                                row_group_size=row_group_size)
-    assert pyarrow.parquet.ParquetFile(str(path)).metadata.num_row_groups == -(-len(rows) // row_group_size)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), str(path),
+                     row_group_size=row_group_size)
+    assert pq.ParquetFile(str(path)).metadata.num_row_groups == -(-len(rows) // row_group_size)
     return str(path)
 
 

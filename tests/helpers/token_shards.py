@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import hashlib
 
-import numpy
+import numpy as np
 
 from megatron_ixt.data import shards
 from megatron_ixt.data.record import SCORE_AXES
@@ -42,10 +42,10 @@ def write_token_shard_set(stem: str, documents: dict, *, vocab_size: int, steeri
     names = (shards.TEXT,) + kinds
     if lengths is None:
         lengths = {name: [len(doc) for doc in documents[name]] for name in names}
-        documents = {name: numpy.concatenate([numpy.zeros(0, numpy.int64)] + [
-            numpy.asarray(doc, dtype=numpy.int64) for doc in documents[name]]) for name in names}
-    lengths = {name: numpy.asarray(lengths[name], dtype=numpy.int64) for name in names}
-    tokens = {name: numpy.asarray(documents[name]) for name in names}
+        documents = {name: np.concatenate([np.zeros(0, np.int64)] + [
+            np.asarray(doc, dtype=np.int64) for doc in documents[name]]) for name in names}
+    lengths = {name: np.asarray(lengths[name], dtype=np.int64) for name in names}
+    tokens = {name: np.asarray(documents[name]) for name in names}
     n = len(lengths[shards.TEXT])
     for name in names:
         if len(lengths[name]) != n:
@@ -60,20 +60,20 @@ def write_token_shard_set(stem: str, documents: dict, *, vocab_size: int, steeri
         if values is not None and len(values) != n:
             raise ValueError(f"{field}: {len(values)} values for {n} documents")
     append_eod = bool(n > 0 and lengths[shards.TEXT].all()
-                      and (tokens[shards.TEXT][numpy.cumsum(lengths[shards.TEXT]) - 1] == vocab_size).all())
+                      and (tokens[shards.TEXT][np.cumsum(lengths[shards.TEXT]) - 1] == vocab_size).all())
 
     with shards.ShardSetWriter(stem, vocab_size + 1, kinds=kinds) as writer:
         writer.add_documents(tokens, {name: lengths[name].tolist() for name in names})
         if not kinds:
             return writer.commit(None)
-        docs = numpy.zeros(n, shards.DOC_DTYPE)
-        docs["line"] = numpy.arange(1, n + 1)
+        docs = np.zeros(n, shards.DOC_DTYPE)
+        docs["line"] = np.arange(1, n + 1)
         if quality is not None:
             docs["quality"] = quality
         if scores is not None:
             docs["scores"] = scores
         writer.add_docs(docs)
-        annotated = int(numpy.any([lengths[kind] > 0 for kind in kinds], axis=0).sum())
+        annotated = int(np.any([lengths[kind] > 0 for kind in kinds], axis=0).sum())
         template = {"name": SYNTHETIC, "text": "", "sha256": hashlib.sha256(SYNTHETIC.encode()).hexdigest()}
         counts = {"records": n, "documents": n, "annotated": annotated, "unannotated": n - annotated}
         counts.update({shards.token_count_key(name): len(tokens[name]) for name in names})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-import numpy
+import numpy as np
 import pytest
 
 from megatron_ixt.data import shards
@@ -42,7 +42,7 @@ def test_merge_concatenates_all_stores_consistently(tmp_path, sp_model, write_co
     assert meta["kinds"] == parts[0].metadata["kinds"] and meta["merged_from"] == [a, b, c]
     assert meta["quality_histogram"] == {q: sum(p.metadata["quality_histogram"][q] for p in parts) for q in "12345"}
     scores = [r["ixt"]["scores"]["expertise"] for r in ra + rb + rc if r.get("ixt", {}).get("status") == "ok"]
-    assert meta["score_means"]["expertise"] == pytest.approx(numpy.mean(scores), abs=1e-4)
+    assert meta["score_means"]["expertise"] == pytest.approx(np.mean(scores), abs=1e-4)
     # provenance survives: file indices point into the merged inputs list
     assert [meta["inputs"][f]["path"] for f in merged.docs["file"][[0, 25, 55]]] == \
         [str(tmp_path / n) + ".jsonl" for n in "abc"]

@@ -10,7 +10,7 @@ import json
 import os
 import re
 
-import numpy
+import numpy as np
 import pytest
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
@@ -70,8 +70,8 @@ def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer
     assert 0 < len(annotated) < len(records)
     for kind in KINDS:
         lengths = stores[kind].sequence_lengths
-        assert sorted(numpy.flatnonzero(lengths).tolist()) == annotated
-    assert stores["text"].index.dtype == numpy.uint16  # vocab 1024 < 65500
+        assert sorted(np.flatnonzero(lengths).tolist()) == annotated
+    assert stores["text"].index.dtype == np.uint16  # vocab 1024 < 65500
 
     meta = shards.read_metadata(prefix)
     assert meta["version"] == 2 and meta["kinds"] == ["critique", "quality", "scores"]
@@ -87,7 +87,7 @@ def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer
     assert meta["quality_histogram"] == {str(q): qualities.count(q) for q in range(1, 6)}
     for axis in SCORE_AXES:
         assert meta["score_means"][axis] == pytest.approx(
-            numpy.mean([records[i]["ixt"]["scores"][axis] for i in annotated]), abs=1e-4)
+            np.mean([records[i]["ixt"]["scores"][axis] for i in annotated]), abs=1e-4)
     statuses = [r["ixt"]["status"] if "ixt" in r else "missing" for r in records]
     assert meta["annotation_status"] == {s: statuses.count(s) for s in set(statuses)}
     for kind in KINDS:
@@ -99,7 +99,8 @@ def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer
     assert reader.docs["line"].tolist() == list(range(1, len(records) + 1))
     assert reader.docs["quality"].tolist() == [r["ixt"]["quality"] if i in annotated else 0
                                                for i, r in enumerate(records)]
-    assert reader.docs["scores"][annotated[0]].tolist() == [records[annotated[0]]["ixt"]["scores"][a] for a in SCORE_AXES]
+    assert (reader.docs["scores"][annotated[0]].tolist()
+            == [records[annotated[0]]["ixt"]["scores"][a] for a in SCORE_AXES])
 
 
 def _files(prefix):
@@ -183,7 +184,8 @@ def test_null_tokenizer_with_numeric_templates(tmp_path):
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     prefix = str(tmp_path / "null")
     rc = run([tmp_path / "in.jsonl"], prefix, None, "--vocab-size", 100, "--append-eod", "--critique-template",
-             tmp_path / "c.txt", "--quality-template", tmp_path / "q.txt", "--scores-template", tmp_path / "s.txt", "--steering-critique", "99",
+             tmp_path / "c.txt", "--quality-template", tmp_path / "q.txt", "--scores-template", tmp_path / "s.txt",
+             "--steering-critique", "99",
              tokenizer_type="NullTokenizer")
     assert rc == 0
     reader = shards.ShardSet(prefix)
@@ -287,16 +289,16 @@ def test_chunk_encoder_pickles_as_its_fields_and_engine(tmp_path, write_corpus, 
     assert copy.templates.keys() == set(KINDS) and copy.append_eod and copy.config.tokenizer_model == hf_tokenizer_dir
     chunk = next(chunks.read_chunks([str(tmp_path / "in.jsonl")], "text"))
     a, b = encoder(chunk), copy(chunk)
-    assert all(numpy.array_equal(a.tokens[k], b.tokens[k]) for k in a.tokens) and a.lengths == b.lengths
+    assert all(np.array_equal(a.tokens[k], b.tokens[k]) for k in a.tokens) and a.lengths == b.lengths
 
 
 def test_take_sequences_gathers_repeats_and_failures():
     """Sequences [1, 2], (failed), [3], [] taken as 2, 0, 1, 0, 3: failed ones give no tokens and keep -1."""
-    tokens, lengths = numpy.array([1, 2, 3], numpy.uint16), numpy.array([2, -1, 1, 0])
-    taken, taken_lengths = take_sequences(tokens, lengths, numpy.array([2, 0, 1, 0, 3]))
-    assert taken.tolist() == [3, 1, 2, 1, 2] and taken.dtype == numpy.uint16
+    tokens, lengths = np.array([1, 2, 3], np.uint16), np.array([2, -1, 1, 0])
+    taken, taken_lengths = take_sequences(tokens, lengths, np.array([2, 0, 1, 0, 3]))
+    assert taken.tolist() == [3, 1, 2, 1, 2] and taken.dtype == np.uint16
     assert taken_lengths.tolist() == [1, 2, -1, 2, 0]
-    none, none_lengths = take_sequences(tokens, lengths, numpy.zeros(0, numpy.int64))
+    none, none_lengths = take_sequences(tokens, lengths, np.zeros(0, np.int64))
     assert none.tolist() == [] and none_lengths.tolist() == []
 
 

@@ -7,11 +7,25 @@ import json
 
 import pytest
 
-from megatron_ixt.data.record import (ANNOTATION_REASONS, DOCUMENT_REASONS, SCORE_AXES, STATUS_MISSING,
-                                      annotation_problems, parse_annotation, parse_line, parse_record)
 from megatron_ixt.data import prefix_kinds
-from megatron_ixt.data.prefix_kinds import (QUALITY_LABELS, STEERING_CRITIQUE, STEERING_CRITIQUES, parse_level,
-                                            parse_steer, steering_annotation)
+from megatron_ixt.data.prefix_kinds import (
+    QUALITY_LABELS,
+    STEERING_CRITIQUE,
+    STEERING_CRITIQUES,
+    parse_level,
+    parse_steer,
+    steering_annotation,
+)
+from megatron_ixt.data.record import (
+    ANNOTATION_REASONS,
+    DOCUMENT_REASONS,
+    SCORE_AXES,
+    STATUS_MISSING,
+    annotation_problems,
+    parse_annotation,
+    parse_line,
+    parse_record,
+)
 from megatron_ixt.data.templates import builtin_templates, load_template, render_kinds, steering
 
 SCORES = {"writing_style": 4, "expertise": 2, "educational_value": 5, "factual_accuracy": 3, "efficiency": 1}

@@ -5,13 +5,19 @@ import argparse
 import io
 import random
 
-import numpy
+import make_corpus
+import numpy as np
 import pytest
 import sentencepiece
 
-import make_corpus
-from megatron_ixt.tokenizer import (BatchEncoder, add_tokenizer_args, build_tokenizer, same_tokenizer,
-                                    tokenizer_config, tokenizer_identity)
+from megatron_ixt.tokenizer import (
+    BatchEncoder,
+    add_tokenizer_args,
+    build_tokenizer,
+    same_tokenizer,
+    tokenizer_config,
+    tokenizer_identity,
+)
 
 TRICKY = ["Hello  world.\nSecond\tline ", "  padded  ", "ｆｕｌｌ-width ＡＢＣ and ① ligature ﬁ", "a\u2581b ▁ c",
           "café über naïve Ωμέγα дом 東京 😀👍", "numbers 3.14159 1,000,000 -42 1e10", "x", "tabs\t\tand\r\nCRLF",
@@ -27,7 +33,7 @@ def random_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def engine(tokenizer_type, model, name="auto", dtype=numpy.int32):
+def engine(tokenizer_type, model, name="auto", dtype=np.int32):
     tokenizer = build_tokenizer(tokenizer_type=tokenizer_type, tokenizer_model=model)
     cfg = tokenizer_config(tokenizer_type=tokenizer_type, tokenizer_model=model)
     return tokenizer, BatchEncoder(tokenizer, cfg, dtype, name)
@@ -41,19 +47,19 @@ def engine(tokenizer_type, model, name="auto", dtype=numpy.int32):
 def test_every_engine_is_exact(kind, engines, request):
     model = request.getfixturevalue(kind)
     tokenizer_type = "HuggingFaceTokenizer" if kind == "hf_tokenizer_dir" else "SentencePieceTokenizer"
-    tokenizer, auto = engine(tokenizer_type, model, dtype=numpy.uint16)
+    tokenizer, auto = engine(tokenizer_type, model, dtype=np.uint16)
     auto.verify()
     assert auto.engine == engines[0] and not auto.notes == (kind != "sp_model")
     texts = TRICKY + random_texts(300) + ["control pieces as text: <s> </s> <unk>"]
     want = [tokenizer.tokenize(t) for t in texts]
     for name in engines:
-        _, encoder = engine(tokenizer_type, model, name, numpy.uint16)
+        _, encoder = engine(tokenizer_type, model, name, np.uint16)
         encoder.verify(texts[:20])
         assert encoder.engine == name
         assert encoder.encode_lists(texts) == want, name
         assert encoder.encode_lists(texts) == want, name  # again (the word cache is warm now)
         tokens, lengths = encoder.encode(texts)
-        assert tokens.dtype == numpy.uint16 and lengths.tolist() == [len(w) for w in want]
+        assert tokens.dtype == np.uint16 and lengths.tolist() == [len(w) for w in want]
     if kind == "sp_model":
         with pytest.raises(ValueError, match="byte_fallback"):
             engine(tokenizer_type, model, "gigatoken")
@@ -97,7 +103,7 @@ def test_failures_and_null_tokenizer(hf_tokenizer_dir):
     null = build_tokenizer(tokenizer_type="NullTokenizer", vocab_size=50)
     assert null.tokenize("3 1 4") == [3, 1, 4] and null.eod == 50 and null.vocab_size == 51
     assert null.detokenize([3, 1, 4]) == "3 1 4"
-    encoder = BatchEncoder(null, tokenizer_config(tokenizer_type="NullTokenizer", vocab_size=50), numpy.uint16)
+    encoder = BatchEncoder(null, tokenizer_config(tokenizer_type="NullTokenizer", vocab_size=50), np.uint16)
     encoder.verify()
     assert encoder.engine == "reference" and not encoder.notes  # nothing faster applies: no warning
     tokens, lengths = encoder.encode(["3 1 4", "not numbers", "7 51", "50"])  # 51 is outside the vocabulary

@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from scaling_testlib import write_arm, write_run
 
 from megatron_ixt.scaling.cli import main
 from megatron_ixt.scaling.fit import PowerLaw
 from megatron_ixt.scaling.points import PointError, frontier, read_point
-
-from scaling_testlib import write_arm, write_run
 
 REF = PowerLaw(2.0, math.log(300.0), 0.15)
 IXT = PowerLaw(2.0, math.log(300.0) - 0.15 * math.log(2.0), 0.15)  # reaches each loss with 2x less compute
@@ -71,7 +70,8 @@ def test_fit_writes_the_table_json_and_plots(sweep, tmp_path):
 
 
 def _fit(arms, out, *extra):
-    argv = ["fit", *[f"--arm={a}" for a in arms], "--reference", "baseline", "--bootstrap", "20", "--output", out, *extra]
+    argv = ["fit", *[f"--arm={a}" for a in arms], "--reference", "baseline", "--bootstrap", "20",
+            "--output", out, *extra]
     return main(argv)
 
 

@@ -8,12 +8,11 @@ import sys
 import time
 
 import pytest
+from scaling_testlib import tiny_spec, write_tiny_corpus
 
 from megatron_ixt.scaling.cli import main
 from megatron_ixt.scaling.launch import run_state, trainer_command
 from megatron_ixt.scaling.spec import SpecError, load_spec
-
-from scaling_testlib import tiny_spec, write_tiny_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

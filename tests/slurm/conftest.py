@@ -20,7 +20,6 @@ import shlex
 import warnings
 
 import pytest
-
 from slurm_cluster import Cluster, LocalSlurm, unavailable_reason
 
 

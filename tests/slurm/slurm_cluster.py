@@ -25,7 +25,7 @@ import socket
 import subprocess
 import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 # Fixed, test-owned ports: SlurmctldPort = base, SlurmdPort = base + 1. The next pairs of the range
@@ -39,7 +39,7 @@ FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_F
 INSTALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_slurm.sh")
 
 
-def unavailable_reason() -> Optional[str]:
+def unavailable_reason() -> str | None:
     """Why this machine cannot run the local cluster (None when it can). Missing packages are
     installed first (``install_slurm.sh``, as ``.ci/run`` does) where root and apt-get allow it."""
     if os.geteuid() != 0:
@@ -73,15 +73,15 @@ class SlurmError(RuntimeError):
 class Cluster:
     """Client side of a cluster: run commands, submit jobs, read their state."""
 
-    def __init__(self, sbatch_args: Optional[List[str]] = None):
+    def __init__(self, sbatch_args: list[str] | None = None):
         # Slurm variables of a surrounding job (pytest run inside an allocation) would leak into
         # every sbatch/srun here; only SLURM_CONF is kept.
-        self.env: Dict[str, str] = {k: v for k, v in os.environ.items()
+        self.env: dict[str, str] = {k: v for k, v in os.environ.items()
                                     if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) or k == "SLURM_CONF"}
-        self.sbatch_args: List[str] = list(sbatch_args or [])
+        self.sbatch_args: list[str] = list(sbatch_args or [])
         self.local = False
 
-    def run(self, cmd: List[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    def run(self, cmd: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         """Run a Slurm client command against this cluster."""
         proc = subprocess.run(cmd, env=kwargs.pop("env", self.env), capture_output=True, text=True,
                               timeout=kwargs.pop("timeout", 60), **kwargs)
@@ -89,13 +89,13 @@ class Cluster:
             raise SlurmError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
         return proc
 
-    def sbatch(self, script: str, args: List[str], env: Dict[str, str], cwd: str) -> str:
+    def sbatch(self, script: str, args: list[str], env: dict[str, str], cwd: str) -> str:
         """Submit ``script`` with ``args``, then :attr:`sbatch_args` (which win), from ``cwd``; the job id."""
         out = self.run(["sbatch", "--parsable", *args, *self.sbatch_args, script],
                        env={**self.env, **env}, cwd=cwd).stdout
         return out.strip().split(";")[0]
 
-    def jobs(self, job: str) -> List[Dict[str, str]]:
+    def jobs(self, job: str) -> list[dict[str, str]]:
         """``scontrol show job -o`` of ``job`` (one dict per array task), [] once it is forgotten."""
         proc = self.run(["scontrol", "show", "job", "-o", job], check=False)
         return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in proc.stdout.splitlines() if line.strip()]
@@ -110,7 +110,7 @@ class Cluster:
             time.sleep(0.5)
         raise SlurmError(f"timed out after {timeout:.0f} s waiting for {what}. {hint()}")
 
-    def wait_done(self, job: str, timeout: float) -> List[Dict[str, str]]:
+    def wait_done(self, job: str, timeout: float) -> list[dict[str, str]]:
         """Wait until every task of ``job`` reached a final state; their records."""
         self.wait(f"job {job} to finish",
                   lambda: all(j["JobState"] in FINAL_STATES for j in self.jobs(job) or [{"JobState": ""}]),
@@ -150,11 +150,11 @@ class LocalSlurm(Cluster):
         super().__init__()
         self.env["SLURM_CONF"] = self.conf
         self.local = True
-        self._procs: List[subprocess.Popen] = []
-        self.ctld_port: Optional[int] = None
+        self._procs: list[subprocess.Popen] = []
+        self.ctld_port: int | None = None
 
     # ------------------------------------------------------------------ setup
-    def _write_munge(self) -> List[str]:
+    def _write_munge(self) -> list[str]:
         d = os.path.join(self.root, "munge")
         os.makedirs(d, mode=0o700, exist_ok=True)
         key = os.path.join(d, "munge.key")
@@ -206,7 +206,7 @@ class LocalSlurm(Cluster):
         with open(self.conf, "w") as f:
             f.write("# Written by tests/slurm/slurm_cluster.py for one test session.\n" + "\n".join(lines) + "\n")
 
-    def _spawn(self, cmd: List[str], name: str) -> subprocess.Popen:
+    def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
         with open(os.path.join(self.logs, f"{name}.stdout"), "wb") as out:  # the child keeps its copy
             proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
@@ -222,7 +222,7 @@ class LocalSlurm(Cluster):
 
         self.wait(what, up_and_ok, timeout, lambda: f"read {log}")
 
-    def start(self, timeout: float = 120) -> "LocalSlurm":
+    def start(self, timeout: float = 120) -> LocalSlurm:
         os.makedirs(self.logs, exist_ok=True)
         free = [b for b in range(PORT_BASE, PORT_BASE + 2 * PORT_PAIRS, 2) if _port_free(b) and _port_free(b + 1)]
         if not free:

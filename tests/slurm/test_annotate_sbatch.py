@@ -10,7 +10,6 @@ import os
 import socket
 
 import pytest
-
 from annotate_testlib import read_jsonl, write_jsonl
 from sglang_standin import StandinConfig, StandinServer
 from slurm_cluster import FINAL_STATES

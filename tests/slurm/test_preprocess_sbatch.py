@@ -11,8 +11,8 @@ import re
 import subprocess
 
 import pytest
-
 from slurm_testlib import REPO, job_env, read_text, workdir
+
 from tools.preprocess_ixt import main as preprocess
 
 SCRIPT = os.path.join(REPO, "examples", "slurm", "preprocess.sbatch")

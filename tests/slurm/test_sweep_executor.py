@@ -14,11 +14,11 @@ import subprocess
 import sys
 
 import pytest
-
 from corpus import VOCAB, write_corpus
-from megatron_ixt.scaling.points import read_arm
 from scaling_testlib import tiny_spec
 from slurm_testlib import REPO, job_env, read_text, workdir
+
+from megatron_ixt.scaling.points import read_arm
 
 ARMS = {"baseline": "--ixt-prefix-kind none", "ixt-quality": "--ixt-prefix-kind quality"}
 JOB_TIMEOUT = 420

@@ -5,7 +5,6 @@ Helpers (launcher, metrics readers) are in ``train_testlib.py``.
 from __future__ import annotations
 
 import pytest
-
 from corpus import write_corpus
 
 

@@ -39,8 +39,10 @@ def test_llama_defaults_and_train_tokens():
 
 
 @pytest.mark.parametrize("extra,world,message", [
-    (["--tensor-model-parallel-size", "4"], 4, "--num-attention-heads 6 must be divisible by --tensor-model-parallel-size 4"),
-    (["--pipeline-model-parallel-size", "3"], 3, "--num-layers 4 must be divisible by --pipeline-model-parallel-size 3"),
+    (["--tensor-model-parallel-size", "4"], 4,
+     "--num-attention-heads 6 must be divisible by --tensor-model-parallel-size 4"),
+    (["--pipeline-model-parallel-size", "3"], 3,
+     "--num-layers 4 must be divisible by --pipeline-model-parallel-size 3"),
     (["--tensor-model-parallel-size", "2"], 3, "world size 3 is not divisible"),
     (["--num-query-groups", "4"], 1, "must be a multiple of --num-query-groups 4"),
     (["--global-batch-size", "6", "--micro-batch-size", "4"], 1, "--global-batch-size 6 must be a multiple"),

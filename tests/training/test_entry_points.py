@@ -65,7 +65,7 @@ def test_every_flag_has_help(script):
 
 def test_pretrain_help_lists_every_config_field(capsys):
     from megatron_ixt.pretrain import main
-    from megatron_ixt.training.config import Config, _SECTION_CLASSES
+    from megatron_ixt.training.config import _SECTION_CLASSES, Config
 
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])

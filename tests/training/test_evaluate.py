@@ -7,10 +7,9 @@ import sys
 
 import pytest
 import torch
+from train_testlib import read_records, run_pretrain, tiny_model_args
 
 from megatron_ixt.evaluation.heldout import LossStats, eval_loss_func
-
-from train_testlib import read_records, run_pretrain, tiny_model_args
 
 
 def test_loss_stats_are_the_ratio_estimator():
@@ -34,8 +33,8 @@ def _evaluate(args, nproc=1):
     env.pop("WORLD_SIZE", None)
     launcher = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                    "--standalone", f"--nproc-per-node={nproc}"]
-    proc = subprocess.run(launcher + ["-m", "megatron_ixt.evaluation.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(launcher + ["-m", "megatron_ixt.evaluation.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -2,8 +2,13 @@
 import pytest
 
 from megatron_ixt.training.config import ModelConfig
-from megatron_ixt.training.flops import (annotation_flops, forward_flops_per_sequence, mfu, peak_tflops,
-                                         training_flops_per_iteration)
+from megatron_ixt.training.flops import (
+    annotation_flops,
+    forward_flops_per_sequence,
+    mfu,
+    peak_tflops,
+    training_flops_per_iteration,
+)
 
 
 def megatron_lm_formula(b, s, L, h, ffn, heads, groups, vocab, swiglu):

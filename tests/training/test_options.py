@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from train_testlib import tiny_model_args
+
 from megatron_ixt.training.checkpoint import read_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

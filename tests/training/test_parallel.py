@@ -4,7 +4,6 @@ All runs start from one initial checkpoint (written by a single process with --t
 loaded with --finetune), so they share weights whatever the layout; dist_checkpointing reshards.
 """
 import pytest
-
 from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 
 ITERS = 4

@@ -6,9 +6,10 @@ import os
 import subprocess
 import sys
 
-from megatron_ixt.cli import EXIT_BAD_INPUT
-from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 from corpus import BAD_CRITIQUE, GOOD_CRITIQUE
+from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
+
+from megatron_ixt.cli import EXIT_BAD_INPUT
 
 
 def test_loss_falls_metrics_and_eval_conditionings(synth_data, tmp_path):

@@ -94,7 +94,8 @@ def judge(document: str) -> tuple[dict, str]:
     elif errors:
         quality = 2
     else:
-        quality = round(sum(scores[a] for a in ("writing_style", "educational_value", "factual_accuracy", "efficiency")) / 4)
+        quality = round(sum(scores[a] for a in ("writing_style", "educational_value", "factual_accuracy",
+                                                "efficiency")) / 4)
     verdict = {"critique": _critique(a, b, stated, truth, steps, errors, filler), **scores, "quality": quality}
     return verdict, "\n".join(log)
 
@@ -113,9 +114,11 @@ def _critique(a, b, stated, truth, steps, errors, filler) -> str:
             parts.append(f"{len(errors) - 1} further step{'s are' if len(errors) > 2 else ' is'} wrong.")
     elif stated == truth:
         if steps:
-            parts.append(f"A correct column-by-column addition of {a} and {b}: every carry is handled and the answer {truth} is right.")
+            parts.append(f"A correct column-by-column addition of {a} and {b}: every carry is handled and the answer "
+                         f"{truth} is right.")
         else:
-            parts.append(f"States the correct sum {truth} of {a} and {b} but shows no working, so a reader learns little from it.")
+            parts.append(f"States the correct sum {truth} of {a} and {b} but shows no working, so a reader learns "
+                         "little from it.")
     if filler:
         parts.append(f"{filler} filler line{'s add' if filler > 1 else ' adds'} nothing to the working.")
     elif steps and not errors and stated == truth:
@@ -139,7 +142,7 @@ class VerifierBackend:
         pass
 
     @classmethod
-    def from_args(cls, args, judge: JudgeContext) -> "VerifierBackend":
+    def from_args(cls, args, judge: JudgeContext) -> VerifierBackend:
         return cls(judge.count)
 
     def __init__(self, count=lambda s: len(s.split())):
