@@ -32,13 +32,14 @@ import subprocess
 import sys
 import time
 
+from megatron_ixt.cli import EXIT_RESUMABLE
 from megatron_ixt.fileio import atomic_write
 from megatron_ixt.scaling.downstream import evaluate_run
 from megatron_ixt.scaling.points import PointError, read_point
 from megatron_ixt.scaling.spec import RunPlan, Spec, SpecError
 from megatron_ixt.scaling.submitit_private import slurm_job_script
 from megatron_ixt.training.metrics import read_metrics
-from megatron_ixt.training.run_contract import EXIT_RESUMABLE, TRACKER_FILE
+from megatron_ixt.training.run_contract import TRACKER_FILE
 
 RECORD = "run.json"
 QUEUED = ("submitted", "running")  # states a Slurm relaunch leaves alone unless --resubmit
