@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 BENCH  := PYTHONPATH=$(CURDIR):$(CURDIR)/examples/data:$(CURDIR)/examples/demo $(PY)
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-robustness test test-quick lint smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate clean scaling-cpu scaling-downstream
+.PHONY: install demo demo-ablations demo-robustness test test-quick lint smoke-mcore bench bench-preprocess bench-dataset bench-annotate bench-train bench-save bench-generate clean scaling-cpu scaling-downstream
 
 $(STAMP): requirements-cpu.txt setup.py
 	@test -n "$(PYTHON)" || { echo "no python3.11 or python3.12 found: install one, or give PYTHON=..." >&2; exit 1; }
@@ -25,6 +25,11 @@ install: $(STAMP)
 ## The main job: an end-to-end run on the bundled example corpus.
 demo: $(STAMP)
 	$(PY) examples/demo/run_demo.py --output demo_out
+
+## The demo's IXT recipes side by side (run_demo.py --ablations): the baseline and `ixt` (cooldown 0.1) of
+## `make demo` (reused when demo_out holds them) plus no cooldown and dropout 0.1, on the same tokens.
+demo-ablations: $(STAMP)
+	$(PY) examples/demo/run_demo.py --output demo_out --ablations
 
 ## The demo's headline across seeds and thread counts (examples/demo/robustness.py; ~6 demo runs).
 demo-robustness: $(STAMP)

@@ -3,8 +3,9 @@
 Inputs (all under the demo's output directory): ``summary.json`` (``results``: conditioning ->
 counts and rates), ``logs/metrics_<arm>.jsonl`` (the trainer's metrics, format in
 ``megatron_ixt/training/metrics.py``) and ``eval/<conditioning>.jsonl`` (generations).
-Outputs: ``report.md``, ``loss.png`` (held-out document loss over training), ``answers.png``
-(accuracy and flawed-answer rate per conditioning with 95% Wilson intervals).
+Outputs: ``report.md`` (the conditioning table, the recipe table, example answers, the commands),
+``loss.png`` (held-out document loss over training), ``answers.png`` (accuracy and flawed-answer
+rate per conditioning with 95% Wilson intervals).
 """
 from __future__ import annotations
 
@@ -47,6 +48,45 @@ def read_eval_records(metrics_path: str) -> list[dict]:
         return [r for r in map(json.loads, f) if r.get("kind") == "eval"]
 
 
+def recipe_table_rows(results: dict[str, dict], metrics: dict[str, str], recipe_arms: dict[str, str],
+                      guidance_scales: Sequence[float]) -> list[dict]:
+    """One row per arm: the baseline, then each IXT recipe (``recipe_arms``: recipe -> arm). Each row
+    holds its accuracies (``results`` entries: rate, counts, Wilson CI) steered, unconditioned and
+    guided at each scale (None where the arm has no such conditioning), and the held-out document
+    loss (nats/token) at the arm's last evaluation, under the steering prefix and without prefix."""
+    rows = []
+    for recipe, arm in {"-": "baseline", **recipe_arms}.items():
+        last = read_eval_records(metrics[arm])[-1]
+        get = lambda name: results.get(name)  # noqa: E731
+        rows.append({"arm": arm, "recipe": recipe,
+                     "steered": get(f"{arm} steered to quality 5"),
+                     "unconditioned": get(arm if arm == "baseline" else f"{arm} unconditioned"),
+                     "guided": {f"{g:g}": get(f"{arm} guided G={g:g}") for g in guidance_scales},
+                     "loss_steered": last.get("steering/doc_loss"), "loss_unprefixed": last.get("none/doc_loss")})
+    return rows
+
+
+def recipe_table(rows: list[dict]) -> list[str]:
+    """Markdown lines of :func:`recipe_table_rows`' rows: accuracy [95% Wilson CI] per conditioning
+    and held-out loss per conditioning; ``-`` where an arm has no such conditioning."""
+    scales = list(rows[0]["guided"])
+
+    def acc(r):
+        return "-" if r is None else f"{r['accuracy']:.2f} [{r['accuracy_ci'][0]:.2f}, {r['accuracy_ci'][1]:.2f}]"
+
+    def loss(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = ["| arm | recipe | steered | unconditioned | " + " | ".join(f"guided G={g}" for g in scales) +
+             " | held-out loss, steered | held-out loss, unprefixed |",
+             "|---|---|---|---|" + "---|" * len(scales) + "---|---|"]
+    for row in rows:
+        lines.append(f"| {row['arm']} | {row['recipe']} | {acc(row['steered'])} | {acc(row['unconditioned'])} | " +
+                     " | ".join(acc(row["guided"][g]) for g in scales) +
+                     f" | {loss(row['loss_steered'])} | {loss(row['loss_unprefixed'])} |")
+    return lines
+
+
 def plot_losses(metrics: dict[str, str], path: str) -> None:
     import matplotlib as mpl
     mpl.use("Agg")
@@ -72,7 +112,7 @@ def plot_answers(results: dict[str, dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.6 * len(names)), 4.5))
     width = 0.38
     for offset, metric, label in ((-width / 2, "accuracy", "accuracy"),
                                   (width / 2, "flawed_answers", "flawed answers")):
@@ -81,7 +121,7 @@ def plot_answers(results: dict[str, dict], path: str) -> None:
         high = [results[n][metric + "_ci"][1] - results[n][metric] for n in names]
         ax.bar([i + offset for i in range(len(names))], values, width, yerr=[low, high], capsize=4, label=label)
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([n.replace(" steered", "\nsteered") for n in names], fontsize=8)
+    ax.set_xticklabels(names, fontsize=7, rotation=35, ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of held-out questions (95% Wilson CI)")
     ax.legend()
@@ -105,6 +145,8 @@ def write_report(out_dir: str, summary: dict, generations: dict[str, list[dict]]
                  metrics: dict[str, str]) -> str:
     """Writes ``report.md``, ``loss.png`` and ``answers.png`` into ``out_dir``; returns the report path."""
     results = summary["results"]
+    other_recipes = tuple(row["arm"] + " " for row in summary["recipes"][2:])  # example answers: baseline, `ixt`
+    shown = {name: g for name, g in generations.items() if not name.startswith(other_recipes)}
     plot_losses(metrics, os.path.join(out_dir, "loss.png"))
     plot_answers(results, os.path.join(out_dir, "answers.png"))
     lines = ["# megatron-ixt demo report", "", summary["verdict"], "",
@@ -117,8 +159,12 @@ def write_report(out_dir: str, summary: dict, generations: dict[str, list[dict]]
         lines.append(f"| {name} | {r['accuracy']:.2f} [{r['accuracy_ci'][0]:.2f}, {r['accuracy_ci'][1]:.2f}] | "
                      f"{r['flawed_answers']:.2f} [{r['flawed_answers_ci'][0]:.2f}, "
                      f"{r['flawed_answers_ci'][1]:.2f}] | {added} |")
-    lines += ["", "![held-out loss](loss.png)", "", "![answers](answers.png)", "",
-              "## Example answers", "", *examples_table(generations, questions, 8), "",
+    lines += ["", "## Recipes", "",
+              "Answer accuracy [95% Wilson interval] per IXT recipe and conditioning (guided: "
+              "uncond + G (cond - uncond), the negative pass unprefixed), and the held-out document loss "
+              "(nats/token) at the last evaluation.", "", *recipe_table(summary["recipes"]),
+              "", "![held-out loss](loss.png)", "", "![answers](answers.png)", "",
+              "## Example answers", "", *examples_table(shown, questions, 8), "",
               "## Commands", "", "```", *summary["commands"], "```", ""]
     path = os.path.join(out_dir, "report.md")
     with open(path, "w", encoding="utf-8") as f:

@@ -10,17 +10,24 @@ function of the question. Steps, each through the project's real command-line en
 3. a SentencePiece BPE tokenizer (digits split) trained on the raw text
 4. ``tools/preprocess_ixt.py``             IXT shard set (text store + aligned prefix stores)
 5. ``python -m megatron_ixt.pretrain`` twice, side by side: the baseline arm (``--ixt-prefix-kind
-   none``) and the IXT arm (``--ixt-prefix-kind quality``) on the same tokens, model and seed, each
-   evaluating its document loss on the held-out correct documents during training
-6. ``python -m megatron_ixt.generate``     greedy answers to held-out questions, the IXT model
-   steered to the top quality level (``--steer quality``), left unconditioned and steered to the
+   none``) and the IXT arm (``--ixt-prefix-kind quality`` with the last 10% of the steps without
+   prefixes, ``--ixt-prefix-cooldown-fraction 0.1``: the recipe ``cooldown 0.1``) on the same
+   tokens, model and seed, each evaluating its document loss on the held-out correct documents
+   during training. ``--ablations`` (``make demo-ablations``) also trains the other IXT recipes of
+   :data:`RECIPES` on the same tokens.
+6. ``python -m megatron_ixt.generate``     greedy answers to held-out questions from each IXT arm:
+   steered to the top quality level (``--steer quality``), unconditioned, with guided steering
+   (``--guidance-scale G --negative-steer none``, G in :data:`GUIDANCE_SCALES`) and steered to the
    lowest level (``--steer quality:1``, rendered from the shard set's recorded template)
 
 It prints a table (answer accuracy and the share of answers that reproduce the systematic flaw
-per arm and conditioning, with 95% Wilson intervals) and a one-line verdict, and writes everything
-to ``--output``: ``summary.json`` (``results``: conditioning -> rates and counts), ``report.md``
-with ``loss.png`` and ``answers.png``. Rerunning into the same ``--output`` reuses the tokenizer
-and continues each arm from its checkpoint (a finished arm is not retrained).
+per arm and conditioning, with 95% Wilson intervals), the recipe table (per IXT recipe: steered,
+unconditioned and guided accuracy, held-out loss per conditioning) and a one-line verdict, and writes
+everything to ``--output``: ``summary.json`` (``results``: conditioning -> rates and counts;
+``recipes``: the recipe table's rows), ``report.md`` with ``loss.png`` and ``answers.png``.
+Rerunning into the same ``--output`` reuses the tokenizer and continues each arm from its checkpoint
+(a finished arm is not retrained): ``make demo-ablations`` after ``make demo`` trains only the
+other recipes.
 A tiny model trained for a few CPU-minutes will not reach the accuracy of a real run; what the
 demo shows is the mechanism: the steering prefix moves the IXT model between the two modes.
 """
@@ -39,7 +46,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))  # ixt_demo: the demo's corpus
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
 
-from demo_report import verdict, wilson_interval, write_report  # noqa: E402  (this folder)
+from demo_report import (  # noqa: E402  (this folder)
+    recipe_table,
+    recipe_table_rows,
+    verdict,
+    wilson_interval,
+    write_report,
+)
 from ixt_demo.synthetic import SynthConfig, make_document  # noqa: E402  (this folder)
 
 COMMANDS: list[str] = []  # every command the demo ran, in order (for the report)
@@ -57,6 +70,35 @@ MODEL_ARGS = [  # small Llama-style model: trains at a few thousand tokens/s on 
 # 2,000 steps: 1.7x the updates for 0.83x the tokens) it came a few hundred steps before the end
 # on every seed tried (README, "What varies").
 MICRO_BATCH_SIZE = 8
+
+# IXT training recipes: name -> the IXT arm's pretrain flags beyond ``--ixt-prefix-kind quality``.
+RECIPES = {
+    "cooldown 0.1": ["--ixt-prefix-cooldown-fraction", "0.1"],  # MeCo: the last 10% of steps without prefixes
+    "no cooldown": [],  # every document prefixed, every step
+    "dropout 0.1": ["--ixt-prefix-dropout", "0.1"],  # Fan et al.: 10% of documents without prefix
+}
+DEFAULT_RECIPE = "cooldown 0.1"  # the IXT arm of `make demo` (README, "What the recipes do")
+GUIDANCE_SCALES = (1.5, 3.0)  # guided steering: logits = uncond + G (cond - uncond)
+
+
+def recipe_arm(recipe: str) -> str:
+    """The arm (and conditioning-name stem) of an IXT recipe: ``ixt`` for :data:`DEFAULT_RECIPE`,
+    ``ixt <recipe>`` for the others."""
+    return "ixt" if recipe == DEFAULT_RECIPE else f"ixt {recipe}"
+
+
+def slug(name: str) -> str:
+    """A file name for an arm or conditioning: ``ixt no cooldown`` -> ``ixt_no_cooldown``."""
+    return re.sub(r"\W+", "_", name)
+
+
+def ixt_conditions(arm: str) -> dict[str, list[str]]:
+    """Conditioning name -> ``megatron_ixt.generate`` steering flags, for one IXT arm."""
+    return {f"{arm} steered to quality 5": ["--steer", "quality"],
+            f"{arm} unconditioned": ["--steer", "none"],
+            **{f"{arm} guided G={g:g}": ["--steer", "quality", "--guidance-scale", str(g), "--negative-steer", "none"]
+               for g in GUIDANCE_SCALES},
+            f"{arm} steered to quality 1": ["--steer", "quality:1"]}
 
 
 def _start(cmd: list, log_path: str, env: dict) -> subprocess.Popen:
@@ -197,6 +239,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-questions", type=int, default=240, help="held-out questions, each needing a carry")
     p.add_argument("--seed", type=int, default=1234, help="training seed of both arms")
     p.add_argument("--nproc", type=int, default=1, help="torchrun processes per training run (data parallel)")
+    p.add_argument("--ablations", action="store_true",
+                   help=f"also train the other IXT recipes ({', '.join(r for r in RECIPES if r != DEFAULT_RECIPE)}) "
+                        "on the same tokens; the recipe table then has a row per recipe")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per training process (default: the CPUs split between the two arms, "
                         "which train side by side; arms that would need more CPUs side by side train one "
@@ -242,10 +287,14 @@ def main(argv=None) -> int:
     run([py, "tools/inspect_ixt.py", shards["arith"], "--tokenizer-model", tokenizer, "--document", "0", "1"],
         log("inspect"))
 
-    print("== 5. train the baseline and the IXT arm side by side (same tokens, model, seed)", flush=True)
+    print("== 5. train the baseline and the IXT arm(s) side by side (same tokens, model, seed)", flush=True)
     cpus = os.cpu_count() or 2
     threads = args.threads or max(1, cpus // (2 * args.nproc))
-    arms = {"baseline": ["--ixt-prefix-kind", "none"], "ixt": ["--ixt-prefix-kind", "quality"]}
+    recipes = list(RECIPES) if args.ablations else [DEFAULT_RECIPE]
+    recipes.sort(key=lambda r: r != DEFAULT_RECIPE)
+    arms = {"baseline": ["--ixt-prefix-kind", "none"],
+            **{recipe_arm(r): ["--ixt-prefix-kind", "quality", *RECIPES[r]] for r in recipes}}
+    ckpt = {arm: os.path.join(out, "ckpt", slug(arm)) for arm in arms}
     launcher = ([py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
                 if args.nproc > 1 else [py])
     eval_interval = max(1, args.train_iters // max(1, args.eval_points))
@@ -259,9 +308,9 @@ def main(argv=None) -> int:
                             "--lr-warmup-iters", str(max(1, min(100, args.train_iters // 10))),
                             "--lr-decay-style", "cosine", "--weight-decay", "0.01",
                             "--clip-grad", "1.0", "--log-interval", "50", "--eval-interval", str(eval_interval),
-                            "--eval-iters", "8", "--save", os.path.join(out, "ckpt", arm),
-                            "--seed", str(args.seed), *resume_args(os.path.join(out, "ckpt", arm))],
-                 log("train_" + arm)) for arm, arm_args in arms.items()],
+                            "--eval-iters", "8", "--save", ckpt[arm],
+                            "--seed", str(args.seed), *resume_args(ckpt[arm])],
+                 log("train_" + slug(arm))) for arm, arm_args in arms.items()],
               env={"OMP_NUM_THREADS": str(threads)}, at_once=2 if 2 * threads * args.nproc <= cpus else 1)
 
     print("== 6. steered answers on held-out questions", flush=True)
@@ -270,13 +319,12 @@ def main(argv=None) -> int:
     with open(prompts, "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"prompt": f"Q: {q['a']} + {q['b']} = ?\n"}) + "\n" for q in questions)
     conditions = {"baseline": ("baseline", ["--steer", "none"]),
-                  "ixt steered to quality 5": ("ixt", ["--steer", "quality"]),
-                  "ixt unconditioned": ("ixt", ["--steer", "none"]),
-                  "ixt steered to quality 1": ("ixt", ["--steer", "quality:1"])}
-    gen_paths = {name: os.path.join(out, "eval", re.sub(r"\W+", "_", name) + ".jsonl") for name in conditions}
-    run_steps([([py, "-m", "megatron_ixt.generate", "--load", os.path.join(out, "ckpt", arm),
+                  **{name: (recipe_arm(r), steer_args) for r in recipes
+                     for name, steer_args in ixt_conditions(recipe_arm(r)).items()}}
+    gen_paths = {name: os.path.join(out, "eval", slug(name) + ".jsonl") for name in conditions}
+    run_steps([([py, "-m", "megatron_ixt.generate", "--load", ckpt[arm],
                  "--shard-set", shards["arith"], "--prompt-file", prompts, "--output", gen_paths[name],
-                 "--max-new-tokens", "48", *steer_args], log("generate_" + re.sub(r"\W+", "_", name)))
+                 "--max-new-tokens", "48", *steer_args], log("generate_" + slug(name)))
                for name, (arm, steer_args) in conditions.items()],
               env={"OMP_NUM_THREADS": "1"}, at_once=cpus)  # one thread each, one per CPU
     results, generations = {}, {}
@@ -285,19 +333,21 @@ def main(argv=None) -> int:
             generations[name] = [json.loads(line) for line in f]
         results[name] = score_answers(generations[name], questions)
 
-    summary = {"args": vars(args), "results": results,
+    metrics = {arm: os.path.join(ckpt[arm], "metrics.jsonl") for arm in arms}
+    recipe_rows = recipe_table_rows(results, metrics, {r: recipe_arm(r) for r in recipes}, GUIDANCE_SCALES)
+    summary = {"args": vars(args), "results": results, "recipes": recipe_rows,
                "verdict": verdict(results, "ixt steered to quality 5", "baseline"),
                "machine": machine_description(threads), "wall_time_s": time.time() - start_time,
                "commands": COMMANDS}
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
-    report = write_report(out, summary, generations, questions,
-                          {arm: os.path.join(out, "ckpt", arm, "metrics.jsonl") for arm in arms})
-    print(f"\n{'arm / conditioning':<28} {'accuracy (95% CI)':>20} {'flawed answers':>15} {'carries added':>14}")
+    report = write_report(out, summary, generations, questions, metrics)
+    print(f"\n{'arm / conditioning':<40} {'accuracy (95% CI)':>20} {'flawed answers':>15} {'carries added':>14}")
     for name, r in results.items():
         added = "-" if r["carries_added"] is None else f"{r['carries_added']:.2f}"
         acc = f"{r['accuracy']:.2f} [{r['accuracy_ci'][0]:.2f},{r['accuracy_ci'][1]:.2f}]"
-        print(f"{name:<28} {acc:>20} {r['flawed_answers']:>15.2f} {added:>14}")
+        print(f"{name:<40} {acc:>20} {r['flawed_answers']:>15.2f} {added:>14}")
+    print("\n" + "\n".join(recipe_table(recipe_rows)))
     print(f"\n{summary['verdict']}")
     print(f"\nreport: {report}; artefacts and logs in {out}")
     return 0

@@ -7,15 +7,18 @@ import sys
 import pytest
 import run_demo  # examples/demo (pytest.ini's pythonpath)
 
+from megatron_ixt.training.checkpoint import read_config
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "demo", "run_demo.py"),
-                           "--output", str(out), "--num-docs", "400", "--heldout-docs", "40", "--train-iters", "4",
-                           "--eval-points", "2", "--eval-questions", "3"], capture_output=True, text=True, timeout=900)
+    command = [sys.executable, os.path.join(REPO, "examples", "demo", "run_demo.py"), "--output", str(out),
+               "--num-docs", "400", "--heldout-docs", "40", "--train-iters", "4", "--eval-points", "2",
+               "--eval-questions", "3"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     annotated = [json.loads(line) for line in open(out / "annotated" / "arith.jsonl")]
@@ -25,7 +28,8 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     for arm in ("baseline", "ixt"):
         assert open(out / "ckpt" / arm / "latest_checkpointed_iteration.txt").read().strip() == "4"
     results = json.load(open(out / "summary.json"))["results"]
-    assert set(results) == {"baseline", "ixt steered to quality 5", "ixt unconditioned", "ixt steered to quality 1"}
+    assert set(results) == {"baseline", "ixt steered to quality 5", "ixt unconditioned", "ixt guided G=1.5",
+                            "ixt guided G=3", "ixt steered to quality 1"}
     for r in results.values():
         assert r["questions"] == 3 and r["accuracy"] == r["correct"] / 3
         assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
@@ -49,6 +53,33 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert len(generations) == 3
     assert generations[0]["prefix_tokens"] == meta["steering"]["quality"]["tokens"]
     assert "ixt steered to quality 5" in proc.stdout
+    # the IXT arm's recipe: prefixes in the first 90% of the steps, none in the cooldown
+    assert read_config(str(out / "ckpt" / "ixt"))["data"]["ixt_prefix_cooldown_fraction"] == 0.1
+    guided = [json.loads(line) for line in open(out / "eval" / "ixt_guided_G_3.jsonl")]
+    assert len(guided) == 3 and guided[0]["prefix_tokens"] == meta["steering"]["quality"]["tokens"]
+    rows = summary["recipes"]
+    assert [(r["arm"], r["recipe"]) for r in rows] == [("baseline", "-"), ("ixt", "cooldown 0.1")]
+    assert rows[0]["steered"] is None and rows[0]["unconditioned"] == results["baseline"]
+    assert rows[1]["guided"]["3"] == results["ixt guided G=3"] and rows[1]["loss_steered"] > 0
+    assert "| ixt | cooldown 0.1 |" in report and "## Recipes" in report
+
+    # `make demo-ablations`: the same output again, the other recipes added; the finished arms are reused
+    def trained(arm):  # the trainer's records of optimizer steps (a resumed, finished run adds none)
+        return [r for r in map(json.loads, open(out / "ckpt" / arm / "metrics.jsonl")) if r["kind"] == "train"]
+
+    before = {arm: trained(arm) for arm in ("baseline", "ixt")}
+    proc = subprocess.run([*command, "--ablations"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert {arm: trained(arm) for arm in before} == before and len(before["ixt"]) == 1
+    summary = json.load(open(out / "summary.json"))
+    assert [(r["arm"], r["recipe"]) for r in summary["recipes"]] == [
+        ("baseline", "-"), ("ixt", "cooldown 0.1"), ("ixt no cooldown", "no cooldown"),
+        ("ixt dropout 0.1", "dropout 0.1")]
+    for arm, flag, value in (("ixt_no_cooldown", "ixt_prefix_cooldown_fraction", 0.0),
+                             ("ixt_dropout_0_1", "ixt_prefix_dropout", 0.1)):
+        assert read_config(str(out / "ckpt" / arm))["data"][flag] == value
+    assert all(r["questions"] == 3 for r in summary["results"].values()) and len(summary["results"]) == 16
+    assert "| ixt dropout 0.1 | dropout 0.1 |" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("at_once", [1, 2])
