@@ -32,7 +32,7 @@ from megatron_ixt.cli import (
     entry_point,
     failing_with,
 )
-from megatron_ixt.data.inputs import expand_inputs, input_format
+from megatron_ixt.data.inputs import INPUT_FORMATS, expand_inputs, input_format
 
 log = logging.getLogger("annotate")
 RUN_CONFIG = "run_config.json"
@@ -117,21 +117,24 @@ def load_run_config(output: str) -> dict | None:
         return json.load(f)
 
 
-def changed_result_flags(output: str, options: dict, result_flags) -> list[str]:
+def changed_result_flags(output: str, options: dict, result_flags, section: str = "judge") -> list[str]:
     """The result flags whose value in ``options`` differs from the one saved in ``output``'s
-    run_config.json, as ``--flag old -> new``; empty when ``output`` holds no annotation yet."""
+    run_config.json (under ``section``), as ``--flag old -> new``; empty when ``output`` holds no
+    annotation yet."""
     config = load_run_config(output)
     if config is None or not holds_annotations(output):
         return []
-    before = config.get("judge", {})
+    before = config.get(section, {})
     return [f"--{name.replace('_', '-')} {before[name]!r} -> {options[name]!r}"
             for name in result_flags if name in before and before[name] != options[name]]
 
 
-def check_resume(output: str, options: dict, result_flags) -> None:
+def check_resume(output: str, options: dict, result_flags, input_keys: dict) -> None:
     """Refuse a ``run`` into ``output`` when it holds annotations made with other values of a
-    result flag (as saved in its run_config.json): continuing would mix results."""
-    changed = changed_result_flags(output, options, result_flags)
+    result flag or of ``--text-key``/``--id-key`` (``input_keys``, as saved in its
+    run_config.json): continuing would mix results."""
+    changed = (changed_result_flags(output, options, result_flags) +
+               changed_result_flags(output, input_keys, input_keys, section="input_keys"))
     if changed:
         raise ValueError(f"{os.path.join(output, RUN_CONFIG)}: {output} holds annotations made with other settings "
                          f"({'; '.join(changed)}); use a new --output directory, or the same settings to continue")
@@ -148,8 +151,8 @@ def build_parser(saved_judge: dict | None = None) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="annotate input shards into an output directory",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--input", nargs="+", required=True,
-                     help="input files or globs, one shard each: parquet (.parquet) or JSON lines (.jsonl, .jsonl.gz, "
-                          ".jsonl.zst, .jsonl.zstd), by file name; any other name is refused")
+                     help=f"input files or globs, one shard each: {INPUT_FORMATS}, by file name; any other name is "
+                          "refused")
     run.add_argument("--text-key", default="text",
                      help="the field (parquet: column) holding the document text; written as 'text'")
     run.add_argument("--id-key", default="id",
@@ -239,9 +242,10 @@ def cmd_run(args) -> int:
     mine = files[args.shard_index::args.num_shards]
     os.makedirs(args.output, exist_ok=True)
     options, result_flags = saved_options(args)
-    check_resume(args.output, options, result_flags)
+    input_keys = {"text_key": args.text_key, "id_key": args.id_key}
+    check_resume(args.output, options, result_flags, input_keys)
     write_json_atomic(os.path.join(args.output, RUN_CONFIG),
-                      {"inputs": [os.path.abspath(f) for f in files], "judge": options})
+                      {"inputs": [os.path.abspath(f) for f in files], "input_keys": input_keys, "judge": options})
     log.info("task %d/%d: %d of %d input shard(s)", args.shard_index, args.num_shards, len(mine), len(files))
     jobs = [RunJob(path, ShardPaths(args.output, shard_stem(path)), args.fsync_interval, args.text_key, args.id_key)
             for path in mine]

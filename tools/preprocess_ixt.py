@@ -15,7 +15,7 @@ import sys
 
 from megatron_ixt.cli import EXIT_BAD_INPUT, add_import_flag, entry_point, failing_with
 from megatron_ixt.data import prefix_kinds
-from megatron_ixt.data.inputs import expand_inputs
+from megatron_ixt.data.inputs import INPUT_FORMATS, expand_inputs
 from megatron_ixt.data.prefix_kinds import STEERING_CRITIQUE
 from megatron_ixt.preprocess import PreprocessConfig, StrictError, preprocess, shard_files
 from megatron_ixt.tokenizer import ENGINES, add_tokenizer_args, tokenizer_config
@@ -27,8 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("input data")
     group.add_argument("--input", required=True, nargs="+",
                        help="input files or globs, read in the order given (each glob sorted, a file given twice "
-                            "read once): parquet (.parquet) or JSON lines (.jsonl, .jsonl.gz, .jsonl.zst, "
-                            ".jsonl.zstd), by file name; any other name is refused")
+                            f"read once): {INPUT_FORMATS}, by file name; any other name is refused")
     group.add_argument("--json-keys", "--text-key", nargs="+", default=["text"], dest="json_keys",
                        help="the field (parquet: column) holding the document text (exactly one key)")
     group.add_argument("--num-shards", type=int, default=1,

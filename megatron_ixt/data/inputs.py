@@ -1,8 +1,8 @@
 """Input files: the one ``--input`` glob behaviour, and the one reader of corpus files for every tool.
 
-A corpus file is JSON lines (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``/``.zstd``: one JSON object per
-line) or parquet (``.parquet``: one record per row, read by row group), told apart by its name
-(:func:`input_format`); any other name is refused. Records are numbered from 1 in their file (a
+A corpus file is JSON lines (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``/``.zstd``, and Dolma's
+``.json.gz``/``.json.zst``: one JSON object per line) or parquet (``.parquet``: one record per row,
+read by row group), told apart by its name (:func:`input_format`); any other name is refused. Records are numbered from 1 in their file (a
 line, blank ones included, or a row). Used by megatron_ixt.preprocess, tools/merge_ixt.py,
 tools/inspect_ixt.py and annotate/.
 """
@@ -40,8 +40,9 @@ def expand_inputs(patterns: list[str], *, files: bool = True, error: type = File
     return paths
 
 
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd", ".json.gz", ".json.zst")  # .json.*: Dolma
 PARQUET_SUFFIXES = (".parquet",)
+INPUT_FORMATS = f"parquet ({', '.join(PARQUET_SUFFIXES)}) or JSON lines ({', '.join(JSONL_SUFFIXES)})"  # for help
 ROWS_PER_BATCH = 1024  # parquet rows decoded at a time when iterating a whole file
 
 
@@ -52,8 +53,7 @@ def input_format(path: str) -> str:
         return "parquet"
     if path.endswith(JSONL_SUFFIXES):
         return "jsonl"
-    raise ValueError(f"{path}: unknown input format; inputs are parquet (.parquet) or JSON lines (.jsonl, "
-                     ".jsonl.gz, .jsonl.zst, .jsonl.zstd), recognised by the file name")
+    raise ValueError(f"{path}: unknown input format; inputs are {INPUT_FORMATS}, recognised by the file name")
 
 
 def is_compressed(path: str) -> bool:
@@ -63,8 +63,7 @@ def is_compressed(path: str) -> bool:
 
 
 def open_jsonl(path: str) -> io.BufferedIOBase:
-    """Binary line reader of a JSON-lines input (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``/``.zstd``);
-    ValueError for any other file name."""
+    """Binary line reader of a JSON-lines input (``JSONL_SUFFIXES``); ValueError for any other file name."""
     if input_format(path) != "jsonl":
         raise ValueError(f"{path}: not a JSON-lines file")
     if path.endswith(".gz"):

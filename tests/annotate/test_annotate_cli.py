@@ -45,10 +45,11 @@ def test_compressed_inputs_and_bad_lines(tmp_path, arith_docs):
     raw = ("\n".join(lines) + "\n").encode()
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(raw))
     (tmp_path / "b.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    (tmp_path / "c.json.gz").write_bytes(gzip.compress(raw))  # Dolma's naming: JSON lines, gzipped
     out = tmp_path / "out"
-    assert main(["run", "--input", str(tmp_path / "a.jsonl.gz"), str(tmp_path / "b.jsonl.zst"), "--output", str(out),
-                 "--backend", "verifier", "--log-interval", "60"]) == 0
-    for stem in ("a", "b"):
+    inputs = [str(tmp_path / name) for name in ("a.jsonl.gz", "b.jsonl.zst", "c.json.gz")]
+    assert main(["run", "--input", *inputs, "--output", str(out), "--backend", "verifier", "--log-interval", "60"]) == 0
+    for stem, name in zip("abc", inputs):
         recs = read_jsonl(out / f"{stem}.jsonl")
         assert sorted(r["id"] for r in recs) == sorted(d["id"] for d in docs)
         rejected = read_jsonl(out / f"{stem}.rejected.jsonl")
@@ -56,7 +57,7 @@ def test_compressed_inputs_and_bad_lines(tmp_path, arith_docs):
             (11, "invalid_json"), (12, "empty_text"), (13, "bad_id"), (14, "not_an_object"), (15, "missing_text"),
             (16, "duplicate_id")]
         assert rejected[0]["raw"] == "{not json"
-        assert rejected[0]["file"].endswith(f"{stem}.jsonl" + (".gz" if stem == "a" else ".zst"))
+        assert rejected[0]["file"] == name
         stats = json.load(open(out / f"{stem}.stats.json"))
         assert stats["input_lines"] == 26 and stats["documents"] == 20 and sum(stats["rejected"].values()) == 6
 
@@ -117,6 +118,22 @@ def test_resume_refuses_a_different_prompt_version(tmp_path, arith_docs, caplog)
     assert main(["run", "--input", inp, "--output", str(out), "--backend", "verifier"]) == 1
     assert "prompt_version='rubric_v0@00000000'" in caplog.text and "new --output directory" in caplog.text
     assert not (out / "d.jsonl").exists()
+
+
+def test_run_config_records_the_input_keys_and_a_rerun_keeps_them(tmp_path, arith_docs, caplog):
+    docs = [{"url": f"https://example.org/{d['id']}", "content": d["text"]} for d in arith_docs(6)]
+    inp = write_jsonl(tmp_path / "d.jsonl", docs)
+    out = tmp_path / "out"
+    run = ["run", "--input", inp, "--output", str(out), "--backend", "verifier", "--text-key", "content"]
+    assert main([*run, "--id-key", "url"]) == 0
+    assert json.load(open(out / "run_config.json"))["input_keys"] == {"text_key": "content", "id_key": "url"}
+    records = read_jsonl(out / "d.jsonl")
+    assert [r["id"] for r in records] == [d["url"] for d in docs] and records[0]["text"] == docs[0]["content"]
+    # the same directory with another id field would identify the documents differently: refused, nothing lost
+    caplog.clear()
+    assert main([*run, "--id-key", "id"]) == 1
+    assert "--id-key 'url' -> 'id'" in caplog.text and read_jsonl(out / "d.jsonl") == records
+    assert main([*run, "--id-key", "url"]) == 0 and read_jsonl(out / "d.jsonl") == records
 
 
 def test_configuration_errors_are_messages(tmp_path, caplog):

@@ -101,14 +101,14 @@ def test_a_run_without_any_document_fails_and_writes_nothing(tmp_path, fineweb, 
     assert not glob.glob(str(tmp_path / "o*"))
 
 
-@pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.zstd", ".jsonl.gz"])
+@pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.zstd", ".jsonl.gz", ".json.gz", ".json.zst"])  # .json: Dolma
 def test_compressed_jsonl_by_name(tmp_path, fineweb, sp_model, suffix):
     import gzip
 
     import zstandard
 
     data = open(fineweb[1], "rb").read()
-    (tmp_path / f"c{suffix}").write_bytes(gzip.compress(data) if suffix == ".jsonl.gz"
+    (tmp_path / f"c{suffix}").write_bytes(gzip.compress(data) if suffix.endswith(".gz")
                                           else zstandard.ZstdCompressor().compress(data))
     assert run([tmp_path / f"c{suffix}"], tmp_path / "c", sp_model, "--workers", 2) == 0
     assert run([fineweb[1]], tmp_path / "p", sp_model) == 0
