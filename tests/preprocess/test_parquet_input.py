@@ -101,7 +101,7 @@ def test_a_run_without_any_document_fails_and_writes_nothing(tmp_path, fineweb, 
     assert not glob.glob(str(tmp_path / "o*"))
 
 
-@pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.zstd", ".jsonl.gz", ".json.gz", ".json.zst"])  # .json: Dolma
+@pytest.mark.parametrize("suffix", [".jsonl.zst", ".jsonl.zstd", ".jsonl.gz", ".json.gz", ".json.zst"])
 def test_compressed_jsonl_by_name(tmp_path, fineweb, sp_model, suffix):
     import gzip
 
