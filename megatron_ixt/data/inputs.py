@@ -2,9 +2,9 @@
 
 A corpus file is JSON lines (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``/``.zstd``, and Dolma's
 ``.json.gz``/``.json.zst``: one JSON object per line) or parquet (``.parquet``: one record per row,
-read by row group), told apart by its name (:func:`input_format`); any other name is refused. Records are numbered from 1 in their file (a
-line, blank ones included, or a row). Used by megatron_ixt.preprocess, tools/merge_ixt.py,
-tools/inspect_ixt.py and annotate/.
+read by row group), told apart by its name (:func:`input_format`); any other name is refused.
+Records are numbered from 1 in their file (a line, blank ones included, or a row). Used by
+megatron_ixt.preprocess, tools/merge_ixt.py, tools/inspect_ixt.py and annotate/.
 """
 from __future__ import annotations
 
