@@ -2,8 +2,8 @@
 
 Runs the real client (``python -m annotate run --backend http``: input reading, prompt rendering,
 HTTP, parsing, fsync'ed output) in this process against the SGLang stand-in server
-(tests/annotate/sglang_standin.py) in a separate process, which answers after a fixed latency
-with fixed token counts. Reports:
+(tests/helpers/sglang_standin.py, run as ``python -m tests.helpers.sglang_standin``) in a separate
+process, which answers after a fixed latency with fixed token counts. Reports:
 
 1. zero latency: client requests/s at increasing concurrency, and requests per client
    CPU-second (the client is one asyncio thread: that is its one-core rate); goal >= 2,000/s;
@@ -37,13 +37,14 @@ from annotate.prompt import PromptTemplate, TokenCounter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-STANDIN = os.path.join(REPO, "tests", "annotate", "sglang_standin.py")
+STANDIN = "tests.helpers.sglang_standin"  # a module of this repository (REPO on the server's PYTHONPATH)
 
 
 def start_server(latency: float, prompt_tokens: int, completion_tokens: int):
     env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen([sys.executable, STANDIN, "--latency", str(latency), "--prompt-tokens", str(prompt_tokens),
-                             "--completion-tokens", str(completion_tokens)], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", STANDIN, "--latency", str(latency),
+                             "--prompt-tokens", str(prompt_tokens), "--completion-tokens", str(completion_tokens)],
+                            stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     if not line.startswith("READY "):
         proc.kill()

@@ -4,8 +4,10 @@ Nothing is downloaded: the SentencePiece and HuggingFace tokenizers are trained 
 ``examples/data/make_corpus.py``.
 
 Fixtures
-    write_corpus      function(path, n_docs=60, seed=0, annotated=0.6, failed=0.1, extra_lines=())
-                      -> list of records written (JSONL; ``extra_lines`` are raw lines appended)
+    write_annotated_jsonl  function(path, n_docs=60, seed=0, annotated=0.6, failed=0.1, extra_lines=(),
+                      words=(40, 160)) -> list of records written: an annotated JSONL corpus (the input of
+                      preprocessing; ``extra_lines`` are raw lines appended). Not to be confused with the
+                      token shard sets of ``tests.helpers.training_corpus`` / ``tests.helpers.dataset``.
     sp_model          path of a SentencePiece BPE model (vocab 1024, eos=2) [session]
     sp_tokenizer      megatron.core tokenizer over ``sp_model`` [session]
     sp_byte_fallback_model  path of the same kind of model with byte fallback (what gigatoken loads) [session]
@@ -33,16 +35,17 @@ class ShardSetFixture:
     tokenizer_type: str = "SentencePieceTokenizer"
 
 
-def _write_corpus(path, n_docs=60, seed=0, annotated=0.6, failed=0.1, extra_lines=(), words=(40, 160)):
+def _write_annotated_jsonl(path, n_docs=60, seed=0, annotated=0.6, failed=0.1, extra_lines=(), words=(40, 160)):
     records = make_corpus.generate_records(n_docs, seed=seed, annotated=annotated, failed=failed, words=words)
     make_corpus.write_jsonl(str(path), records + list(extra_lines))
     return records
 
 
 @pytest.fixture
-def write_corpus():
-    """Writes a generated annotated corpus (partial annotation, some failed) to a path."""
-    return _write_corpus
+def write_annotated_jsonl():
+    """Writes a generated annotated JSONL corpus (examples/data/make_corpus; partial annotation, some
+    failed) to a path."""
+    return _write_annotated_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +101,7 @@ def ixt_shard_set(tmp_path_factory, sp_model):
 
     directory = tmp_path_factory.mktemp("ixt_shards")
     path = directory / "corpus.jsonl"
-    records = _write_corpus(path, n_docs=200, seed=7)
+    records = _write_annotated_jsonl(path, n_docs=200, seed=7)
     prefix = str(directory / "corpus")
     rc = main(["--input", str(path), "--output-prefix", prefix, "--tokenizer-type", "SentencePieceTokenizer",
                "--tokenizer-model", sp_model, "--append-eod", "--workers", "1"])

@@ -7,7 +7,8 @@ from __future__ import annotations
 import ixt_demo.verifier  # noqa: F401  (registers --backend verifier)
 import pytest
 from ixt_demo.synthetic import SynthConfig, generate
-from sglang_standin import StandinConfig, StandinServer
+
+from tests.helpers.sglang_standin import StandinConfig, StandinServer
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ import asyncio
 import json
 
 import pytest
-from annotate_testlib import read_jsonl, write_jsonl
 
 from annotate.backends import REGISTRY, AllServersDown, Completion, register
 from annotate.backends.http import HttpBackend
 from annotate.cli import main
 from megatron_ixt.cli import EXIT_UNAVAILABLE
 from megatron_ixt.data.record import SCORE_AXES
+from tests.helpers.annotate import read_jsonl, write_jsonl
 
 
 class EchoBackend:

@@ -7,11 +7,11 @@ import os
 
 import pytest
 import zstandard
-from annotate_testlib import read_jsonl, server_stats, write_jsonl
 
 from annotate.cli import collect_status, main
 from annotate.runner import Progress
 from megatron_ixt.data.record import SCORE_AXES, parse_line
+from tests.helpers.annotate import read_jsonl, server_stats, write_jsonl
 
 
 def test_shards_split_over_tasks_and_status(tmp_path, arith_docs, capsys):
@@ -193,7 +193,7 @@ def test_output_feeds_preprocess_ixt(tmp_path, arith_docs):
     import subprocess
     import sys
 
-    from annotate_testlib import REPO, subprocess_env
+    from tests.helpers.annotate import REPO, subprocess_env
 
     docs = arith_docs(120, flaw_share=0.3) + [{"id": "essay", "text": "An essay about birds."}]
     inp = write_jsonl(tmp_path / "d.jsonl", docs)

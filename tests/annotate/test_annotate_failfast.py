@@ -6,10 +6,9 @@ import os
 import threading
 import time
 
-from annotate_testlib import read_jsonl, set_fault, write_jsonl
-
 from annotate.cli import EXIT_MISCONFIGURED, EXIT_TOO_MANY_FAILED, main
 from annotate.runner import bounded
+from tests.helpers.annotate import read_jsonl, set_fault, write_jsonl
 
 FAST = ["--backoff-base", "0.01", "--backoff-max", "0.05", "--log-interval", "60"]
 

@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
-from annotate_testlib import read_jsonl, server_stats, write_jsonl
-from sglang_standin import StandinConfig, StandinServer, verdict_for
 
 from annotate.cli import main
 from annotate.prompt import PromptTemplate
 from megatron_ixt.cli import EXIT_UNAVAILABLE
+from tests.helpers.annotate import read_jsonl, server_stats, write_jsonl
+from tests.helpers.sglang_standin import StandinConfig, StandinServer, verdict_for
 
 FAST = ["--backoff-base", "0.02", "--backoff-max", "0.1", "--log-interval", "60"]
 

@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from annotate_testlib import REPO, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 
 from annotate.cli import main
 from annotate.runner import document_id
+from tests.helpers.annotate import REPO, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 from tests.helpers.fineweb import fineweb_rows, write_parquet
 
 

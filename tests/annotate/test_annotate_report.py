@@ -3,11 +3,11 @@ import json
 
 import numpy as np
 import pytest
-from annotate_testlib import write_jsonl
 from ixt_demo import synthetic  # examples/demo: the demo's corpus generator (its verifier judge: conftest)
 
 from annotate.agreement import AXES, kappa_quadratic, metrics, spearman
 from annotate.cli import main
+from tests.helpers.annotate import write_jsonl
 
 PNGS = ("scores.png", "correlations.png", "lengths.png", "failures.png", "tokens.png", "throughput.png")
 

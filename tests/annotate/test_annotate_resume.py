@@ -9,9 +9,9 @@ import time
 import urllib.request
 
 import pytest
-from annotate_testlib import REPO, count_lines, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 
 from annotate.store import ShardStats, ShardWriter
+from tests.helpers.annotate import REPO, count_lines, read_jsonl, sigkill_when, subprocess_env, write_jsonl
 
 
 def generate_requests(url: str) -> int:

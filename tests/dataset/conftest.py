@@ -1,9 +1,9 @@
-"""Fixtures for the IXT dataset tests (helpers live in ixt_testlib.py)."""
+"""Fixtures for the IXT dataset tests (helpers live in ``tests.helpers.dataset``)."""
 import pytest
-from ixt_testlib import VOCAB, write_plain_store, write_shard_set
 
 from megatron_ixt.data.dataset import IXTGPTDatasetConfig
 from megatron_ixt.tokenizer import build_tokenizer
+from tests.helpers.dataset import VOCAB, write_plain_store, write_shard_set
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from ixt_testlib import (
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.utils import Split
+
+from megatron_ixt.data.dataset import IXTGPTDataset
+from megatron_ixt.data.shards import metadata_path, shard_set_stem
+from tests.helpers.dataset import (
     PREFIX_START,
     STEERING,
     build_dataset,
@@ -12,11 +17,6 @@ from ixt_testlib import (
     samples_in_order,
     token_stream,
 )
-from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megatron.core.datasets.utils import Split
-
-from megatron_ixt.data.dataset import IXTGPTDataset
-from megatron_ixt.data.shards import metadata_path, shard_set_stem
 
 
 def within(measured, p, n, sigmas=4.0):

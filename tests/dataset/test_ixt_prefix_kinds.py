@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-from ixt_testlib import build_dataset, token_stream
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
@@ -15,6 +14,7 @@ from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
 from megatron_ixt.data.prefix_kinds import QUALITY_LABELS, PrefixKind
 from megatron_ixt.data.provider import steering_prefix
 from megatron_ixt.data.record import parse_annotation
+from tests.helpers.dataset import build_dataset, token_stream
 from tools import merge_ixt
 from tools.preprocess_ixt import get_args
 from tools.preprocess_ixt import main as preprocess
@@ -46,12 +46,12 @@ def dataset_over(text_path, tokenizer, cache, **options):
     return IXTGPTDataset(text, text_path, np.arange(len(text), dtype=np.int32), None, Split.valid, config)
 
 
-def test_runtime_kind_through_preprocess_and_dataset(expertise_kind, tmp_path, write_corpus, sp_model,
+def test_runtime_kind_through_preprocess_and_dataset(expertise_kind, tmp_path, write_annotated_jsonl, sp_model,
                                                      sp_tokenizer):
     args = get_args(["--input", "x", "--output-prefix", "y", "--tokenizer-type", "NullTokenizer",
                      "--expertise-template", "my.txt"])  # a flag of its own
     assert args.expertise_template == "my.txt" and args.prefix_kinds[-1] == "expertise"
-    records = write_corpus(tmp_path / "in.jsonl", n_docs=50, seed=9)
+    records = write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=50, seed=9)
     stem = str(tmp_path / "set")
     assert run_preprocess(tmp_path / "in.jsonl", stem, sp_model, "--workers", 2) == 0
 
@@ -94,9 +94,9 @@ def test_set_without_scores_keeps_loading(make_shard_set, config):
         steering_prefix([corpus.path], "scores")
 
 
-def test_format_version_1_keeps_loading(tmp_path, write_corpus, sp_model, sp_tokenizer):
+def test_format_version_1_keeps_loading(tmp_path, write_annotated_jsonl, sp_model, sp_tokenizer):
     """A version-1 P_ixt.json (no ``kinds``; critique and quality stores) reads, trains and merges."""
-    write_corpus(tmp_path / "in.jsonl", n_docs=30, seed=4)
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=30, seed=4)
     stems = [str(tmp_path / name) for name in ("old1", "old2")]
     for stem in stems:
         assert run_preprocess(tmp_path / "in.jsonl", stem, sp_model, "--prefix-kinds", "quality", "critique") == 0

@@ -1,13 +1,13 @@
 """IXTGPTDataset on a shard set made by tools/preprocess_ixt.py (SentencePiece, --append-eod)."""
 import numpy as np
 import pytest
-from ixt_testlib import token_stream
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import Split
 
 from megatron_ixt.data.dataset import IXTGPTDataset, IXTGPTDatasetConfig
 from megatron_ixt.data.provider import steering_prefix
 from megatron_ixt.data.shards import prefix_store_path, read_metadata, text_store_path
+from tests.helpers.dataset import token_stream
 
 
 def dataset_over(shard_set, tokenizer, tmp_path, **options):

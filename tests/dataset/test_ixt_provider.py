@@ -4,7 +4,6 @@ import argparse
 import numpy as np
 import pytest
 import torch
-from ixt_testlib import PREFIX_START, STEERING
 from megatron.core.datasets.blended_dataset import BlendedDataset
 
 from megatron_ixt.data import (
@@ -16,6 +15,7 @@ from megatron_ixt.data import (
     dataset_config_from_args,
     steering_prefix,
 )
+from tests.helpers.dataset import PREFIX_START, STEERING
 
 
 def complete_documents(tokens: np.ndarray, eod: int):

@@ -4,7 +4,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from ixt_testlib import CRITIQUE_RANGE, PREFIX_START, STEERING, Corpus, build_dataset
 from megatron.core.datasets import helpers
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import Split
@@ -12,6 +11,7 @@ from megatron.core.datasets.utils import Split
 from megatron_ixt.data.dataset import every_segment_sample_index
 from megatron_ixt.data.provider import build_train_valid_test_datasets, conditioning_configs
 from megatron_ixt.data.shards import text_store_path
+from tests.helpers.dataset import CRITIQUE_RANGE, PREFIX_START, STEERING, Corpus, build_dataset
 from tests.helpers.token_shards import write_token_shard_set
 
 SEQ = 32

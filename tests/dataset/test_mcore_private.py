@@ -1,11 +1,11 @@
 """Pins the megatron-core private behaviour megatron_ixt.mcore_private relies on, on the installed
 megatron-core (the module docstring says how 0.16-0.19 differ)."""
 import numpy as np
-from ixt_testlib import build_dataset
 from megatron.core.datasets.gpt_dataset import GPTDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 from megatron_ixt import mcore_private
+from tests.helpers.dataset import build_dataset
 
 
 def test_index_builders_shuffle_whole_epochs_deterministically():

@@ -1,4 +1,4 @@
-"""Fixtures for the export / fast-generation / lm-eval tests; helpers live in ``export_testlib.py``."""
+"""Fixtures for the export / fast-generation / lm-eval tests; helpers live in ``tests.helpers.export``."""
 from __future__ import annotations
 
 import pytest

@@ -6,7 +6,8 @@ import os
 
 import pytest
 import torch
-from export_testlib import (
+
+from tests.helpers.export import (
     VOCAB,
     build_model,
     build_parallel,

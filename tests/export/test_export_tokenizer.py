@@ -5,7 +5,8 @@ import json
 import os
 
 import pytest
-from export_testlib import build_model, save_model_checkpoint, tiny_config
+
+from tests.helpers.export import build_model, save_model_checkpoint, tiny_config
 
 
 def export_with(tmp_path, tok_cfg, data_path=()):

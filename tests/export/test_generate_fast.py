@@ -8,7 +8,8 @@ import sys
 
 import pytest
 import torch
-from export_testlib import VOCAB, build_model, save_model_checkpoint, tiny_config
+
+from tests.helpers.export import VOCAB, build_model, save_model_checkpoint, tiny_config
 
 EOD = VOCAB
 PROMPTS = [[(7 * i + 3 * j) % VOCAB for j in range(n)] for i, n in enumerate((5, 17, 9, 30, 2, 12))]
@@ -24,7 +25,7 @@ def peaked_model(**overrides):
 
 def greedy_margins(model, prompt, new):
     """The top-1 minus top-2 logit at each step that chose a token of ``new``."""
-    from export_testlib import megatron_logits
+    from tests.helpers.export import megatron_logits
 
     ids = torch.tensor([prompt + new[:-1]])
     top = megatron_logits(model, ids, VOCAB + 1)[0, len(prompt) - 1:].topk(2, dim=-1).values
@@ -74,9 +75,8 @@ PREFIX, NEGATIVE_PREFIX = [11, 12, 13], [40, 41]  # stand-ins for a steering pre
 
 def guided_margins(model, cond, neg, new, scale):
     """The top-1 minus top-2 guided logit at each step that chose a token of ``new``."""
-    from export_testlib import megatron_logits
-
     from megatron_ixt.generate import guided_logits
+    from tests.helpers.export import megatron_logits
 
     def logits(prompt):
         return megatron_logits(model, torch.tensor([prompt + new[:-1]]), VOCAB + 1)[0, len(prompt) - 1:]

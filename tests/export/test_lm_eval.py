@@ -15,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from export_testlib import build_model, save_model_checkpoint, tiny_config  # noqa: E402
+from tests.helpers.export import build_model, save_model_checkpoint, tiny_config  # noqa: E402
 
 QA = [{"question": f"what is {a} plus {b}?", "choices": [f"it is {a + b} exactly", f"it is {a + b + 3} or so"],
        "label": 0, "answer": str(a + b)} for a, b in ((2, 3), (10, 4), (7, 7), (21, 30))]

@@ -130,10 +130,10 @@ def test_strict_fails_on_any_reason(tmp_path, sp_model, capsys, index):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch, workers):
+def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_annotated_jsonl, monkeypatch, workers):
     """No temporary store, and with workers no token file or scratch directory of theirs, is left."""
     monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)  # several chunks
-    write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
     calls = []
 
     def failing(original):  # the second append of documents, from this process's arrays or a worker's file
@@ -152,10 +152,10 @@ def test_exception_mid_run_leaves_nothing(tmp_path, sp_model, write_corpus, monk
 
 
 @pytest.mark.parametrize("how", ["raises", "dies"])
-def test_worker_failure_stops_the_run_and_leaves_nothing(tmp_path, sp_model, write_corpus, monkeypatch, how):
+def test_worker_failure_stops_the_run_and_leaves_nothing(tmp_path, sp_model, write_annotated_jsonl, monkeypatch, how):
     """A worker's exception is raised in the main process; a worker that dies is reported, not waited for."""
     monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)  # several chunks per worker
-    write_corpus(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=600, seed=1, words=(10, 30))
     original = ChunkEncoder.__call__
     main_process = os.getpid()  # which encodes chunks too
 
@@ -174,12 +174,12 @@ def test_worker_failure_stops_the_run_and_leaves_nothing(tmp_path, sp_model, wri
 
 
 @pytest.mark.slow
-def test_killed_mid_run_leaves_no_complete_looking_shard(tmp_path, sp_model, write_corpus):
+def test_killed_mid_run_leaves_no_complete_looking_shard(tmp_path, sp_model, write_annotated_jsonl):
     """SIGKILL while writing: no file under a final name; an earlier shard set survives intact."""
-    write_corpus(tmp_path / "small.jsonl", n_docs=20, seed=2)
+    write_annotated_jsonl(tmp_path / "small.jsonl", n_docs=20, seed=2)
     assert run(tmp_path / "small.jsonl", tmp_path / "o", sp_model) == 0
     before = {f: open(f, "rb").read() for f in glob.glob(str(tmp_path / "o_*"))}
-    write_corpus(tmp_path / "big.jsonl", n_docs=20000, seed=3, words=(20, 60))
+    write_annotated_jsonl(tmp_path / "big.jsonl", n_docs=20000, seed=3, words=(20, 60))
     proc = subprocess.Popen(
         [sys.executable, "-m", "tools.preprocess_ixt", "--input", str(tmp_path / "big.jsonl"), "--output-prefix",
          str(tmp_path / "o"), "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model,

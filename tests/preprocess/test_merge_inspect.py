@@ -11,18 +11,18 @@ from tools import inspect_ixt, merge_ixt
 from tools.preprocess_ixt import main as preprocess
 
 
-def make_set(tmp_path, name, model, write_corpus, seed, n_docs, *extra, tokenizer_type="SentencePieceTokenizer"):
-    records = write_corpus(tmp_path / f"{name}.jsonl", n_docs=n_docs, seed=seed)
+def make_set(tmp_path, name, model, write_jsonl, seed, n_docs, *extra, tokenizer_type="SentencePieceTokenizer"):
+    records = write_jsonl(tmp_path / f"{name}.jsonl", n_docs=n_docs, seed=seed)
     assert preprocess(["--input", str(tmp_path / f"{name}.jsonl"), "--output-prefix", str(tmp_path / name),
                        "--tokenizer-type", tokenizer_type, "--tokenizer-model", model, "--append-eod",
                        *map(str, extra)]) == 0
     return str(tmp_path / name), records
 
 
-def test_merge_concatenates_all_stores_consistently(tmp_path, sp_model, write_corpus):
-    a, ra = make_set(tmp_path, "a", sp_model, write_corpus, 1, 25)
-    b, rb = make_set(tmp_path, "b", sp_model, write_corpus, 2, 30)
-    c, rc = make_set(tmp_path, "c", sp_model, write_corpus, 3, 10)
+def test_merge_concatenates_all_stores_consistently(tmp_path, sp_model, write_annotated_jsonl):
+    a, ra = make_set(tmp_path, "a", sp_model, write_annotated_jsonl, 1, 25)
+    b, rb = make_set(tmp_path, "b", sp_model, write_annotated_jsonl, 2, 30)
+    c, rc = make_set(tmp_path, "c", sp_model, write_annotated_jsonl, 3, 10)
     assert merge_ixt.main(["--input", a, b + "_ixt.json", c + "_text_document", "--output-prefix",
                            str(tmp_path / "new_dir" / "m")]) == 0
     merged = shards.ShardSet(str(tmp_path / "new_dir" / "m"))
@@ -49,33 +49,34 @@ def test_merge_concatenates_all_stores_consistently(tmp_path, sp_model, write_co
     assert merged.docs["line"].tolist() == list(range(1, 26)) + list(range(1, 31)) + list(range(1, 11))
 
 
-def test_merge_refuses_different_tokenizer_or_template(tmp_path, sp_model, hf_tokenizer_dir, write_corpus, capsys):
-    a, _ = make_set(tmp_path, "a", sp_model, write_corpus, 1, 8)
+def test_merge_refuses_different_tokenizer_or_template(tmp_path, sp_model, hf_tokenizer_dir, write_annotated_jsonl,
+                                                        capsys):
+    a, _ = make_set(tmp_path, "a", sp_model, write_annotated_jsonl, 1, 8)
     (tmp_path / "q.txt").write_text("Rated {quality_label}.\n")
-    b, _ = make_set(tmp_path, "b", sp_model, write_corpus, 2, 8, "--quality-template", tmp_path / "q.txt")
-    h, _ = make_set(tmp_path, "h", hf_tokenizer_dir, write_corpus, 3, 8, tokenizer_type="HuggingFaceTokenizer")
+    b, _ = make_set(tmp_path, "b", sp_model, write_annotated_jsonl, 2, 8, "--quality-template", tmp_path / "q.txt")
+    h, _ = make_set(tmp_path, "h", hf_tokenizer_dir, write_annotated_jsonl, 3, 8, tokenizer_type="HuggingFaceTokenizer")
     assert merge_ixt.main(["--input", a, b, "--output-prefix", str(tmp_path / "m")]) == 1
     assert "quality template differs" in capsys.readouterr().err
     assert merge_ixt.main(["--input", a, h, "--output-prefix", str(tmp_path / "m")]) == 1
     assert "tokenizer differs" in capsys.readouterr().err
-    k, _ = make_set(tmp_path, "k", sp_model, write_corpus, 4, 8, "--prefix-kinds", "critique", "quality")
+    k, _ = make_set(tmp_path, "k", sp_model, write_annotated_jsonl, 4, 8, "--prefix-kinds", "critique", "quality")
     assert merge_ixt.main(["--input", a, k, "--output-prefix", str(tmp_path / "m")]) == 1
     assert "prefix kinds differ" in capsys.readouterr().err
     assert not list(tmp_path.glob("m_*"))
 
 
-def test_merge_inputs_by_glob(tmp_path, sp_model, write_corpus):
+def test_merge_inputs_by_glob(tmp_path, sp_model, write_annotated_jsonl):
     """A glob over whole shard sets keeps the stems it finds, in sorted order, once each."""
-    a, _ = make_set(tmp_path, "part-a", sp_model, write_corpus, 1, 6)
-    b, _ = make_set(tmp_path, "part-b", sp_model, write_corpus, 2, 7)
+    a, _ = make_set(tmp_path, "part-a", sp_model, write_annotated_jsonl, 1, 6)
+    b, _ = make_set(tmp_path, "part-b", sp_model, write_annotated_jsonl, 2, 7)
     assert merge_ixt.shard_set_stems([str(tmp_path / "part-*"), a]) == [a, b]
     assert merge_ixt.shard_set_stems([str(tmp_path / "part-*_ixt.json")]) == [a, b]
     with pytest.raises(FileNotFoundError, match="matches no file"):
         merge_ixt.shard_set_stems([str(tmp_path / "nothing-*")])
 
 
-def test_merge_refuses_unknown_version(tmp_path, sp_model, write_corpus, capsys):
-    a, _ = make_set(tmp_path, "a", sp_model, write_corpus, 1, 5)
+def test_merge_refuses_unknown_version(tmp_path, sp_model, write_annotated_jsonl, capsys):
+    a, _ = make_set(tmp_path, "a", sp_model, write_annotated_jsonl, 1, 5)
     meta = json.loads(open(a + "_ixt.json").read())
     meta["version"] = 99
     open(a + "_ixt.json", "w").write(json.dumps(meta))
@@ -117,11 +118,11 @@ def test_inspect_rejects_wrong_tokenizer(ixt_shard_set, hf_tokenizer_dir, capsys
 
 
 @pytest.mark.slow
-def test_sharded_then_merged_equals_the_single_run(tmp_path, sp_model, write_corpus):
+def test_sharded_then_merged_equals_the_single_run(tmp_path, sp_model, write_annotated_jsonl):
     """--num-shards parts merged in shard order are the single run, byte for byte (a part may be empty)."""
     inputs = []
     for i in range(5):
-        write_corpus(tmp_path / f"in{i}.jsonl", n_docs=12 + 5 * i, seed=20 + i,
+        write_annotated_jsonl(tmp_path / f"in{i}.jsonl", n_docs=12 + 5 * i, seed=20 + i,
                      extra_lines=['{"text": 5}'] if i == 3 else ())  # a dropped record counts in its part
         inputs.append(str(tmp_path / f"in{i}.jsonl"))
     args = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model, "--append-eod"]

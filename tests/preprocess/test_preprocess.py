@@ -48,9 +48,9 @@ def expected_documents(records, tokenizer, append_eod=True):
     return out
 
 
-def test_round_trip_and_alignment(tmp_path, write_corpus, sp_model, sp_tokenizer, capsys, monkeypatch):
+def test_round_trip_and_alignment(tmp_path, write_annotated_jsonl, sp_model, sp_tokenizer, capsys, monkeypatch):
     monkeypatch.setattr(chunks, "CHUNK_BYTES", 4096)  # many chunks
-    records = write_corpus(tmp_path / "in.jsonl", n_docs=300, seed=3, words=(20, 80))
+    records = write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=300, seed=3, words=(20, 80))
     assert run([tmp_path / "in.jsonl"], tmp_path / "out" / "c", sp_model, "--append-eod", "--workers", 2,
                "--log-interval", 100) == 0
     progress = re.findall(r"^Processed (\d+) documents \([\d.]+ docs/s, [\d.]+ MB/s, \d+ tokens/s\)",
@@ -107,9 +107,9 @@ def _files(prefix):
     return sorted(glob.glob(str(prefix) + "_*"))
 
 
-def test_deterministic_across_worker_counts(tmp_path, write_corpus, sp_model, monkeypatch):
+def test_deterministic_across_worker_counts(tmp_path, write_annotated_jsonl, sp_model, monkeypatch):
     monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)
-    write_corpus(tmp_path / "in.jsonl", n_docs=300, seed=5, words=(10, 40))
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=300, seed=5, words=(10, 40))
     outputs = {}
     for workers in (1, 2, 3):
         prefix = tmp_path / f"w{workers}" / "c"
@@ -119,12 +119,12 @@ def test_deterministic_across_worker_counts(tmp_path, write_corpus, sp_model, mo
     assert outputs[1] == outputs[2] == outputs[3]
 
 
-def test_no_append_eod_and_compressed_globbed_inputs(tmp_path, write_corpus, sp_model, sp_tokenizer):
+def test_no_append_eod_and_compressed_globbed_inputs(tmp_path, write_annotated_jsonl, sp_model, sp_tokenizer):
     import zstandard
 
-    a = write_corpus(tmp_path / "a.jsonl", n_docs=15, seed=11)
-    b = write_corpus(tmp_path / "b.jsonl", n_docs=12, seed=12)
-    c = write_corpus(tmp_path / "c.jsonl", n_docs=9, seed=13)
+    a = write_annotated_jsonl(tmp_path / "a.jsonl", n_docs=15, seed=11)
+    b = write_annotated_jsonl(tmp_path / "b.jsonl", n_docs=12, seed=12)
+    c = write_annotated_jsonl(tmp_path / "c.jsonl", n_docs=9, seed=13)
     (tmp_path / "parts").mkdir()
     with gzip.open(tmp_path / "parts" / "x1.jsonl.gz", "wb") as g:
         g.write((tmp_path / "a.jsonl").read_bytes())
@@ -142,8 +142,8 @@ def test_no_append_eod_and_compressed_globbed_inputs(tmp_path, write_corpus, sp_
     assert docs["file"].tolist() == [0] * 15 + [1] * 12 + [2] * 9
 
 
-def test_text_only_is_the_same_text_store(tmp_path, write_corpus, sp_model):
-    write_corpus(tmp_path / "in.jsonl", n_docs=40, seed=2)
+def test_text_only_is_the_same_text_store(tmp_path, write_annotated_jsonl, sp_model):
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=40, seed=2)
     assert run([tmp_path / "in.jsonl"], tmp_path / "full", sp_model, "--append-eod") == 0
     assert run([tmp_path / "in.jsonl"], tmp_path / "full", sp_model, "--append-eod") == 0
     assert run([tmp_path / "in.jsonl"], tmp_path / "plain", sp_model, "--append-eod", "--text-only") == 0
@@ -158,8 +158,8 @@ def test_text_only_is_the_same_text_store(tmp_path, write_corpus, sp_model):
                                                                       "full_text_document.idx"]
 
 
-def test_huggingface_tokenizer(tmp_path, write_corpus, hf_tokenizer_dir):
-    records = write_corpus(tmp_path / "in.jsonl", n_docs=30, seed=4)
+def test_huggingface_tokenizer(tmp_path, write_annotated_jsonl, hf_tokenizer_dir):
+    records = write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=30, seed=4)
     prefix = tmp_path / "hf"
     assert run([tmp_path / "in.jsonl"], prefix, hf_tokenizer_dir, "--append-eod", "--workers", 2,
                tokenizer_type="HuggingFaceTokenizer") == 0
@@ -228,11 +228,11 @@ def _outputs(prefix):
 
 
 @pytest.mark.parametrize("kind", ["hf_tokenizer_dir", "sp_byte_fallback_model"])
-def test_same_bytes_with_any_engine_and_workers(tmp_path, write_corpus, kind, request, capsys, monkeypatch):
+def test_same_bytes_with_any_engine_and_workers(tmp_path, write_annotated_jsonl, kind, request, capsys, monkeypatch):
     monkeypatch.setattr(chunks, "CHUNK_BYTES", 8192)
     model = request.getfixturevalue(kind)
     tokenizer_type = "HuggingFaceTokenizer" if kind == "hf_tokenizer_dir" else "SentencePieceTokenizer"
-    write_corpus(tmp_path / "in.jsonl", n_docs=200, seed=8, words=(10, 40),
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=200, seed=8, words=(10, 40),
                  extra_lines=['{"text": "control pieces in text: <s> </s> <unk>"}'])
     runs = {"auto-1": ("auto", 1), "auto-2": ("auto", 2), "reference-1": ("reference", 1)}
     if tokenizer_type == "SentencePieceTokenizer":
@@ -253,10 +253,12 @@ def test_same_bytes_with_any_engine_and_workers(tmp_path, write_corpus, kind, re
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_verification_difference_falls_back_with_a_warning(tmp_path, write_corpus, disagreeing_hf_dir, capsys, workers):
+def test_verification_difference_falls_back_with_a_warning(tmp_path, write_annotated_jsonl, disagreeing_hf_dir, capsys,
+                                                           workers):
     """With workers, verification runs while they encode the first chunks with the engine it then
     rejects: those are encoded again, with the reference."""
-    records = write_corpus(tmp_path / "in.jsonl", n_docs=20, seed=6, extra_lines=['{"text": "a <|mark|> here"}'])
+    records = write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=20, seed=6,
+                                    extra_lines=['{"text": "a <|mark|> here"}'])
     prefix = tmp_path / "m"
     assert run([tmp_path / "in.jsonl"], prefix, disagreeing_hf_dir, "--append-eod", "--workers", workers,
                tokenizer_type="HuggingFaceTokenizer") == 0
@@ -273,11 +275,11 @@ def test_verification_difference_falls_back_with_a_warning(tmp_path, write_corpu
     assert not glob.glob(str(tmp_path / ".preprocess_ixt-*"))  # the workers' scratch directories are gone
 
 
-def test_chunk_encoder_pickles_as_its_fields_and_engine(tmp_path, write_corpus, hf_tokenizer_dir):
+def test_chunk_encoder_pickles_as_its_fields_and_engine(tmp_path, write_annotated_jsonl, hf_tokenizer_dir):
     """What a spawned (not forked) worker receives: the encoder's fields and the engine the run verified."""
     import pickle
 
-    write_corpus(tmp_path / "in.jsonl", n_docs=20, seed=9)
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=20, seed=9)
     args = preprocess_ixt.get_args(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "o"),
                                     "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
                                     hf_tokenizer_dir, "--append-eod"])
@@ -303,14 +305,15 @@ def test_take_sequences_gathers_repeats_and_failures():
 
 
 @pytest.mark.parametrize("workers", [2, 3])
-def test_this_process_encodes_while_the_workers_are_busy(tmp_path, write_corpus, sp_model, monkeypatch, workers):
+def test_this_process_encodes_while_the_workers_are_busy(tmp_path, write_annotated_jsonl, sp_model, monkeypatch,
+                                                         workers):
     """With --workers N, N-1 worker processes and this one encode; results come back in input order
     whoever encoded them, with every input line counted once, and no worker is left running."""
     import multiprocessing
     import time
 
     monkeypatch.setattr(chunks, "CHUNK_BYTES", 4096)
-    write_corpus(tmp_path / "in.jsonl", n_docs=200, seed=3, words=(10, 30))
+    write_annotated_jsonl(tmp_path / "in.jsonl", n_docs=200, seed=3, words=(10, 30))
     args = preprocess_ixt.get_args(["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(tmp_path / "o"),
                                     "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model,
                                     "--workers", str(workers)])

@@ -1,2 +1,1 @@
-"""Fixtures for the scaling tests; helpers (synthetic run directories) are in ``scaling_testlib.py``
-(importable everywhere: pytest.ini's pythonpath)."""
+"""Fixtures for the scaling tests; helpers (synthetic run directories) are in ``tests.helpers.scaling``."""

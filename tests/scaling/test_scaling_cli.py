@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from scaling_testlib import write_arm, write_run
 
 from megatron_ixt.scaling.cli import main
 from megatron_ixt.scaling.fit import PowerLaw
 from megatron_ixt.scaling.points import PointError, frontier, read_point
+from tests.helpers.scaling import write_arm, write_run
 
 REF = PowerLaw(2.0, math.log(300.0), 0.15)
 IXT = PowerLaw(2.0, math.log(300.0) - 0.15 * math.log(2.0), 0.15)  # reaches each loss with 2x less compute

@@ -10,13 +10,13 @@ import shutil
 
 import numpy as np
 import pytest
-from scaling_testlib import tiny_spec, write_downstream_arm, write_scores
 
 from megatron_ixt.scaling import fit as F
 from megatron_ixt.scaling.analysis import analyze_downstream
 from megatron_ixt.scaling.cli import main
 from megatron_ixt.scaling.downstream import error_floor
 from megatron_ixt.scaling.points import read_arm
+from tests.helpers.scaling import tiny_spec, write_downstream_arm, write_scores
 
 ALPHA = 0.3
 REF = F.PowerLaw(0.05, math.log(0.9) + ALPHA * math.log(1e15), ALPHA)  # error 0.95 at 1e15 FLOPs

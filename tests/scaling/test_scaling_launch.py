@@ -8,18 +8,18 @@ import sys
 import time
 
 import pytest
-from scaling_testlib import tiny_spec, write_tiny_corpus
 
 from megatron_ixt.scaling.cli import main
 from megatron_ixt.scaling.launch import run_state, trainer_command
 from megatron_ixt.scaling.spec import SpecError, load_spec
+from tests.helpers.scaling import tiny_spec, write_counting_text_store
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return write_tiny_corpus(str(tmp_path_factory.mktemp("corpus") / "count"))
+    return write_counting_text_store(str(tmp_path_factory.mktemp("corpus") / "count"))
 
 
 def test_plan_expands_the_grid_with_per_size_rules(tmp_path, corpus):

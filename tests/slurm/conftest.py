@@ -1,6 +1,6 @@
 """Fixtures for the Slurm tests: a real Slurm cluster and the environment of test jobs.
 
-By default the session starts its own one-node cluster (:class:`slurm_cluster.LocalSlurm`: munged,
+By default the session starts its own one-node cluster (:class:`tests.helpers.slurm_cluster.LocalSlurm`: munged,
 slurmctld, slurmd as root; packages from ``install_slurm.sh``) and stops it at the end. With
 ``IXT_SLURM=existing`` the tests submit to the cluster the Slurm commands already reach instead
 (docs/slurm.md): ``IXT_SLURM_PARTITION``, ``IXT_SLURM_ACCOUNT`` and ``IXT_SBATCH_ARGS`` place the jobs,
@@ -9,7 +9,7 @@ slurmctld, slurmd as root; packages from ``install_slurm.sh``) and stops it at t
 Fixtures
     slurm      the Cluster [session]; skipped, with a warning, where this machine cannot run one
 
-Helpers (job environment, work directories) are in ``slurm_testlib.py``. One test module per
+Helpers (job environment, work directories) are in ``tests.helpers.slurm_jobs``. One test module per
 script: test_pretrain_sbatch.py, test_annotate_sbatch.py, test_preprocess_sbatch.py, and the sweep
 executor's (``launch --executor slurm``, submitit): test_sweep_executor.py.
 """
@@ -20,7 +20,8 @@ import shlex
 import warnings
 
 import pytest
-from slurm_cluster import Cluster, LocalSlurm, unavailable_reason
+
+from tests.helpers.slurm_cluster import Cluster, LocalSlurm, unavailable_reason
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ import os
 import socket
 
 import pytest
-from annotate_testlib import read_jsonl, write_jsonl
-from sglang_standin import StandinConfig, StandinServer
-from slurm_cluster import FINAL_STATES
-from slurm_testlib import REPO, job_env, read_text, workdir
+
+from tests.helpers.annotate import read_jsonl, write_jsonl
+from tests.helpers.sglang_standin import StandinConfig, StandinServer
+from tests.helpers.slurm_cluster import FINAL_STATES
+from tests.helpers.slurm_jobs import REPO, job_env, read_text, workdir
 
 SCRIPT = os.path.join(REPO, "examples", "slurm", "annotate.sbatch")
 CPU_ARGS = ["--gpus-per-node=0", "--cpus-per-task=1", "--time=00:10:00"]

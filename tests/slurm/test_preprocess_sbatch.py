@@ -11,8 +11,8 @@ import re
 import subprocess
 
 import pytest
-from slurm_testlib import REPO, job_env, read_text, workdir
 
+from tests.helpers.slurm_jobs import REPO, job_env, read_text, workdir
 from tools.preprocess_ixt import main as preprocess
 
 SCRIPT = os.path.join(REPO, "examples", "slurm", "preprocess.sbatch")
@@ -21,10 +21,10 @@ JOB_TIMEOUT = 300
 pytestmark = pytest.mark.slow
 
 
-def test_array_and_afterok_merge_give_the_single_runs_bytes(slurm, sp_model, write_corpus, tmp_path_factory):
+def test_array_and_afterok_merge_give_the_single_runs_bytes(slurm, sp_model, write_annotated_jsonl, tmp_path_factory):
     work = workdir(tmp_path_factory, "preprocess_array")
     for k in range(3):
-        write_corpus(os.path.join(work, f"in{k}.jsonl"), n_docs=40, seed=k)
+        write_annotated_jsonl(os.path.join(work, f"in{k}.jsonl"), n_docs=40, seed=k)
     common = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", sp_model]
     single = os.path.join(work, "single", "corpus")
     assert preprocess(["--input", os.path.join(work, "in*.jsonl"), "--output-prefix", single, *common,

@@ -11,12 +11,12 @@ import os
 import re
 
 import pytest
-from slurm_cluster import FINAL_STATES
-from slurm_testlib import REPO, job_env, read_text, workdir
-from train_testlib import train_losses
 
 from megatron_ixt.data.shards import text_store_path
 from megatron_ixt.training.checkpoint import CheckpointError, read_latest_iteration
+from tests.helpers.slurm_cluster import FINAL_STATES
+from tests.helpers.slurm_jobs import REPO, job_env, read_text, workdir
+from tests.helpers.training import train_losses
 
 SCRIPT = os.path.join(REPO, "examples", "slurm", "pretrain_ixt.sbatch")
 CPU_ARGS = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:30:00"]

@@ -14,11 +14,11 @@ import subprocess
 import sys
 
 import pytest
-from corpus import VOCAB, write_corpus
-from scaling_testlib import tiny_spec
-from slurm_testlib import REPO, job_env, read_text, workdir
 
 from megatron_ixt.scaling.points import read_arm
+from tests.helpers.scaling import tiny_spec
+from tests.helpers.slurm_jobs import REPO, job_env, read_text, workdir
+from tests.helpers.training_corpus import VOCAB, write_counting_shard_set
 
 ARMS = {"baseline": "--ixt-prefix-kind none", "ixt-quality": "--ixt-prefix-kind quality"}
 JOB_TIMEOUT = 420
@@ -54,7 +54,7 @@ def _logs(root: str) -> str:
 
 def test_job_array_runs_the_grid_relaunch_submits_nothing_and_fit_reads_the_points(slurm, tmp_path_factory):
     work = workdir(tmp_path_factory, "sweep_executor")
-    data = write_corpus(os.path.join(work, "corpus", "ixt"))
+    data = write_counting_shard_set(os.path.join(work, "corpus", "ixt"))
     root = os.path.join(work, "runs")
     spec = tiny_spec(os.path.join(work, "sweep.yaml"), data, root, budgets=(512,), arms=ARMS, vocab=VOCAB,
                      extra=f"slurm: {json.dumps(_spec_slurm_keys(slurm.sbatch_args))}\n")

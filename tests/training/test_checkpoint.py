@@ -6,10 +6,10 @@ import sys
 import time
 
 import pytest
-from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
 
 from megatron_ixt.distributed import free_port
 from megatron_ixt.training.checkpoint import CheckpointError, iteration_dir, prune_checkpoints, read_latest_iteration
+from tests.helpers.training import read_records, run_pretrain, tiny_model_args, train_losses
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
-from train_testlib import read_records, run_pretrain, tiny_model_args
 
 from megatron_ixt.evaluation.heldout import LossStats, eval_loss_func
+from tests.helpers.training import read_records, run_pretrain, tiny_model_args
 
 
 def test_loss_stats_are_the_ratio_estimator():

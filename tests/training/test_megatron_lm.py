@@ -95,9 +95,10 @@ def test_unsupported_data_mode_refused(megatron_lm, ixt_shard_set, flag, capsys)
 def test_null_tokenizer_vocab_rule(megatron_lm, synth_data, capsys):
     """A shard set written with our NullTokenizer --vocab-size V (EOD V) is read by Megatron-LM 0.17+
     with --vocab-size V+1; V is refused with a message naming V+1."""
-    from corpus import VOCAB
     from megatron.training import get_tokenizer
     from megatron.training.training import destroy_global_state
+
+    from tests.helpers.training_corpus import VOCAB
 
     megatron_lm.parse_args(model_flags(synth_data, "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB)))
     tokenizer = get_tokenizer()

@@ -6,9 +6,8 @@ import shutil
 import subprocess
 import sys
 
-from train_testlib import tiny_model_args
-
 from megatron_ixt.training.checkpoint import read_config
+from tests.helpers.training import tiny_model_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OPTIONS_CLASS_LINE = "class IXTOptions:\n"

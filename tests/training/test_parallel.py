@@ -4,7 +4,8 @@ All runs start from one initial checkpoint (written by a single process with --t
 loaded with --finetune), so they share weights whatever the layout; dist_checkpointing reshards.
 """
 import pytest
-from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
+
+from tests.helpers.training import read_records, run_pretrain, tiny_model_args, train_losses
 
 ITERS = 4
 

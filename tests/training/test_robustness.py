@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from train_testlib import run_pretrain, tiny_model_args, train_losses
 
 from megatron_ixt.cli import EXIT_NONFINITE
 from megatron_ixt.training.checkpoint import iteration_dir, read_latest_iteration
+from tests.helpers.training import run_pretrain, tiny_model_args, train_losses
 
 
 def checkpoint_tensors(path: str, scratch: str) -> dict:

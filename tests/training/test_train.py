@@ -6,10 +6,9 @@ import os
 import subprocess
 import sys
 
-from corpus import BAD_CRITIQUE, GOOD_CRITIQUE
-from train_testlib import read_records, run_pretrain, tiny_model_args, train_losses
-
 from megatron_ixt.cli import EXIT_BAD_INPUT
+from tests.helpers.training import read_records, run_pretrain, tiny_model_args, train_losses
+from tests.helpers.training_corpus import BAD_CRITIQUE, GOOD_CRITIQUE
 
 
 def test_loss_falls_metrics_and_eval_conditionings(synth_data, tmp_path):

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from train_testlib import read_records, run_pretrain, train_losses
 
 from megatron_ixt.data.shards import read_metadata
 from megatron_ixt.data.templates import steering
+from tests.helpers.training import read_records, run_pretrain, train_losses
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import os
 import struct
 
 import pytest
-from train_testlib import read_records, run_pretrain, tiny_model_args
+
+from tests.helpers.training import read_records, run_pretrain, tiny_model_args
 
 wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 

@@ -1,4 +1,7 @@
-"""Helpers shared by the annotate tests (import as ``annotate_testlib``; fixtures live in conftest.py)."""
+"""Helpers shared by the annotate tests (fixtures live in tests/annotate/conftest.py).
+
+    from tests.helpers.annotate import read_jsonl, write_jsonl, subprocess_env, ...
+"""
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
-"""Helpers shared by the Slurm tests (import as ``slurm_testlib``; fixtures live in conftest.py).
+"""Helpers shared by the Slurm tests (``from tests.helpers.slurm_jobs import ...``; fixtures live in
+tests/slurm/conftest.py, the cluster itself in ``tests.helpers.slurm_cluster``).
 
 ``job_env(**vars)`` is the environment a test job is submitted with (sbatch exports it): this
 Python and this repository first on PATH/PYTHONPATH, one thread per task, plus ``vars`` (the

@@ -1,5 +1,5 @@
 """A small learnable IXT shard set for the training tests (NullTokenizer, vocab 511, EOD 511: 512 ids, so
-TP=1 and TP=2 pad the vocabulary alike).
+TP=1 and TP=2 pad the vocabulary alike): ``from tests.helpers.training_corpus import write_counting_shard_set``.
 
 Document ``i`` counts upwards from a random start in steps of 1 ("good", quality 5) or of a
 random step with noise ("bad", quality 1). Annotated documents get a short critique prefix
@@ -20,7 +20,7 @@ BAD_CRITIQUE = [490, 494, 495, 496]
 GOOD_QUALITY, BAD_QUALITY = [497, 498], [497, 499]
 
 
-def write_corpus(prefix: str, num_documents: int = 400, annotated: float = 0.8, seed: int = 0) -> str:
+def write_counting_shard_set(prefix: str, num_documents: int = 400, annotated: float = 0.8, seed: int = 0) -> str:
     """Write shard set ``prefix`` (CONTRACTS.md section 2); returns the text-store path to pass as
     ``--data-path``. Annotated documents have quality 5 ("good") or 1 ("bad") in P_ixt_docs.npy."""
     rng = np.random.default_rng(seed)

@@ -35,8 +35,9 @@ without ``Authorization: Bearer <key>`` (``/health`` stays open, as in SGLang an
 chat request naming a model other than ``model``; ``list_models=False`` lists no model
 (``/v1/models`` empty, ``/model_info`` 404).
 
-Run ``PYTHONPATH=. python tests/annotate/sglang_standin.py --port 0`` (prints ``READY <url>``), or use
-:class:`StandinServer` in-process (a thread with its own event loop).
+Run ``python -m tests.helpers.sglang_standin --port 0`` from the repository root (prints ``READY <url>``;
+elsewhere put the root on ``PYTHONPATH``), or use :class:`StandinServer` in-process (a thread with its own
+event loop): ``from tests.helpers.sglang_standin import StandinConfig, StandinServer``.
 """
 from __future__ import annotations
 

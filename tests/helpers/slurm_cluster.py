@@ -12,7 +12,7 @@ docs/slurm.md): the same client methods, plus the ``sbatch`` arguments that plac
 (partition, account, anything else).
 
 Needs root (slurmd launches jobs as the submitting user, and the daemons run as SlurmUser=root)
-and the Debian packages ``slurmctld slurmd slurm-client munge`` (``install_slurm.sh``, run by
+and the Debian packages ``slurmctld slurmd slurm-client munge`` (``tests/slurm/install_slurm.sh``, run by
 ``.ci/run``); :func:`unavailable_reason` says why a machine cannot run it. Tested with Slurm 22.05
 (Debian 12).
 """
@@ -36,7 +36,8 @@ PARTITION = "ixt"
 # Job states after which a job does not run again by itself (COMPLETING, REQUEUED, ... are transient).
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
                           "BOOT_FAIL", "DEADLINE", "PREEMPTED"})
-INSTALL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "install_slurm.sh")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INSTALL = os.path.join(REPO, "tests", "slurm", "install_slurm.sh")
 
 
 def unavailable_reason() -> str | None:
@@ -204,7 +205,7 @@ class LocalSlurm(Cluster):
             f"PartitionName={PARTITION} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
         ]
         with open(self.conf, "w") as f:
-            f.write("# Written by tests/slurm/slurm_cluster.py for one test session.\n" + "\n".join(lines) + "\n")
+            f.write("# Written by tests/helpers/slurm_cluster.py for one test session.\n" + "\n".join(lines) + "\n")
 
     def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen:
         with open(os.path.join(self.logs, f"{name}.stdout"), "wb") as out:  # the child keeps its copy

@@ -1,16 +1,17 @@
-"""``torchrun build_parallel.py DST TP PP MODEL_JSON``: build the tiny test model (``MODEL_JSON``: its
-``cfg.model`` overrides) under TP x PP, save it as checkpoint DST the way a TP x PP run does, and
-write its logits on ``export_testlib.probe_ids()``, computed under that layout, to DST/ref_logits.pt."""
+"""``torchrun -m tests.helpers.export_build_parallel DST TP PP MODEL_JSON`` (the repository root on
+``PYTHONPATH``; ``tests.helpers.export.build_parallel`` runs it so): build the tiny test model (``MODEL_JSON``:
+its ``cfg.model`` overrides) under TP x PP, save it as checkpoint DST the way a TP x PP run does, and write its
+logits on ``tests.helpers.export.probe_ids()``, computed under that layout, to DST/ref_logits.pt."""
 import json
 import os
 import sys
 
 import torch
 import torch.distributed as dist
-from export_testlib import VOCAB, build_model, probe_ids, save_model_checkpoint, tiny_config
 from megatron.core import parallel_state as ps
 
 from megatron_ixt.distributed import init_distributed
+from tests.helpers.export import VOCAB, build_model, probe_ids, save_model_checkpoint, tiny_config
 
 
 def main():

@@ -1,4 +1,5 @@
-"""Helpers shared by the training tests (import as ``train_testlib``; fixtures live in conftest.py).
+"""Helpers shared by the training tests (``from tests.helpers.training import ...``; fixtures live in
+tests/training/conftest.py; the synthetic corpus is in ``tests.helpers.training_corpus``).
 
 ``run_pretrain(args, nproc=1)`` runs ``python -m megatron_ixt.pretrain`` (``nproc`` > 1: under
 ``torch.distributed.run`` with gloo) in a subprocess and returns the CompletedProcess;
@@ -11,7 +12,7 @@ import os
 import subprocess
 import sys
 
-from corpus import VOCAB
+from tests.helpers.training_corpus import VOCAB
 
 
 def tiny_model_args(data_path: str, cache: str) -> list:

@@ -1,4 +1,5 @@
-"""Synthetic scaling runs: real ``metrics.jsonl`` files written by the trainer's MetricsWriter.
+"""Synthetic scaling runs: real ``metrics.jsonl`` files written by the trainer's MetricsWriter
+(``from tests.helpers.scaling import ...``; used by tests/scaling and tests/slurm).
 
 ``write_run(dir, loss, flops, ...)`` writes a header (a real ``Config.to_dict()``) and one final
 eval record; ``write_arm`` writes a grid of runs whose loss follows a known power law.
@@ -60,7 +61,7 @@ def write_arm(root: str, arm: str, law: PowerLaw, *, kind: str, budgets=(1e15, 3
 VOCAB = 127
 
 
-def write_tiny_corpus(prefix: str, num_documents: int = 200, seed: int = 0) -> str:
+def write_counting_text_store(prefix: str, num_documents: int = 200, seed: int = 0) -> str:
     """A learnable plain text store (NullTokenizer ``--vocab-size 127``): each document counts up
     from a random start; returns the ``--data-path``."""
     from megatron_ixt.data.shards import text_store_path

@@ -1,11 +1,11 @@
-"""Helpers for the export tests (import as ``export_testlib``).
+"""Helpers for the export tests (``from tests.helpers.export import ...``; fixtures live in tests/export/conftest.py).
 
 ``tiny_config(**model)`` is a training Config of a 2-layer model (NullTokenizer, 300 ids + EOD, so the
 vocabulary is padded to 384); ``build_model(cfg)`` builds it in this process (needs the ``dist``
 fixture); ``save_model_checkpoint(root, model, cfg)`` saves its weights and config with
 megatron-core's dist_checkpointing in the trainer's layout (what ``--load`` reads);
 ``megatron_logits(model, ids)`` is its fp32 forward. ``build_parallel(dst, tp, pp, **model)`` builds,
-saves and runs the model under TP x PP in torchrun (gloo).
+saves and runs the model under TP x PP in torchrun (gloo; the worker is ``tests.helpers.export_build_parallel``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOCAB = 300  # NullTokenizer ids 0..299, EOD 300: 301 ids, padded to 384
 
 
@@ -79,15 +79,17 @@ def probe_ids(batch: int = 2, length: int = 24) -> torch.Tensor:
 
 
 def build_parallel(dst: str, tp: int, pp: int, **model) -> torch.Tensor:
-    """Build and save the tiny model under TP x PP (torchrun, gloo; see build_parallel.py) as
+    """Build and save the tiny model under TP x PP (torchrun, gloo; see export_build_parallel.py) as
     checkpoint ``dst``; returns its logits on ``probe_ids()`` computed under that layout."""
     import json
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    # the worker imports tests.helpers.export: the repository root goes first on its PYTHONPATH
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp * pp),
-           os.path.join(HERE, "build_parallel.py"), dst, str(tp), str(pp),
+           "-m", "tests.helpers.export_build_parallel", dst, str(tp), str(pp),
            json.dumps(model)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

@@ -1,4 +1,5 @@
-"""Helpers for the IXT dataset tests: synthetic shard sets on disk and a token-stream parser.
+"""Helpers for the IXT dataset tests: synthetic shard sets on disk and a token-stream parser
+(``from tests.helpers.dataset import ...``; fixtures live in tests/dataset/conftest.py).
 
 Token layout of the synthetic corpora (NullTokenizer, vocab 1000, EOD = 1000):
 - text of document ``i`` in store ``s``: ``[lo + i // 249, lo + i % 249, ...random...] + [EOD]``
