@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from megatron_ixt.data.blends import flag_paths
 from megatron_ixt.training.checkpoint import checkpoint_path, load_model_weights, read_config
 
 
@@ -45,13 +46,7 @@ class InferenceModel:
 def training_data_paths(cfg) -> list[str]:
     """The dataset paths (text stores, weights dropped) of a Config's ``--data-path`` / ``--train-data-path``
     blends: where a checkpoint's steering templates are recorded."""
-    from megatron.core.datasets.utils import get_blend_from_list
-
-    paths = []
-    for blend in (cfg.data.data_path, cfg.data.train_data_path):
-        parsed = get_blend_from_list(blend or None)
-        paths += parsed[0] if parsed else []
-    return paths
+    return flag_paths(cfg.data, ("data_path", "train_data_path"))
 
 
 def inference_config(load_dir: str, iteration: int | None = None, *, tensor_model_parallel_size: int = 1,

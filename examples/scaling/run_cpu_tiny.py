@@ -17,8 +17,9 @@ resumes, finished runs and scored runs are skipped)::
    preprocessed the same way: every arm is judged on the same correct tokens.
    ``carry_add.jsonl``: the carry questions of the local lm-eval task examples/scaling/tasks/carry_add.yaml.
 2. ``python -m megatron_ixt.scaling launch SPEC``: 3 sizes x 3 token budgets x 2 arms (baseline
-   ``--ixt-prefix-kind none``, ixt-quality ``--ixt-prefix-kind quality``); with cpu_downstream.yaml
-   each finished run is also exported and scored on the carry task.
+   ``--ixt-prefix-kind none``, ixt-quality ``--ixt-prefix-kind quality``, in cpu_downstream.yaml with
+   the demo's cooldown recipe); with cpu_downstream.yaml each finished run is also exported and
+   scored on the carry task.
 3. ``python -m megatron_ixt.scaling fit SPEC``: baseline judged without a prefix (``none/doc_loss``),
    ixt-quality under its steering prefix (``steering/doc_loss``), and the spec's downstream metrics;
    table, fits and PNGs into ``--results``. The verifier judge is a program, not a model, so there

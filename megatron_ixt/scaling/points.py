@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from megatron_ixt.data.blends import flag_blend
 from megatron_ixt.tokenizer import model_sha256
 from megatron_ixt.training.flops import annotation_flops, layer_matrix_params
 from megatron_ixt.training.metrics import read_metrics
@@ -87,17 +88,15 @@ def _tokenizer_id(config: dict) -> str:
 
 def _heldout_id(config: dict) -> str:
     """The held-out documents: the validation blend, or the split of the ``--data-path`` blend."""
-    from megatron.core.datasets.utils import get_blend_from_list
-
     d = config["data"]
 
-    def blend(paths):
-        prefixes, weights = get_blend_from_list(paths or None) or ([], None)
+    def blend(name):
+        prefixes, weights = flag_blend(d, name) or ([], None)
         return " ".join(os.path.realpath(p) for p in prefixes) + (f" weights {weights}" if weights else "")
 
     if d.get("valid_data_path"):
-        return "valid " + blend(d["valid_data_path"])
-    return f"split {d.get('split')} of " + blend(d.get("data_path") or [])
+        return "valid " + blend("valid_data_path")
+    return f"split {d.get('split')} of " + blend("data_path")
 
 
 def read_point(run: str, metric: str | None = None) -> Point:

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from megatron_ixt.cli import EXIT_USAGE, add_import_flag
-from megatron_ixt.data.blends import DEFAULT_SPLIT, blends_from_args
+from megatron_ixt.data.blends import BLEND_FLAGS, DEFAULT_SPLIT, blends_from_args, flag_paths
 from megatron_ixt.data.options import IXTFlags, IXTOptions, add_ixt_dataset_args
 from megatron_ixt.flags import add_flags, arg, flag_name
 from megatron_ixt.tokenizer import TokenizerConfig, add_tokenizer_args
@@ -375,12 +375,9 @@ def validate(cfg: Config, world_size: int, cuda: bool) -> None:
 
 def check_data_paths(cfg: Config) -> None:
     """Every dataset prefix of the blends has ``.bin`` and ``.idx`` files; ConfigError otherwise."""
-    from megatron.core.datasets.utils import get_blend_from_list
-
     missing = []
-    for name in ("data_path", "train_data_path", "valid_data_path", "test_data_path"):
-        blend = get_blend_from_list(getattr(cfg.data, name) or None)
-        for path in (blend[0] if blend else []):
+    for name in BLEND_FLAGS:
+        for path in flag_paths(cfg.data, (name,)):
             absent = [ext for ext in (".bin", ".idx") if not os.path.isfile(path + ext)]
             if absent:
                 missing.append(f"{flag_name(name)}: {path}{'/'.join(absent)} not found (expected a Megatron "

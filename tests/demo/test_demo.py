@@ -1,8 +1,10 @@
 """The README's main command, at toy size: every pipeline stage runs through its real entry point."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import run_demo  # examples/demo (pytest.ini's pythonpath)
@@ -12,74 +14,108 @@ from megatron_ixt.training.checkpoint import read_config
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.slow
-def test_demo_runs_the_whole_pipeline(tmp_path):
-    out = tmp_path / "demo"
+@dataclass
+class DemoRun:
+    out: pathlib.Path  # the demo's --output
+    command: list  # its command line (without --ablations)
+    stdout: str  # what the first run printed
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> DemoRun:
+    """`make demo` at toy size (400 documents, 4 steps per arm, 3 questions), run once per module."""
+    out = tmp_path_factory.mktemp("demo") / "out"
     command = [sys.executable, os.path.join(REPO, "examples", "demo", "run_demo.py"), "--output", str(out),
                "--num-docs", "400", "--heldout-docs", "40", "--train-iters", "4", "--eval-points", "2",
                "--eval-questions", "3"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return DemoRun(out, command, proc.stdout)
 
-    annotated = [json.loads(line) for line in open(out / "annotated" / "arith.jsonl")]
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+def test_annotation_and_shards(demo):
+    annotated = read_jsonl(demo.out / "annotated" / "arith.jsonl")
     assert len(annotated) == 400 and all(r["ixt"]["status"] == "ok" for r in annotated)
-    meta = json.load(open(out / "shards" / "arith_ixt.json"))
+    meta = read_json(demo.out / "shards" / "arith_ixt.json")
     assert meta["counts"]["documents"] == 400 and meta["steering"]["quality"]["tokens"]
-    for arm in ("baseline", "ixt"):
-        assert open(out / "ckpt" / arm / "latest_checkpointed_iteration.txt").read().strip() == "4"
-    results = json.load(open(out / "summary.json"))["results"]
+
+
+@pytest.mark.slow
+def test_both_arms_train_and_evaluate_held_out_loss(demo):
+    for arm, key in (("baseline", "none/doc_loss"), ("ixt", "steering/doc_loss")):
+        assert (demo.out / "ckpt" / arm / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+        evals = [r for r in read_jsonl(demo.out / "ckpt" / arm / "metrics.jsonl") if r["kind"] == "eval"]
+        assert [r["iteration"] for r in evals] == [2, 4] and all(r[key] > 0 for r in evals)
+    # the IXT arm's recipe: prefixes in the first 90% of the steps, none in the cooldown
+    assert read_config(str(demo.out / "ckpt" / "ixt"))["data"]["ixt_prefix_cooldown_fraction"] == 0.1
+    assert read_config(str(demo.out / "ckpt" / "baseline"))["data"]["ixt_prefix_kind"] == "none"
+
+
+@pytest.mark.slow
+def test_every_conditioning_is_scored_with_intervals(demo):
+    summary = read_json(demo.out / "summary.json")
+    results = summary["results"]
     assert set(results) == {"baseline", "ixt steered to quality 5", "ixt unconditioned", "ixt guided G=1.5",
                             "ixt guided G=3", "ixt steered to quality 1"}
     for r in results.values():
         assert r["questions"] == 3 and r["accuracy"] == r["correct"] / 3
         assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
         assert r["flawed_answers_ci"][0] <= r["flawed_answers"] <= r["flawed_answers_ci"][1]
-    summary = json.load(open(out / "summary.json"))
     assert summary["verdict"].startswith("verdict: ixt steered to quality 5 ")
-    assert any("megatron_ixt.pretrain" in c for c in summary["commands"])
-
-    # the report: table, verdict, commands, and the two plots as real PNGs
-    report = (out / "report.md").read_text()
-    assert summary["verdict"] in report and "| ixt steered to quality 1 |" in report
-    assert "megatron_ixt.pretrain" in report and "## Example answers" in report
-    for png in ("loss.png", "answers.png"):
-        assert f"]({png})" in report
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # held-out loss over training: both eval points of each arm, on the held-out correct documents
-    for arm, key in (("baseline", "none/doc_loss"), ("ixt", "steering/doc_loss")):
-        evals = [r for r in map(json.loads, open(out / "ckpt" / arm / "metrics.jsonl")) if r["kind"] == "eval"]
-        assert [r["iteration"] for r in evals] == [2, 4] and all(r[key] > 0 for r in evals)
-    generations = [json.loads(line) for line in open(out / "eval" / "ixt_steered_to_quality_5.jsonl")]
-    assert len(generations) == 3
-    assert generations[0]["prefix_tokens"] == meta["steering"]["quality"]["tokens"]
-    assert "ixt steered to quality 5" in proc.stdout
-    # the IXT arm's recipe: prefixes in the first 90% of the steps, none in the cooldown
-    assert read_config(str(out / "ckpt" / "ixt"))["data"]["ixt_prefix_cooldown_fraction"] == 0.1
-    guided = [json.loads(line) for line in open(out / "eval" / "ixt_guided_G_3.jsonl")]
-    assert len(guided) == 3 and guided[0]["prefix_tokens"] == meta["steering"]["quality"]["tokens"]
+    assert "ixt steered to quality 5" in demo.stdout
+    steering = read_json(demo.out / "shards" / "arith_ixt.json")["steering"]["quality"]["tokens"]
+    for name in ("ixt_steered_to_quality_5", "ixt_guided_G_3"):  # both passes start from the steering prefix
+        generations = read_jsonl(demo.out / "eval" / f"{name}.jsonl")
+        assert len(generations) == 3 and generations[0]["prefix_tokens"] == steering
     rows = summary["recipes"]
     assert [(r["arm"], r["recipe"]) for r in rows] == [("baseline", "-"), ("ixt", "cooldown 0.1")]
     assert rows[0]["steered"] is None and rows[0]["unconditioned"] == results["baseline"]
     assert rows[1]["guided"]["3"] == results["ixt guided G=3"] and rows[1]["loss_steered"] > 0
-    assert "| ixt | cooldown 0.1 |" in report and "## Recipes" in report
 
-    # `make demo-ablations`: the same output again, the other recipes added; the finished arms are reused
+
+@pytest.mark.slow
+def test_report_has_the_tables_plots_and_commands(demo):
+    summary = read_json(demo.out / "summary.json")
+    assert any("megatron_ixt.pretrain" in c for c in summary["commands"])
+    report = (demo.out / "report.md").read_text()
+    assert summary["verdict"] in report and "| ixt steered to quality 1 |" in report
+    assert "megatron_ixt.pretrain" in report and "## Example answers" in report
+    assert "| ixt | cooldown 0.1 |" in report and "## Recipes" in report
+    for png in ("loss.png", "answers.png"):
+        assert f"]({png})" in report
+        assert (demo.out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_ablations_add_the_other_recipes_and_reuse_the_finished_arms(demo):
+    """`make demo-ablations`: the same output again with --ablations (runs last: it adds to ``demo``)."""
     def trained(arm):  # the trainer's records of optimizer steps (a resumed, finished run adds none)
-        return [r for r in map(json.loads, open(out / "ckpt" / arm / "metrics.jsonl")) if r["kind"] == "train"]
+        return [r for r in read_jsonl(demo.out / "ckpt" / arm / "metrics.jsonl") if r["kind"] == "train"]
 
     before = {arm: trained(arm) for arm in ("baseline", "ixt")}
-    proc = subprocess.run([*command, "--ablations"], capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([*demo.command, "--ablations"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert {arm: trained(arm) for arm in before} == before and len(before["ixt"]) == 1
-    summary = json.load(open(out / "summary.json"))
+    summary = read_json(demo.out / "summary.json")
     assert [(r["arm"], r["recipe"]) for r in summary["recipes"]] == [
         ("baseline", "-"), ("ixt", "cooldown 0.1"), ("ixt no cooldown", "no cooldown"),
         ("ixt dropout 0.1", "dropout 0.1")]
     for arm, flag, value in (("ixt_no_cooldown", "ixt_prefix_cooldown_fraction", 0.0),
                              ("ixt_dropout_0_1", "ixt_prefix_dropout", 0.1)):
-        assert read_config(str(out / "ckpt" / arm))["data"][flag] == value
+        assert read_config(str(demo.out / "ckpt" / arm))["data"][flag] == value
     assert all(r["questions"] == 3 for r in summary["results"].values()) and len(summary["results"]) == 16
-    assert "| ixt dropout 0.1 | dropout 0.1 |" in (out / "report.md").read_text()
+    assert "| ixt dropout 0.1 | dropout 0.1 |" in (demo.out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("at_once", [1, 2])

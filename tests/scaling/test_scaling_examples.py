@@ -108,7 +108,9 @@ def test_cpu_tiny_pipeline_smoke_at_toy_scale(tmp_path):
 def test_cpu_downstream_plans_3_sizes_x_3_budgets_x_2_arms_scored_under_steering(tmp_path):
     spec = load_spec(os.path.join(EXAMPLES, "cpu_downstream.yaml"), str(tmp_path))
     assert len(spec.runs) == 18 and len({r.params for r in spec.runs}) == 3
-    assert sorted({r.train_iters for r in spec.runs}) == [147, 293, 586]  # as the spec's comment says
+    assert sorted({r.train_iters for r in spec.runs}) == [293, 586, 1172]  # as the spec's comment says
+    # the IXT arm trains with the demo's recipe: the last 10% of the steps without prefixes
+    assert " ".join(spec.arm_flags["ixt-quality"]).endswith("--ixt-prefix-cooldown-fraction 0.1")
     ev = spec.evaluate
     assert ev.tasks == ["carry_add"] and ev.metrics == ["carry_add/exact_match"]
     assert ev.steer == {"baseline": "none", "ixt-quality": "quality"}  # IXT steered to its top level
