@@ -3,7 +3,8 @@
 * ``loss_vs_flops.png``: held-out loss against total FLOPs, log-log; per arm its points, the
   fitted curve and the 95% bootstrap band, extended 4x beyond the largest run.
 * ``multiplier_vs_loss.png``: ``k(L)`` per non-reference arm with its 95% band, over the losses
-  where the reference's fit reaches ``L``; a dotted line at the reference's asymptote ``E``.
+  where the reference's fit reaches ``L``; a dotted line at the reference's asymptote ``E``. Its
+  y axis is clipped to ``K_AXIS_RANGE`` (the table holds the values beyond it).
 * A downstream analysis (``TASK/METRIC``): ``score_vs_flops_<metric>.png`` (score = 1 - the fitted
   error rate, log FLOPs, with bands) and ``multiplier_vs_score_<metric>.png`` (``k`` against the
   target score; the dotted line is the reference's ceiling ``1 - E``).
@@ -72,6 +73,7 @@ def _multiplier(analysis: Analysis, path: str) -> str:
     grid = np.linspace(lo_l, hi_l, 80) if lo_l < hi_l else np.array([hi_l])
     x = 1.0 - grid if score else grid
     fig, ax = plt.subplots(figsize=(7, 5))
+    drawn = []
     for i, name in enumerate(res["arms"]):
         if name == reference:
             continue
@@ -82,8 +84,10 @@ def _multiplier(analysis: Analysis, path: str) -> str:
         high = np.array([_nan(b[1]) for b in bands])
         ax.plot(x, k, color=color, label=f"{name} vs {reference}")
         ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+        drawn += [k, low, high]
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set_yscale("log")
+    ax.set_ylim(*_k_axis_limits(np.concatenate(drawn) if drawn else np.array([1.0])))
     if score:
         ax.axvline(1.0 - ref.E, color="grey", linestyle=":", label=f"{reference} ceiling 1-E={1 - ref.E:.3g}")
         ax.set_xlabel(f"target {res['metric']} score")
@@ -106,6 +110,19 @@ def _save(fig, ax, title: str, path: str) -> str:
     return path
 
 
+K_AXIS_RANGE = (1e-3, 1e3)  # the multiplier plot's y axis is clipped to this range (k beyond it: off the chart)
+
+
+def _k_axis_limits(values: np.ndarray) -> tuple[float, float]:
+    """Log-axis limits for multipliers: the positive finite ``values`` (and 1) padded by 1.5x, within
+    :data:`K_AXIS_RANGE` (a fit whose reference barely moves gives k of 1e100 and more, which
+    matplotlib cannot place on a log axis)."""
+    finite = values[np.isfinite(values) & (values > 0)]
+    low, high = min(finite.min(initial=1.0), 1.0) / 1.5, max(finite.max(initial=1.0), 1.0) * 1.5
+    return max(low, K_AXIS_RANGE[0]), min(high, K_AXIS_RANGE[1])
+
+
 def _nan(value):
-    """None (unreachable / unbounded) as NaN, which matplotlib leaves out."""
-    return np.nan if value is None else float(value)
+    """None (unreachable) and infinity (an unbounded CI) as NaN, which matplotlib leaves out (an
+    infinite value on a log axis would make its limits infinite)."""
+    return np.nan if value is None or not np.isfinite(value) else float(value)

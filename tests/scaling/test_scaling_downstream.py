@@ -154,3 +154,35 @@ def test_fit_spec_reads_arms_reference_and_metrics_from_the_spec(ceiling, tmp_pa
     assert list(fits["downstream"]) == ["carry_add/exact_match,none"]
     assert main(["fit", spec, "--arm", f"x={ceiling}/ixt/*", "--output", out]) == 2
     assert "either a SPEC or --arm" in capsys.readouterr().err
+
+
+def test_a_ladder_that_jumps_at_its_largest_run_is_fitted_and_plotted(tmp_path):
+    """The shape of the CPU downstream sweep: both arms near 0 on 8 of 9 runs, the IXT arm at 0.40 on
+    its largest. The power law fits it with alpha ~ 0 (k then runs to absurd values); the fit still
+    writes its table and every plot."""
+    from tests.helpers.scaling import write_arm
+
+    root, out = str(tmp_path / "runs"), str(tmp_path / "fit")
+    scores = {"baseline": [0, 0, 0.01, 0, 0.005, 0.045, 0.005, 0.02, 0.045],  # sizes x budgets, in order
+              "ixt": [0, 0.01, 0.01, 0.005, 0.03, 0.01, 0, 0.015, 0.40]}
+    rng = np.random.default_rng(5)
+    for arm, kind, steer in (("baseline", "none", "none"), ("ixt", "quality", "quality")):
+        runs = write_arm(root, arm, IXT, kind=kind, budgets=BUDGETS[:3], seeds=(1,), rng=rng)
+        for run, score in zip(runs, scores[arm]):
+            write_scores(run, "carry_add", np.arange(200) < round(score * 200), steer=steer)
+    assert _fit(root, out, "--bootstrap", "100") == 0
+    d = json.load(open(os.path.join(out, "fits.json")))["downstream"]["carry_add/exact_match,none"]
+    assert d["arms"]["ixt"]["alpha"] < 0.05  # the form does not describe a jump: read the table, not k
+    for png in ("score_vs_flops_carry_add_exact_match_none", "multiplier_vs_score_carry_add_exact_match_none"):
+        with open(os.path.join(out, png + ".png"), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_multiplier_axis_is_clipped_so_that_absurd_k_still_plots():
+    """k of 1e279 (the CPU sweep's bootstrap gave one) on a log axis made matplotlib overflow; the
+    axis keeps the finite positive values within K_AXIS_RANGE, padded by 1.5x."""
+    from megatron_ixt.scaling.plots import K_AXIS_RANGE, _k_axis_limits
+
+    assert _k_axis_limits(np.array([0.5, 2.0, 1e279, np.inf, np.nan, 0.0])) == (0.5 / 1.5, K_AXIS_RANGE[1])
+    assert _k_axis_limits(np.array([np.nan])) == (1 / 1.5, 1.5)  # nothing drawn: around k = 1
+    assert _k_axis_limits(np.array([1e-300, 3.0])) == (K_AXIS_RANGE[0], 4.5)
