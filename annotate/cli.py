@@ -117,24 +117,28 @@ def load_run_config(output: str) -> dict | None:
         return json.load(f)
 
 
-def changed_result_flags(output: str, options: dict, result_flags, section: str = "judge") -> list[str]:
+def changed_result_flags(output: str, options: dict, result_flags, input_keys: dict | None = None) -> list[str]:
     """The result flags whose value in ``options`` differs from the one saved in ``output``'s
-    run_config.json (under ``section``), as ``--flag old -> new``; empty when ``output`` holds no
+    run_config.json (``judge``), and with ``input_keys`` the ``--text-key``/``--id-key`` values that
+    differ from its ``input_keys``, as ``--flag old -> new``; empty when ``output`` holds no
     annotation yet."""
     config = load_run_config(output)
     if config is None or not holds_annotations(output):
         return []
-    before = config.get(section, {})
-    return [f"--{name.replace('_', '-')} {before[name]!r} -> {options[name]!r}"
-            for name in result_flags if name in before and before[name] != options[name]]
+    compared = [("judge", options, result_flags)] + ([("input_keys", input_keys, input_keys)] if input_keys else [])
+    changed = []
+    for section, values, names in compared:
+        before = config.get(section, {})
+        changed += [f"--{name.replace('_', '-')} {before[name]!r} -> {values[name]!r}"
+                    for name in names if name in before and before[name] != values[name]]
+    return changed
 
 
 def check_resume(output: str, options: dict, result_flags, input_keys: dict) -> None:
     """Refuse a ``run`` into ``output`` when it holds annotations made with other values of a
     result flag or of ``--text-key``/``--id-key`` (``input_keys``, as saved in its
     run_config.json): continuing would mix results."""
-    changed = (changed_result_flags(output, options, result_flags) +
-               changed_result_flags(output, input_keys, input_keys, section="input_keys"))
+    changed = changed_result_flags(output, options, result_flags, input_keys)
     if changed:
         raise ValueError(f"{os.path.join(output, RUN_CONFIG)}: {output} holds annotations made with other settings "
                          f"({'; '.join(changed)}); use a new --output directory, or the same settings to continue")

@@ -57,11 +57,10 @@ def recipe_table_rows(results: dict[str, dict], metrics: dict[str, str], recipe_
     rows = []
     for recipe, arm in {"-": "baseline", **recipe_arms}.items():
         last = read_eval_records(metrics[arm])[-1]
-        get = lambda name: results.get(name)  # noqa: E731
         rows.append({"arm": arm, "recipe": recipe,
-                     "steered": get(f"{arm} steered to quality 5"),
-                     "unconditioned": get(arm if arm == "baseline" else f"{arm} unconditioned"),
-                     "guided": {f"{g:g}": get(f"{arm} guided G={g:g}") for g in guidance_scales},
+                     "steered": results.get(f"{arm} steered to quality 5"),
+                     "unconditioned": results.get(arm if arm == "baseline" else f"{arm} unconditioned"),
+                     "guided": {f"{g:g}": results.get(f"{arm} guided G={g:g}") for g in guidance_scales},
                      "loss_steered": last.get("steering/doc_loss"), "loss_unprefixed": last.get("none/doc_loss")})
     return rows
 
@@ -145,8 +144,9 @@ def write_report(out_dir: str, summary: dict, generations: dict[str, list[dict]]
                  metrics: dict[str, str]) -> str:
     """Writes ``report.md``, ``loss.png`` and ``answers.png`` into ``out_dir``; returns the report path."""
     results = summary["results"]
-    other_recipes = tuple(row["arm"] + " " for row in summary["recipes"][2:])  # example answers: baseline, `ixt`
-    shown = {name: g for name, g in generations.items() if not name.startswith(other_recipes)}
+    # example answers: the baseline's and the default recipe's arm (`ixt`), not the ablations'
+    ablations = tuple(row["arm"] + " " for row in summary["recipes"] if row["arm"] not in ("baseline", "ixt"))
+    shown = {name: g for name, g in generations.items() if not name.startswith(ablations)}
     plot_losses(metrics, os.path.join(out_dir, "loss.png"))
     plot_answers(results, os.path.join(out_dir, "answers.png"))
     lines = ["# megatron-ixt demo report", "", summary["verdict"], "",

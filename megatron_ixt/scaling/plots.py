@@ -118,8 +118,7 @@ def _k_axis_limits(values: np.ndarray) -> tuple[float, float]:
     :data:`K_AXIS_RANGE` (a fit whose reference barely moves gives k of 1e100 and more, which
     matplotlib cannot place on a log axis)."""
     finite = values[np.isfinite(values) & (values > 0)]
-    low, high = min(finite.min(initial=1.0), 1.0) / 1.5, max(finite.max(initial=1.0), 1.0) * 1.5
-    return max(low, K_AXIS_RANGE[0]), min(high, K_AXIS_RANGE[1])
+    return max(finite.min(initial=1.0) / 1.5, K_AXIS_RANGE[0]), min(finite.max(initial=1.0) * 1.5, K_AXIS_RANGE[1])
 
 
 def _nan(value):
