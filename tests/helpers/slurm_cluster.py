@@ -102,13 +102,13 @@ class Cluster:
         return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in proc.stdout.splitlines() if line.strip()]
 
     def wait(self, what: str, ok: Callable[[], bool], timeout: float, hint: Callable[[], str] = str) -> None:
-        """Poll ``ok`` every half second until it is true; SlurmError after ``timeout`` seconds,
+        """Poll ``ok`` every quarter second until it is true; SlurmError after ``timeout`` seconds,
         with ``hint()`` (e.g. the job's log) in the message."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if ok():
                 return
-            time.sleep(0.5)
+            time.sleep(0.25)
         raise SlurmError(f"timed out after {timeout:.0f} s waiting for {what}. {hint()}")
 
     def wait_done(self, job: str, timeout: float) -> list[dict[str, str]]:

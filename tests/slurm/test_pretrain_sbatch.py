@@ -20,7 +20,9 @@ from tests.helpers.training import train_losses
 
 SCRIPT = os.path.join(REPO, "examples", "slurm", "pretrain_ixt.sbatch")
 CPU_ARGS = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1", "--time=00:30:00"]
-ITERS = 15  # long enough that the signal lands mid-run, with checkpoints every 3 (tiny_cpu.args)
+# Long enough that the signal lands mid-run, with checkpoints every 3 (tiny_cpu.args). An iteration
+# takes about 0.5 s on 2 cores, so the quarter-second polls of LocalSlurm.wait see every stage.
+ITERS = 15
 JOB_TIMEOUT = 420
 
 pytestmark = pytest.mark.slow
@@ -57,6 +59,15 @@ def _alive(slurm, job: str, work: str) -> bool:
     state = slurm.jobs(job)[0]["JobState"]
     assert state not in FINAL_STATES, f"job {job} is {state}:\n{_log(work, job)[-4000:]}"
     return True
+
+
+def _kill_trainers(slurm, job: str) -> None:
+    """SIGKILL the job's trainer processes, as a node failure or the OOM killer would: no signal the
+    trainer can catch. (``scancel --signal=KILL`` is not that: Slurm ends the step with SIGTERM first,
+    and the trainer checkpoints.) A step of the job itself does it, so it also works on a cluster that
+    is not ours; the pattern matches the Python processes and not the ``srun`` lines that name them."""
+    slurm.run(["srun", f"--jobid={job}", "--overlap", "--ntasks=1", "pkill", "-KILL", "-f",
+               r"^[^ ]*python[^ ]* -m megatron_ixt\.pretrain "])
 
 
 def _assert_completed(record: dict, log: str) -> None:
@@ -112,11 +123,14 @@ def test_scancel_kill_then_resubmit_resumes_from_the_last_complete_checkpoint(sl
                                                                               tmp_path_factory):
     work = workdir(tmp_path_factory, "pretrain_kill")
     job = _submit(slurm, ixt_shard_set, work)
-    slurm.wait("a checkpoint and two more iterations", lambda: _alive(slurm, job, work) and _tracker(work) >= 3
-               and _last_iteration(work) >= _tracker(work) + 2, JOB_TIMEOUT, lambda: _log(work, job)[-2000:])
-    slurm.run(["scancel", "--signal=KILL", job])
+    # Killed past a checkpoint: the iterations after it are lost and must be redone on resubmission.
+    slurm.wait("a checkpoint and one more iteration", lambda: _alive(slurm, job, work) and _tracker(work) >= 3
+               and _last_iteration(work) > _tracker(work), JOB_TIMEOUT, lambda: _log(work, job)[-2000:])
+    _kill_trainers(slurm, job)
     [record] = slurm.wait_done(job, JOB_TIMEOUT)
-    assert record["JobState"] != "COMPLETED" and record["Restarts"] == "0", record
+    first = _log(work, job)
+    assert record["JobState"] == "FAILED" and record["Restarts"] == "0", f"{record}\n{first[-4000:]}"
+    assert "received SIG" not in first and "exiting at iteration" not in first, first[-4000:]  # no warning
     last = _tracker(work)
     assert 3 <= last < ITERS
     again = _submit(slurm, ixt_shard_set, work)
