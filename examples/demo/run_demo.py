@@ -57,12 +57,14 @@ from ixt_demo.synthetic import SynthConfig, make_document  # noqa: E402  (this f
 
 COMMANDS: list[str] = []  # every command the demo ran, in order (for the report)
 
-MODEL_ARGS = [  # small Llama-style model: trains at a few thousand tokens/s on 2 CPU cores
-    "--num-layers", "4", "--hidden-size", "128", "--ffn-hidden-size", "384",
-    "--num-attention-heads", "4", "--seq-length", "256", "--max-position-embeddings", "256",
-    "--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
-    "--untie-embeddings-and-output-weights",
-]
+
+def model_args(num_layers: int, seq_length: int) -> list[str]:
+    """The demo's small Llama-style model (pretrain flags). At its defaults (4 layers, 256-token
+    sequences) it trains at a few thousand tokens/s on 2 CPU cores."""
+    return ["--num-layers", str(num_layers), "--hidden-size", "128", "--ffn-hidden-size", "384",
+            "--num-attention-heads", "4", "--seq-length", str(seq_length),
+            "--max-position-embeddings", str(seq_length), "--normalization", "RMSNorm", "--swiglu",
+            "--position-embedding-type", "rope", "--untie-embeddings-and-output-weights"]
 
 
 # Sequences per optimizer step and process. Small batches, many steps: at 16 sequences (and 1,200
@@ -234,7 +236,11 @@ def main(argv=None) -> int:
                    help="held-out correct documents on which the document loss is evaluated during training")
     p.add_argument("--flaw-share", type=float, default=0.4, help="share of documents with the systematic carry slip")
     p.add_argument("--train-iters", type=int, default=2000,
-                   help=f"optimizer steps per arm, of {MICRO_BATCH_SIZE} sequences of 256 tokens per process")
+                   help=f"optimizer steps per arm, of {MICRO_BATCH_SIZE} sequences of --seq-length tokens per process")
+    p.add_argument("--num-layers", type=int, default=4,
+                   help="transformer layers of the model (pretrain's --num-layers)")
+    p.add_argument("--seq-length", type=int, default=256,
+                   help="tokens per training sequence (pretrain's --seq-length); a document is about 60")
     p.add_argument("--eval-points", type=int, default=6, help="held-out loss evaluations over training")
     p.add_argument("--eval-questions", type=int, default=240, help="held-out questions, each needing a carry")
     p.add_argument("--seed", type=int, default=1234, help="training seed of both arms")
@@ -298,7 +304,7 @@ def main(argv=None) -> int:
     launcher = ([py, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
                 if args.nproc > 1 else [py])
     eval_interval = max(1, args.train_iters // max(1, args.eval_points))
-    run_steps([(launcher + ["-m", "megatron_ixt.pretrain", *MODEL_ARGS, *arm_args,
+    run_steps([(launcher + ["-m", "megatron_ixt.pretrain", *model_args(args.num_layers, args.seq_length), *arm_args,
                             "--train-data-path", shards["arith"] + "_text_document",
                             "--valid-data-path", shards["heldout"] + "_text_document",
                             "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer,
