@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--num-layers", type=int, default=4,
                    help="transformer layers of the model (pretrain's --num-layers)")
     p.add_argument("--seq-length", type=int, default=256,
-                   help="tokens per training sequence (pretrain's --seq-length); a document is about 60")
+                   help="tokens per training sequence (pretrain's --seq-length); a document is about 60 tokens")
     p.add_argument("--eval-points", type=int, default=6, help="held-out loss evaluations over training")
     p.add_argument("--eval-questions", type=int, default=240, help="held-out questions, each needing a carry")
     p.add_argument("--seed", type=int, default=1234, help="training seed of both arms")
