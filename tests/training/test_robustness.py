@@ -1,5 +1,6 @@
 """Long-run guards: the NaN/Inf stop (exit 65), --skip-nonfinite-iters, ranks that exit with their
-launcher, checkpoint retention."""
+launcher, the process-group timeout on a hung peer, checkpoint retention."""
+import glob
 import os
 import re
 import signal
@@ -74,6 +75,24 @@ def test_diverging_run_stops_with_exit_65_and_no_nonfinite_checkpoint(synth_data
     assert read_latest_iteration(save) == (latest + 2) // 2 * 2
 
 
+def test_a_nonfinite_loss_stops_every_rank_before_any_update(synth_data, tmp_path):
+    """The loss branch of the check (the --lr 1e4 run above trips the gradient norm first): weights
+    initialised at std 1e38 overflow the forward pass, so iteration 1's loss is NaN on both
+    data-parallel ranks; both stop with exit 65, naming the loss and both ranks, and nothing is saved."""
+    save = str(tmp_path / "ckpt")
+    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
+        "--train-iters", "5", "--eval-iters", "0", "--save", save, "--save-interval", "1",
+        "--init-method-std", "1e38"]
+    proc = run_pretrain(args, nproc=2, check=False)
+    # torchrun exits 1 when a worker fails; its report gives each worker's own status
+    assert proc.returncode != 0 and re.findall(r"rank +: (\d) \(local_rank: \d\)\n +exitcode +: 65 ", proc.stderr) \
+        in (["0", "1"], ["1", "0"]), proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"iteration 1: non-finite loss \((nan|inf|-inf)\); rank\(s\) with a non-finite value in their "
+                     r"own micro-batches: 0, 1; stopping \(exit 65\)", proc.stdout), proc.stdout[-3000:]
+    assert not os.path.exists(os.path.join(save, "latest_checkpointed_iteration.txt"))
+    assert glob.glob(os.path.join(save, "iter_*")) == []
+
+
 def _descendants(pid: int) -> list:
     """Process ids below ``pid`` in the process tree (from /proc)."""
     children = {}
@@ -101,25 +120,55 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_workers_exit_when_torchrun_is_killed(synth_data, tmp_path):
-    save = str(tmp_path / "ckpt")
-    metrics = os.path.join(save, "metrics.jsonl")
-    args = tiny_model_args(synth_data, str(tmp_path / "cache")) + [
-        "--train-iters", "100000", "--eval-iters", "0", "--save", save, "--save-interval", "2"]
+def _launch_two_ranks(args: list, save: str, **popen) -> subprocess.Popen:
+    """torchrun with 2 trainer ranks on ``args``, returned once ``save`` holds a checkpoint and 3
+    iterations are logged."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("RANK", None)
     launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                                 "2", "-m", "megatron_ixt.pretrain", *args], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tree = []
+                                 "2", "-m", "megatron_ixt.pretrain", *args], env=env, **popen)
+    metrics = os.path.join(save, "metrics.jsonl")
+    deadline = time.time() + 240
+    while not (os.path.exists(metrics) and len(train_losses(metrics)) >= 3 and os.path.exists(
+            os.path.join(save, "latest_checkpointed_iteration.txt"))):
+        if time.time() > deadline or launcher.poll() is not None:
+            launcher.kill()
+            raise AssertionError(f"no checkpoint and 3 iterations in 240 s (launcher exit {launcher.poll()})")
+        time.sleep(0.5)
+    return launcher
+
+
+def _rank_pid(tree: list, rank: int) -> int:
+    """The trainer process of ``rank`` among ``tree`` (torchrun sets RANK in its environment)."""
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        except OSError:
+            continue
+        if env.get(b"RANK") == str(rank).encode() and b"megatron_ixt.pretrain" in open(
+                f"/proc/{pid}/cmdline", "rb").read():
+            return pid
+    raise AssertionError(f"no rank {rank} among {tree}")
+
+
+def _kill_all(pids: list) -> None:
+    for p in pids:
+        if _running(p):
+            os.kill(p, signal.SIGKILL)
+
+
+def _long_run_args(synth_data, tmp_path) -> list:
+    return tiny_model_args(synth_data, str(tmp_path / "cache")) + [
+        "--train-iters", "100000", "--eval-iters", "0", "--save", str(tmp_path / "ckpt"), "--save-interval", "2"]
+
+
+@pytest.mark.slow
+def test_workers_exit_when_torchrun_is_killed(synth_data, tmp_path):
+    launcher = _launch_two_ranks(_long_run_args(synth_data, tmp_path), str(tmp_path / "ckpt"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tree = _descendants(launcher.pid)
     try:
-        deadline = time.time() + 240
-        while not (os.path.exists(metrics) and len(train_losses(metrics)) >= 3 and os.path.exists(
-                os.path.join(save, "latest_checkpointed_iteration.txt"))):
-            assert time.time() < deadline and launcher.poll() is None
-            time.sleep(0.5)
-        tree = _descendants(launcher.pid)
         assert len(tree) >= 2, tree  # the two trainer ranks (and the checkpoint writer's helpers)
         launcher.kill()
         launcher.wait()
@@ -128,9 +177,33 @@ def test_workers_exit_when_torchrun_is_killed(synth_data, tmp_path):
             time.sleep(0.2)
         assert [p for p in tree if _running(p)] == []
     finally:
-        for p in tree:
-            if _running(p):
-                os.kill(p, signal.SIGKILL)
+        _kill_all(tree)
+
+
+@pytest.mark.slow
+def test_a_hung_peer_ends_the_run_after_distributed_timeout_minutes(synth_data, tmp_path):
+    """Rank 1 stopped (SIGSTOP: alive, holding its sockets, answering nothing): rank 0 fails its next
+    collective after --distributed-timeout-minutes with the process group's timeout error and exits,
+    instead of waiting forever. (torchrun then ends the run; its own teardown of the stopped rank
+    takes another 30 s, so the test ends it itself.)"""
+    launcher = _launch_two_ranks(_long_run_args(synth_data, tmp_path) + ["--distributed-timeout-minutes", "1"],
+                                 str(tmp_path / "ckpt"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+    tree = _descendants(launcher.pid)
+    try:
+        rank0, rank1 = _rank_pid(tree, 0), _rank_pid(tree, 1)
+        os.kill(rank1, signal.SIGSTOP)
+        stopped = time.time()
+        while _running(rank0) and time.time() - stopped < 180:
+            time.sleep(0.5)
+        waited = time.time() - stopped
+        assert 55 < waited < 150, waited  # the 1-minute timeout, not a hang and not an earlier failure
+        launcher.kill()
+        out, _ = launcher.communicate(timeout=60)
+        assert re.search(r"[Tt]imed out|[Tt]imeout", out), out[-3000:]
+    finally:
+        launcher.kill()
+        _kill_all(tree)
 
 
 def _iter_dirs(save: str) -> list:
