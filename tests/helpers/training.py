@@ -2,7 +2,8 @@
 tests/training/conftest.py; the synthetic corpus is in ``tests.helpers.training_corpus``).
 
 ``run_pretrain(args, nproc=1)`` runs ``python -m megatron_ixt.pretrain`` (``nproc`` > 1: under
-``torch.distributed.run`` with gloo) in a subprocess and returns the CompletedProcess;
+``torch.distributed.run`` with gloo) in a subprocess and returns the CompletedProcess
+(``pretrain_command`` gives its command line and environment, for tests that start it themselves);
 ``train_losses(metrics_jsonl)`` maps iteration -> loss record of the last run that logged it.
 """
 from __future__ import annotations
@@ -25,16 +26,21 @@ def tiny_model_args(data_path: str, cache: str) -> list:
             "--lr", "3e-3", "--min-lr", "3e-4", "--lr-warmup-iters", "2", "--log-interval", "1"]
 
 
-def run_pretrain(args, nproc: int = 1, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
+def pretrain_command(args, nproc: int = 1) -> tuple[list, dict]:
+    """The command line and environment that run ``python -m megatron_ixt.pretrain args`` on ``nproc``
+    gloo processes (``torch.distributed.run`` for more than one), outside any torchrun world of ours."""
     env = dict(os.environ, OMP_NUM_THREADS="1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"),
                PYTHONWARNINGS="ignore")
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     if nproc == 1:
-        cmd = [sys.executable, "-m", "megatron_ixt.pretrain", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "megatron_ixt.pretrain", *args]
+        return [sys.executable, "-m", "megatron_ixt.pretrain", *args], env
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "megatron_ixt.pretrain", *args], env
+
+
+def run_pretrain(args, nproc: int = 1, timeout: int = 240, check: bool = True) -> subprocess.CompletedProcess:
+    cmd, env = pretrain_command(args, nproc)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"

@@ -5,7 +5,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from megatron_ixt.cli import EXIT_NONFINITE
 from megatron_ixt.training.checkpoint import iteration_dir, read_latest_iteration
-from tests.helpers.training import run_pretrain, tiny_model_args, train_losses
+from tests.helpers.training import pretrain_command, run_pretrain, tiny_model_args, train_losses
 
 
 def checkpoint_tensors(path: str, scratch: str) -> dict:
@@ -123,10 +122,8 @@ def _running(pid: int) -> bool:
 def _launch_two_ranks(args: list, save: str, **popen) -> subprocess.Popen:
     """torchrun with 2 trainer ranks on ``args``, returned once ``save`` holds a checkpoint and 3
     iterations are logged."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env.pop("RANK", None)
-    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                                 "2", "-m", "megatron_ixt.pretrain", *args], env=env, **popen)
+    cmd, env = pretrain_command(args, nproc=2)
+    launcher = subprocess.Popen(cmd, env=env, **popen)
     metrics = os.path.join(save, "metrics.jsonl")
     deadline = time.time() + 240
     while not (os.path.exists(metrics) and len(train_losses(metrics)) >= 3 and os.path.exists(
@@ -144,10 +141,11 @@ def _rank_pid(tree: list, rank: int) -> int:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
         except OSError:
             continue
-        if env.get(b"RANK") == str(rank).encode() and b"megatron_ixt.pretrain" in open(
-                f"/proc/{pid}/cmdline", "rb").read():
+        if env.get(b"RANK") == str(rank).encode() and b"megatron_ixt.pretrain" in cmdline:
             return pid
     raise AssertionError(f"no rank {rank} among {tree}")
 
@@ -186,9 +184,10 @@ def test_a_hung_peer_ends_the_run_after_distributed_timeout_minutes(synth_data, 
     collective after --distributed-timeout-minutes with the process group's timeout error and exits,
     instead of waiting forever. (torchrun then ends the run; its own teardown of the stopped rank
     takes another 30 s, so the test ends it itself.)"""
-    launcher = _launch_two_ranks(_long_run_args(synth_data, tmp_path) + ["--distributed-timeout-minutes", "1"],
-                                 str(tmp_path / "ckpt"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+    log = tmp_path / "torchrun.log"  # a file, not a pipe: nobody reads while rank 0 waits
+    with open(log, "w") as out:
+        launcher = _launch_two_ranks(_long_run_args(synth_data, tmp_path) + ["--distributed-timeout-minutes", "1"],
+                                     str(tmp_path / "ckpt"), stdout=out, stderr=subprocess.STDOUT)
     tree = _descendants(launcher.pid)
     try:
         rank0, rank1 = _rank_pid(tree, 0), _rank_pid(tree, 1)
@@ -198,8 +197,7 @@ def test_a_hung_peer_ends_the_run_after_distributed_timeout_minutes(synth_data, 
             time.sleep(0.5)
         waited = time.time() - stopped
         assert 55 < waited < 150, waited  # the 1-minute timeout, not a hang and not an earlier failure
-        launcher.kill()
-        out, _ = launcher.communicate(timeout=60)
+        out = log.read_text()
         assert re.search(r"[Tt]imed out|[Tt]imeout", out), out[-3000:]
     finally:
         launcher.kill()
@@ -231,10 +229,9 @@ def _kill_during_async_save(args: list, save: str, moment: str) -> int:
     """Start ``args`` in its own process group and ``kill -9`` the group (trainer, forked writer,
     helper) at ``moment`` of an async save that follows a complete one; returns the tracker's
     iteration at the kill."""
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
-    env.pop("RANK", None)
-    proc = subprocess.Popen([sys.executable, "-m", "megatron_ixt.pretrain", *args], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd, env = pretrain_command(args)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     metrics = os.path.join(save, "metrics.jsonl")
     try:
         while proc.poll() is None:
